@@ -1,0 +1,363 @@
+"""Suffix automata: the static one over a corpus (built offline, memory-mapped from a file) and
+the dynamic one over the live sequence.
+
+Both answer, in amortized O(1) per token, "what is the longest suffix of the text so far that
+occurs in the indexed text, and which tokens followed it there?" -- the retrieval step of
+SAM-Decoding's drafter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from sam_decoding import _core
+
+FORMAT_VERSION: int = _core.FORMAT_VERSION
+MAX_TOKEN_ID: int = _core.MAX_TOKEN
+
+FormatError = _core.FormatError
+FormatError.__doc__ = "An automaton file is truncated, corrupted, foreign or of a newer format version."
+FormatError.__module__ = "sam_decoding"
+
+TokenSequence = Union[Sequence[int], np.ndarray]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class TokenizerMismatchError(ValueError):
+    """A corpus automaton was built with a different tokenizer than the model's."""
+
+
+def as_token_array(tokens: TokenSequence | int) -> np.ndarray:
+    """``tokens`` as a 1-D integer NumPy array (no copy for int32/uint32/int64 arrays).
+
+    Raises ``TypeError`` for non-integer input and ``ValueError`` for other shapes; the native
+    layer checks that every id lies in ``[0, 2**31 - 1]``.
+    """
+    if isinstance(tokens, np.ndarray):
+        array = tokens
+    else:
+        if isinstance(tokens, (str, bytes)):
+            raise TypeError("token ids must be integers, got a string")
+        if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # a torch tensor
+            array = tokens.detach().cpu().numpy()
+        else:
+            array = np.asarray(tokens)
+            if array.size == 0:
+                array = np.zeros(0, dtype=np.int64)
+    if array.dtype == np.bool_ or array.dtype.kind not in "iu":
+        if array.dtype.kind == "O":
+            raise TypeError("token ids must be integers; got values too large or of mixed types")
+        raise TypeError(f"token ids must be integers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"token ids must be a 1-D sequence, got shape {array.shape}")
+    return array
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """Frequency-ranked continuations of the current match, as a tree of ``len(self)`` nodes.
+
+    Node ``i`` is token ``tokens[i]`` following node ``parents[i]`` (``-1``: following the
+    matched context); ``parents[i] < i``. ``counts[i]`` is the number of corpus occurrences of
+    the matched suffix followed by the path to node ``i``; ``probabilities[i]`` is that count
+    divided by the occurrences of the matched suffix (the chance, by corpus frequency, that the
+    whole path is the continuation).
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray
+    probabilities: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def depths(self) -> np.ndarray:
+        """Depth of each node (1 for children of the context)."""
+        depth = np.zeros(len(self), dtype=np.int32)
+        for index, parent in enumerate(self.parents.tolist()):
+            depth[index] = 1 if parent < 0 else depth[parent] + 1
+        return depth
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+class StaticCursor:
+    """Tracks the longest suffix of a token stream that occurs inside one corpus document.
+
+    Cheap to create and copy (a few words); not thread-safe: use one cursor per request.
+    """
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def feed(self, tokens: TokenSequence | int) -> int:
+        """Append tokens to the stream (amortized O(1) each); returns the new match length in tokens."""
+        if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
+            return self._native.feed_one(int(tokens))
+        return self._native.feed(as_token_array(tokens))
+
+    @property
+    def match_length(self) -> int:
+        """Length, in tokens, of the longest suffix of the stream found inside one document."""
+        return self._native.match_length
+
+    def draft(self, n: int) -> np.ndarray:
+        """Up to ``n`` tokens (int32) that followed an occurrence of the matched suffix.
+
+        While the suffix occurs more than once, each step takes the most frequent next token;
+        a draft never crosses a document end. When every occurrence of the match ends a
+        document, a shorter suffix with a continuation is used; empty only if none has one.
+        """
+        return self._native.draft(_check_count("n", n))
+
+    def draft_tree(self, max_nodes: int, *, max_depth: int | None = None) -> DraftTree:
+        """The ``max_nodes`` most frequent continuation paths of the match, best first."""
+        max_nodes = _check_count("max_nodes", max_nodes)
+        depth = max_nodes if max_depth is None else _check_count("max_depth", max_depth)
+        tokens, parents, probabilities, counts = self._native.draft_tree(max_nodes, depth)
+        return DraftTree(tokens, parents, probabilities, counts)
+
+    def copy(self) -> StaticCursor:
+        """An independent cursor at the same position."""
+        return StaticCursor(self._native.copy())
+
+    def reset(self) -> None:
+        """Forget the stream (match length 0)."""
+        self._native.reset()
+
+
+class StaticAutomaton:
+    """A suffix automaton over a corpus of documents, frozen into flat arrays.
+
+    Build it once with :meth:`build`, :meth:`save` it, and :meth:`load` it (a read-only memory
+    map: milliseconds, no copy into the heap) wherever drafts are needed.
+    """
+
+    __slots__ = ("_native", "_metadata")
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self._metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        documents: Iterable[TokenSequence],
+        *,
+        tokenizer_fingerprint: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> StaticAutomaton:
+        """Build from an iterable of 1-D token sequences (NumPy int arrays or lists of ints).
+
+        A match never spans two documents; empty documents are skipped. ``metadata`` is any
+        JSON-serializable dict stored in the file (e.g. the build parameters). Releases the GIL
+        while building. Raises ``ValueError`` if there are no tokens at all.
+        """
+        if isinstance(documents, np.ndarray) and documents.ndim == 1:
+            raise TypeError("documents must be an iterable of token sequences; wrap one array in a list")
+        arrays = [as_token_array(document) for document in documents]
+        ends = np.cumsum([array.shape[0] for array in arrays], dtype=np.int64)
+        if len(arrays) == 0 or ends[-1] == 0:
+            raise ValueError("the corpus has no tokens (no documents, or all are empty)")
+        tokens = _concatenate_as_uint32(arrays)
+        metadata_json = json.dumps(metadata or {}, sort_keys=True)
+        native = _core.StaticAutomaton.build(tokens, ends, str(tokenizer_fingerprint), metadata_json)
+        return cls(native)
+
+    @classmethod
+    def load(cls, path: PathLike, *, verify: bool = False) -> StaticAutomaton:
+        """Memory-map an automaton file read-only.
+
+        Checks the header, format version, sizes and section table (milliseconds, whatever the
+        size). ``verify=True`` also checksums every byte (reads the whole file); without it a
+        corrupted payload is still caught, as a ``FormatError``, when a query reaches it.
+        Raises ``FormatError`` (a ``ValueError``) for truncated, corrupted, foreign or
+        newer-version files and ``FileNotFoundError`` for missing ones.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no automaton file at {path}")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory, not an automaton file")
+        return cls(_core.StaticAutomaton.load(str(path), bool(verify)))
+
+    def save(self, path: PathLike) -> None:
+        """Write the automaton to ``path`` atomically (a temporary file, then a rename), so a
+        failed save never leaves a half-written or corrupted file behind."""
+        path = Path(path)
+        directory = path.parent if str(path.parent) else Path(".")
+        if not directory.is_dir():
+            raise FileNotFoundError(f"directory {directory} does not exist")
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        os.close(handle)
+        try:
+            self._native.save(temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def verify(self) -> None:
+        """Checksum every byte and check the arrays' invariants; raises ``FormatError``."""
+        self._native.verify()
+
+    def cursor(self) -> StaticCursor:
+        """A new cursor with an empty stream."""
+        return StaticCursor(self._native.cursor())
+
+    def check_tokenizer(self, fingerprint: str) -> None:
+        """Raise ``TokenizerMismatchError`` unless the corpus was built with this tokenizer."""
+        if self.tokenizer_fingerprint != fingerprint:
+            raise TokenizerMismatchError(
+                "corpus automaton was built with tokenizer "
+                f"{self.tokenizer_fingerprint or '(none recorded)'!r}, but the model's tokenizer is "
+                f"{fingerprint!r}; rebuild the corpus with the model's tokenizer"
+            )
+
+    @property
+    def num_tokens(self) -> int:
+        """Corpus tokens indexed (document separators excluded)."""
+        return self._native.num_tokens
+
+    @property
+    def num_documents(self) -> int:
+        """Non-empty documents in the corpus."""
+        return self._native.num_documents
+
+    @property
+    def num_states(self) -> int:
+        """States of the automaton (at most about twice the tokens)."""
+        return self._native.num_states
+
+    @property
+    def num_edges(self) -> int:
+        """Transitions stored explicitly (the backbone along the text is implicit)."""
+        return self._native.num_edges
+
+    @property
+    def vocab_bound(self) -> int:
+        """One more than the largest token id in the corpus."""
+        return self._native.vocab_bound
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the file size, mapped or in memory."""
+        return self._native.nbytes
+
+    @property
+    def is_memory_mapped(self) -> bool:
+        """True if loaded from a file, False if built in this process."""
+        return self._native.is_memory_mapped
+
+    @property
+    def format_version(self) -> int:
+        """Version of the file format this automaton uses."""
+        return FORMAT_VERSION
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Identifier of the tokenizer the corpus was tokenized with ("" if not recorded)."""
+        return self._native.tokenizer_fingerprint.decode("utf-8", "replace")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The JSON metadata stored at build time (build parameters)."""
+        if self._metadata is None:
+            raw = self._native.metadata.decode("utf-8", "replace")
+            try:
+                self._metadata = json.loads(raw) if raw else {}
+            except json.JSONDecodeError as error:
+                raise FormatError(f"corrupted automaton file: unreadable metadata ({error})") from None
+        return self._metadata
+
+    def __repr__(self) -> str:
+        return (
+            f"StaticAutomaton(num_tokens={self.num_tokens}, num_documents={self.num_documents}, "
+            f"num_states={self.num_states}, nbytes={self.nbytes})"
+        )
+
+
+class DynamicAutomaton:
+    """A suffix automaton over one growing token sequence (prompt + generated text)."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self) -> None:
+        self._native = _core.DynamicAutomaton()
+
+    def extend(self, tokens: TokenSequence | int) -> None:
+        """Append tokens (amortized O(1) each)."""
+        if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
+            self._native.extend_one(int(tokens))
+        else:
+            self._native.extend(as_token_array(tokens))
+
+    @property
+    def match_length(self) -> int:
+        """Length, in tokens, of the longest suffix of the text that also ends at an earlier position."""
+        return self._native.match_length
+
+    def draft(self, n: int) -> np.ndarray:
+        """Up to ``n`` tokens (int32) that followed the first earlier occurrence of that suffix."""
+        return self._native.draft(_check_count("n", n))
+
+    def reset(self) -> None:
+        """Clear the text (keeps allocated memory for the next request)."""
+        self._native.reset()
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens appended so far."""
+        return self._native.num_tokens
+
+    @property
+    def num_states(self) -> int:
+        """States of the automaton."""
+        return self._native.num_states
+
+    @property
+    def nbytes(self) -> int:
+        """Heap bytes held."""
+        return self._native.nbytes
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Always "": the dynamic automaton indexes whatever it is fed."""
+        return ""
+
+    def __repr__(self) -> str:
+        return f"DynamicAutomaton(num_tokens={self.num_tokens}, num_states={self.num_states})"
+
+
+def _concatenate_as_uint32(arrays: list[np.ndarray]) -> np.ndarray:
+    """All documents back to back, range-checked, as one uint32 array for the native build."""
+    total = sum(array.shape[0] for array in arrays)
+    tokens = np.empty(total, dtype=np.uint32)
+    offset = 0
+    for array in arrays:
+        if array.shape[0] == 0:
+            continue
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > MAX_TOKEN_ID:
+            bad = low if low < 0 else high
+            raise ValueError(f"token ids must be in [0, 2^31-1], got {bad}")
+        tokens[offset : offset + array.shape[0]] = array
+        offset += array.shape[0]
+    return tokens

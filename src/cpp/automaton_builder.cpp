@@ -1,0 +1,169 @@
+#include "automaton_builder.hpp"
+
+#include <limits>
+
+namespace sam {
+namespace {
+
+constexpr std::size_t kMinSlots = 64;
+// Linear probing stays short below ~70% load.
+constexpr double kMaxLoad = 0.7;
+
+std::size_t round_up_power_of_two(std::size_t value) {
+  std::size_t result = kMinSlots;
+  while (result < value) result <<= 1;
+  return result;
+}
+
+}  // namespace
+
+AutomatonBuilder::AutomatonBuilder() {
+  grow_table(kMinSlots);
+  clear();
+}
+
+void AutomatonBuilder::clear() {
+  states_.clear();
+  edges_.clear();
+  for (Slot& slot : slots_) slot.key = kEmptyKey;
+  used_slots_ = 0;
+  text_length_ = 0;
+  states_.push_back(State{0, kNoState, 0, kNoEdge});
+  last_ = 0;
+}
+
+void AutomatonBuilder::release() {
+  std::vector<State>().swap(states_);
+  std::vector<Slot>().swap(slots_);
+  std::vector<EdgeListNode>().swap(edges_);
+  slot_mask_ = 0;
+  used_slots_ = 0;
+  text_length_ = 0;
+  grow_table(kMinSlots);
+  clear();
+}
+
+void AutomatonBuilder::reserve(std::size_t text_length) {
+  // A suffix automaton has at most 2n-1 states and 3n-4 transitions; real texts sit near
+  // 1.6n states and 2.5n transitions, so reserve for that and let rare outliers rehash.
+  states_.reserve(text_length + text_length * 7 / 10 + 2);
+  const std::size_t expected_edges = text_length * 5 / 2 + 16;
+  edges_.reserve(expected_edges);
+  grow_table(static_cast<std::size_t>(static_cast<double>(expected_edges) / kMaxLoad) + 1);
+}
+
+std::size_t AutomatonBuilder::memory_bytes() const {
+  return states_.capacity() * sizeof(State) + slots_.capacity() * sizeof(Slot) +
+         edges_.capacity() * sizeof(EdgeListNode);
+}
+
+std::size_t AutomatonBuilder::slot_index(std::uint64_t key) const {
+  // Fibonacci hashing: the high bits of key * 2^64/phi spread consecutive states well.
+  const std::uint64_t mixed = (key ^ (key >> 29)) * 0x9E3779B97F4A7C15ull;
+  return static_cast<std::size_t>(mixed >> 17) & slot_mask_;
+}
+
+AutomatonBuilder::Slot& AutomatonBuilder::find_slot(std::uint64_t key) {
+  std::size_t index = slot_index(key);
+  while (slots_[index].key != key && slots_[index].key != kEmptyKey) {
+    index = (index + 1) & slot_mask_;
+  }
+  return slots_[index];
+}
+
+const AutomatonBuilder::Slot* AutomatonBuilder::find(StateId state, Token token) const {
+  const std::uint64_t key = key_of(state, token);
+  std::size_t index = slot_index(key);
+  while (true) {
+    const Slot& slot = slots_[index];
+    if (slot.key == key) return &slot;
+    if (slot.key == kEmptyKey) return nullptr;
+    index = (index + 1) & slot_mask_;
+  }
+}
+
+StateId AutomatonBuilder::transition(StateId state, Token token) const {
+  const Slot* slot = find(state, token);
+  return slot ? slot->target : kNoState;
+}
+
+void AutomatonBuilder::grow_table(std::size_t min_slots) {
+  const std::size_t new_size = round_up_power_of_two(min_slots);
+  if (new_size <= slots_.size()) return;
+  std::vector<Slot> old;
+  old.swap(slots_);
+  slots_.assign(new_size, Slot{kEmptyKey, 0});
+  slot_mask_ = new_size - 1;
+  for (const Slot& slot : old) {
+    if (slot.key != kEmptyKey) find_slot(slot.key) = slot;
+  }
+}
+
+void AutomatonBuilder::add_transition(StateId state, Token token, StateId target) {
+  if (static_cast<double>(used_slots_ + 1) > kMaxLoad * static_cast<double>(slots_.size())) {
+    grow_table(slots_.size() * 2);
+  }
+  if (edges_.size() >= kNoEdge) {
+    throw InputError("text too large: more than 2^32-1 automaton transitions");
+  }
+  Slot& slot = find_slot(key_of(state, token));
+  slot.key = key_of(state, token);
+  slot.target = target;
+  ++used_slots_;
+  edges_.push_back(EdgeListNode{token, states_[state].first_edge});
+  states_[state].first_edge = static_cast<std::uint32_t>(edges_.size() - 1);
+}
+
+StateId AutomatonBuilder::new_state(std::uint32_t length, StateId link, std::uint32_t first_end) {
+  if (states_.size() >= kNoState) {
+    throw InputError("text too large: more than 2^32-1 automaton states");
+  }
+  states_.push_back(State{length, link, first_end, kNoEdge});
+  return static_cast<StateId>(states_.size() - 1);
+}
+
+void AutomatonBuilder::append(Token token) {
+  if (text_length_ >= std::numeric_limits<std::uint32_t>::max() - 1) {
+    throw InputError("text too large: at most 2^32-2 tokens (separators included)");
+  }
+  const auto position = static_cast<std::uint32_t>(text_length_);
+  const StateId current = new_state(states_[last_].length + 1, kNoState, position);
+  StateId state = last_;
+  // Every suffix of the old text that cannot be followed by `token` gains a transition to the
+  // new state; the walk stops at the first one that can, which bounds the total work.
+  while (state != kNoState) {
+    Slot& slot = find_slot(key_of(state, token));
+    if (slot.key != kEmptyKey) break;
+    add_transition(state, token, current);
+    state = states_[state].link;
+  }
+  if (state == kNoState) {
+    states_[current].link = 0;
+  } else {
+    const StateId next = find(state, token)->target;
+    if (states_[state].length + 1 == states_[next].length) {
+      states_[current].link = next;
+    } else {
+      // `next` holds strings of two different end-position sets: split off the shorter ones.
+      const StateId clone =
+          new_state(states_[state].length + 1, states_[next].link, states_[next].first_end);
+      for (std::uint32_t edge = states_[next].first_edge; edge != kNoEdge;
+           edge = edges_[edge].next) {
+        const Token edge_token = edges_[edge].token;
+        add_transition(clone, edge_token, find(next, edge_token)->target);
+      }
+      while (state != kNoState) {
+        Slot& slot = find_slot(key_of(state, token));
+        if (slot.key == kEmptyKey || slot.target != next) break;
+        slot.target = clone;
+        state = states_[state].link;
+      }
+      states_[next].link = clone;
+      states_[current].link = clone;
+    }
+  }
+  last_ = current;
+  ++text_length_;
+}
+
+}  // namespace sam

@@ -1,0 +1,97 @@
+// Online suffix-automaton construction (Blumer et al.), one token at a time in amortized O(1).
+//
+// Used directly by the dynamic automaton, and as the first stage of building a static one,
+// which is then frozen into flat arrays (static_automaton.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "token_types.hpp"
+
+namespace sam {
+
+class AutomatonBuilder {
+ public:
+  AutomatonBuilder();
+
+  // Sizes the tables for a text of `text_length` tokens so the build never rehashes.
+  void reserve(std::size_t text_length);
+  // Appends one token (any uint32, the separator included) at the end of the text.
+  void append(Token token);
+  // Back to the empty text; keeps the allocated capacity.
+  void clear();
+
+  StateId root() const { return 0; }
+  StateId last() const { return last_; }
+  std::size_t num_states() const { return states_.size(); }
+  std::size_t num_edges() const { return edges_.size(); }
+  std::size_t text_length() const { return text_length_; }
+
+  std::uint32_t length(StateId state) const { return states_[state].length; }
+  StateId link(StateId state) const { return states_[state].link; }
+  // End position (0-based) of the first occurrence of the state's strings.
+  std::uint32_t first_end(StateId state) const { return states_[state].first_end; }
+  // A state created for a new text position has length == first_end + 1; a clone is shorter.
+  bool is_clone(StateId state) const {
+    return state != 0 && states_[state].length != states_[state].first_end + 1;
+  }
+  StateId transition(StateId state, Token token) const;
+
+  // Calls visit(token, target) for every outgoing transition of `state`, in no set order.
+  template <typename Visit>
+  void for_each_transition(StateId state, Visit&& visit) const {
+    for (std::uint32_t edge = states_[state].first_edge; edge != kNoEdge;
+         edge = edges_[edge].next) {
+      visit(edges_[edge].token, transition(state, edges_[edge].token));
+    }
+  }
+
+  // Heap bytes held by the tables (capacity, not size).
+  std::size_t memory_bytes() const;
+  // Frees everything; the builder is empty afterwards.
+  void release();
+
+ private:
+  static constexpr std::uint32_t kNoEdge = 0xFFFFFFFFu;
+  static constexpr std::uint64_t kEmptyKey = ~std::uint64_t{0};
+
+  struct State {
+    std::uint32_t length;
+    StateId link;
+    std::uint32_t first_end;
+    std::uint32_t first_edge;  // head of this state's edge list, for enumeration when cloning
+  };
+  // Lookup goes through one open-addressing table keyed by (state, token); the per-state edge
+  // lists exist only so that a clone can copy all transitions of the state it splits.
+  struct Slot {
+    std::uint64_t key;
+    StateId target;
+  };
+  struct EdgeListNode {
+    Token token;
+    std::uint32_t next;
+  };
+
+  static std::uint64_t key_of(StateId state, Token token) {
+    return (std::uint64_t{state} << 32) | token;
+  }
+  std::size_t slot_index(std::uint64_t key) const;
+  // Returns the slot holding `key`, or the empty slot where it would go.
+  Slot& find_slot(std::uint64_t key);
+  const Slot* find(StateId state, Token token) const;
+  void add_transition(StateId state, Token token, StateId target);
+  void grow_table(std::size_t min_slots);
+  StateId new_state(std::uint32_t length, StateId link, std::uint32_t first_end);
+
+  std::vector<State> states_;
+  std::vector<Slot> slots_;
+  std::vector<EdgeListNode> edges_;
+  std::size_t slot_mask_ = 0;
+  std::size_t used_slots_ = 0;
+  std::size_t text_length_ = 0;
+  StateId last_ = 0;
+};
+
+}  // namespace sam

@@ -1,0 +1,273 @@
+// The only file that knows about Python: exposes the core as sam_decoding._core.
+// Users import the typed wrappers in sam_decoding/automaton.py, never this module.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dynamic_automaton.hpp"
+#include "static_automaton.hpp"
+#include "static_cursor.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+// Feeding more tokens than this at once releases the GIL; below it the release costs more
+// than the work.
+constexpr std::size_t kReleaseGilTokens = 4096;
+
+// Token ids as a contiguous uint32 view: zero-copy for uint32 and (non-negative) int32 input,
+// a checked copy for any other integer dtype. Raises TypeError/ValueError on bad input.
+class TokenView {
+ public:
+  explicit TokenView(const py::array& array) {
+    if (array.ndim() != 1) {
+      throw py::value_error("token ids must be a 1-D sequence, got an array with " +
+                            std::to_string(array.ndim()) + " dimensions");
+    }
+    const py::dtype dtype = array.dtype();
+    const char kind = dtype.kind();
+    if (kind != 'i' && kind != 'u') {
+      throw py::type_error("token ids must be integers, got dtype " +
+                           std::string(py::str(dtype)));
+    }
+    const auto size = static_cast<std::size_t>(array.shape(0));
+    const bool contiguous = (array.flags() & py::array::c_style) != 0;
+    if (contiguous && dtype.itemsize() == 4) {
+      data_ = static_cast<const sam::Token*>(array.data());
+      size_ = size;
+      check_range(data_, size_);
+      keep_alive_ = array;
+      return;
+    }
+    copy_.resize(size);
+    // uint64 values above 2^63 wrap negative in this cast and are refused below.
+    const py::array_t<std::int64_t, py::array::forcecast> as_int64(array);
+    auto values = as_int64.unchecked<1>();
+    for (std::size_t index = 0; index < size; ++index) {
+      const std::int64_t value = values(static_cast<py::ssize_t>(index));
+      if (value < 0 || value > sam::kMaxToken) throw_out_of_range(value);
+      copy_[index] = static_cast<sam::Token>(value);
+    }
+    data_ = copy_.data();
+    size_ = size;
+  }
+  const sam::Token* data() const { return data_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  static void check_range(const sam::Token* tokens, std::size_t size) {
+    // int32 negatives and uint32 values >= 2^31 both have the top bit set.
+    for (std::size_t index = 0; index < size; ++index) {
+      if (tokens[index] > sam::kMaxToken) {
+        throw py::value_error("token ids must be in [0, 2^31-1], got one with bits 0x" +
+                              to_hex(tokens[index]));
+      }
+    }
+  }
+  static std::string to_hex(std::uint32_t value) {
+    char buffer[16];
+    std::snprintf(buffer, sizeof(buffer), "%08x", value);
+    return buffer;
+  }
+  [[noreturn]] static void throw_out_of_range(std::int64_t value) {
+    throw py::value_error("token ids must be in [0, 2^31-1], got " + std::to_string(value));
+  }
+
+  const sam::Token* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::vector<sam::Token> copy_;
+  py::object keep_alive_;
+};
+
+template <typename T>
+py::array_t<std::int32_t> to_int32_array(const std::vector<T>& values) {
+  py::array_t<std::int32_t> result(static_cast<py::ssize_t>(values.size()));
+  if (!values.empty()) std::memcpy(result.mutable_data(), values.data(), values.size() * 4);
+  return result;
+}
+
+template <typename T>
+py::array_t<T> to_array(const std::vector<T>& values) {
+  py::array_t<T> result(static_cast<py::ssize_t>(values.size()));
+  if (!values.empty()) {
+    std::memcpy(result.mutable_data(), values.data(), values.size() * sizeof(T));
+  }
+  return result;
+}
+
+struct StaticHandle {
+  std::shared_ptr<const sam::StaticAutomaton> automaton;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, module) {
+  module.doc() = "Native suffix automata for sam-decoding (use the sam_decoding package instead)";
+#define SAM_STRINGIFY(x) #x
+#define SAM_TO_STRING(x) SAM_STRINGIFY(x)
+  module.attr("__version__") = SAM_TO_STRING(SAM_VERSION_INFO);
+  module.attr("FORMAT_VERSION") = sam::kFormatVersion;
+  module.attr("MAX_TOKEN") = sam::kMaxToken;
+
+  static py::exception<sam::FormatError> format_error(module, "FormatError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const sam::FormatError& exception) {
+      py::set_error(format_error, exception.what());
+    }
+  });
+
+  py::class_<StaticHandle>(module, "StaticAutomaton")
+      .def_static(
+          "build",
+          [](const py::array& tokens, const py::array_t<std::int64_t, py::array::c_style>& ends,
+             const std::string& fingerprint, const std::string& metadata) {
+            const TokenView view(tokens);
+            if (ends.ndim() != 1) throw py::value_error("document ends must be 1-D");
+            sam::BuildInput input;
+            input.tokens = view.data();
+            input.num_tokens = view.size();
+            input.document_ends = ends.data();
+            input.num_documents = static_cast<std::size_t>(ends.shape(0));
+            input.tokenizer_fingerprint = fingerprint;
+            input.metadata = metadata;
+            StaticHandle handle;
+            {
+              py::gil_scoped_release release;
+              handle.automaton = sam::StaticAutomaton::build(input);
+            }
+            return handle;
+          },
+          py::arg("tokens"), py::arg("document_ends"), py::arg("tokenizer_fingerprint"),
+          py::arg("metadata"))
+      .def_static(
+          "load",
+          [](const std::string& path, bool verify) {
+            StaticHandle handle;
+            py::gil_scoped_release release;
+            handle.automaton = sam::StaticAutomaton::load(path, verify);
+            return handle;
+          },
+          py::arg("path"), py::arg("verify"))
+      .def(
+          "save",
+          [](const StaticHandle& self, const std::string& path) {
+            py::gil_scoped_release release;
+            self.automaton->save(path);
+          },
+          py::arg("path"))
+      .def("verify",
+           [](const StaticHandle& self) {
+             py::gil_scoped_release release;
+             self.automaton->verify();
+           })
+      .def_property_readonly("num_tokens",
+                             [](const StaticHandle& self) { return self.automaton->num_tokens(); })
+      .def_property_readonly(
+          "num_documents", [](const StaticHandle& self) { return self.automaton->num_documents(); })
+      .def_property_readonly("num_states",
+                             [](const StaticHandle& self) { return self.automaton->num_states(); })
+      .def_property_readonly("num_edges",
+                             [](const StaticHandle& self) { return self.automaton->num_edges(); })
+      .def_property_readonly("vocab_bound",
+                             [](const StaticHandle& self) { return self.automaton->vocab_bound(); })
+      .def_property_readonly("nbytes",
+                             [](const StaticHandle& self) { return self.automaton->nbytes(); })
+      .def_property_readonly(
+          "is_memory_mapped",
+          [](const StaticHandle& self) { return self.automaton->is_memory_mapped(); })
+      .def_property_readonly(
+          "tokenizer_fingerprint",
+          [](const StaticHandle& self) { return py::bytes(self.automaton->tokenizer_fingerprint()); })
+      .def_property_readonly(
+          "metadata", [](const StaticHandle& self) { return py::bytes(self.automaton->metadata()); })
+      .def("cursor", [](const StaticHandle& self) { return sam::StaticCursor(self.automaton); });
+
+  py::class_<sam::StaticCursor>(module, "StaticCursor")
+      .def(
+          "feed",
+          [](sam::StaticCursor& self, const py::array& tokens) {
+            const TokenView view(tokens);
+            if (view.size() >= kReleaseGilTokens) {
+              py::gil_scoped_release release;
+              return self.feed(view.data(), view.size());
+            }
+            return self.feed(view.data(), view.size());
+          },
+          py::arg("tokens"))
+      .def(
+          "feed_one",
+          [](sam::StaticCursor& self, std::int64_t token) {
+            if (token < 0 || token > sam::kMaxToken) {
+              throw py::value_error("token ids must be in [0, 2^31-1], got " +
+                                    std::to_string(token));
+            }
+            return self.feed_one(static_cast<sam::Token>(token));
+          },
+          py::arg("token"))
+      .def_property_readonly("match_length", &sam::StaticCursor::match_length)
+      .def(
+          "draft",
+          [](const sam::StaticCursor& self, std::size_t max_tokens) {
+            return to_int32_array(self.draft(max_tokens));
+          },
+          py::arg("max_tokens"))
+      .def(
+          "draft_tree",
+          [](const sam::StaticCursor& self, std::size_t max_nodes, std::size_t max_depth) {
+            sam::DraftTree tree;
+            {
+              py::gil_scoped_release release;
+              tree = self.draft_tree(max_nodes, max_depth);
+            }
+            return py::make_tuple(to_array(tree.tokens), to_array(tree.parents),
+                                  to_array(tree.probabilities), to_array(tree.counts));
+          },
+          py::arg("max_nodes"), py::arg("max_depth"))
+      .def("copy", [](const sam::StaticCursor& self) { return sam::StaticCursor(self); })
+      .def("reset", &sam::StaticCursor::reset);
+
+  py::class_<sam::DynamicAutomaton>(module, "DynamicAutomaton")
+      .def(py::init<>())
+      .def(
+          "extend",
+          [](sam::DynamicAutomaton& self, const py::array& tokens) {
+            const TokenView view(tokens);
+            if (view.size() >= kReleaseGilTokens) {
+              py::gil_scoped_release release;
+              self.extend(view.data(), view.size());
+            } else {
+              self.extend(view.data(), view.size());
+            }
+          },
+          py::arg("tokens"))
+      .def(
+          "extend_one",
+          [](sam::DynamicAutomaton& self, std::int64_t token) {
+            if (token < 0 || token > sam::kMaxToken) {
+              throw py::value_error("token ids must be in [0, 2^31-1], got " +
+                                    std::to_string(token));
+            }
+            const auto value = static_cast<sam::Token>(token);
+            self.extend(&value, 1);
+          },
+          py::arg("token"))
+      .def_property_readonly("match_length", &sam::DynamicAutomaton::match_length)
+      .def(
+          "draft",
+          [](const sam::DynamicAutomaton& self, std::size_t max_tokens) {
+            return to_int32_array(self.draft(max_tokens));
+          },
+          py::arg("max_tokens"))
+      .def("reset", &sam::DynamicAutomaton::reset)
+      .def_property_readonly("num_tokens", &sam::DynamicAutomaton::num_tokens)
+      .def_property_readonly("num_states", &sam::DynamicAutomaton::num_states)
+      .def_property_readonly("nbytes", &sam::DynamicAutomaton::nbytes);
+}

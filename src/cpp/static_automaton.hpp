@@ -1,0 +1,120 @@
+// The static (corpus) suffix automaton: built once, frozen into flat arrays, saved to a file
+// whose bytes are exactly the in-memory layout, and memory-mapped read-only on load.
+//
+// Layout, after building over the text  d1 SEP d2 SEP ... dk SEP  of M tokens:
+//  - state s in 1..M is the state created for text position s-1, so its length is s and its
+//    first occurrence ends at s-1; neither needs storing, nor does its transition on text[s]
+//    to state s+1 (the "backbone"), which is never redirected by later clones;
+//  - states M+1..S-1 are clones, with their length and an occurrence end stored explicitly;
+//  - every other transition lives in CSR arrays sorted by token per state;
+//  - count[s] is the number of occurrences (end positions) of the state's strings.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "token_types.hpp"
+
+namespace sam {
+
+constexpr std::uint32_t kFormatVersion = 1;
+
+// Bytes of a file or an in-memory image; either a heap buffer or a read-only memory map.
+class Storage {
+ public:
+  virtual ~Storage() = default;
+  virtual const std::uint8_t* data() const = 0;
+  virtual std::size_t size() const = 0;
+};
+
+struct BuildInput {
+  const Token* tokens = nullptr;           // all documents back to back, separators excluded
+  std::size_t num_tokens = 0;
+  const std::int64_t* document_ends = nullptr;  // exclusive end offset of each document
+  std::size_t num_documents = 0;
+  std::string tokenizer_fingerprint;
+  std::string metadata;  // opaque to the core (the Python layer stores JSON)
+};
+
+class StaticAutomaton {
+ public:
+  // Builds from documents; empty documents are skipped. Throws InputError on bad input.
+  static std::shared_ptr<const StaticAutomaton> build(const BuildInput& input);
+  // Maps a file read-only; checks its header and section table (cheap), and, if `verify`, the
+  // checksum of every byte (reads the whole file). Throws FormatError naming the problem.
+  static std::shared_ptr<const StaticAutomaton> load(const std::string& path, bool verify);
+
+  // Writes the image to `path` (the caller makes that atomic with a rename).
+  void save(const std::string& path) const;
+  // Recomputes the payload checksum and checks the arrays' invariants; throws FormatError.
+  void verify() const;
+
+  std::uint64_t num_tokens() const { return num_tokens_; }
+  std::uint64_t num_documents() const { return num_documents_; }
+  std::uint64_t text_length() const { return text_length_; }
+  std::uint64_t num_states() const { return num_states_; }
+  std::uint64_t num_edges() const { return num_edges_; }
+  std::uint32_t vocab_bound() const { return vocab_bound_; }
+  std::size_t nbytes() const { return storage_->size(); }
+  bool is_memory_mapped() const { return memory_mapped_; }
+  const std::string& tokenizer_fingerprint() const { return fingerprint_; }
+  const std::string& metadata() const { return metadata_; }
+
+  // Queries used by cursors. Every index read from the (possibly corrupted) file is
+  // bounds-checked, so a bad file raises FormatError instead of reading out of bounds.
+  StateId transition(StateId state, Token token) const;
+  StateId link(StateId state) const;
+  std::uint32_t length(StateId state) const;
+  std::uint32_t count(StateId state) const;
+  // End position of one occurrence of the state's strings.
+  std::uint32_t occurrence_end(StateId state) const;
+  // The corpus text token at `position` (kSeparator between documents).
+  Token text_at(std::uint64_t position) const;
+
+  // Calls visit(token, target) for each transition of `state` except separators.
+  template <typename Visit>
+  void for_each_transition(StateId state, Visit&& visit) const {
+    check_state(state);
+    if (state >= 1 && state < text_length_) {
+      const Token next = text_[state];
+      if (next != kSeparator) visit(next, static_cast<StateId>(state + 1));
+    }
+    const std::uint32_t begin = edge_offset_[state];
+    const std::uint32_t end = edge_offset_[state + 1];
+    if (begin > end || end > num_edges_) corrupt("edge offsets");
+    for (std::uint32_t edge = begin; edge < end; ++edge) {
+      const StateId target = edge_target_[edge];
+      if (target >= num_states_) corrupt("edge target");
+      visit(edge_token_[edge], target);
+    }
+  }
+  std::uint32_t out_degree(StateId state) const;
+
+ private:
+  StaticAutomaton() = default;
+  void attach(std::shared_ptr<const Storage> storage, bool verify_payload);
+  void check_state(StateId state) const {
+    if (state >= num_states_) corrupt("state index");
+  }
+  [[noreturn]] void corrupt(const char* what) const;
+
+  std::shared_ptr<const Storage> storage_;
+  bool memory_mapped_ = false;
+  std::uint64_t num_tokens_ = 0, num_documents_ = 0, text_length_ = 0;
+  std::uint64_t num_states_ = 0, num_clones_ = 0, num_edges_ = 0;
+  std::uint32_t vocab_bound_ = 0;
+  std::string fingerprint_, metadata_;
+  const Token* text_ = nullptr;
+  const StateId* link_ = nullptr;
+  const std::uint32_t* count_ = nullptr;
+  const std::uint32_t* clone_length_ = nullptr;
+  const std::uint32_t* clone_end_ = nullptr;
+  const std::uint32_t* edge_offset_ = nullptr;
+  const Token* edge_token_ = nullptr;
+  const StateId* edge_target_ = nullptr;
+};
+
+}  // namespace sam

@@ -1,0 +1,32 @@
+// Basic vocabulary of the core: token and state ids, limits, and the error types that the
+// Python bindings map to ValueError.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace sam {
+
+using Token = std::uint32_t;
+using StateId = std::uint32_t;
+
+// Token ids are non-negative int32 values, so the top of the uint32 range is free for markers.
+constexpr Token kMaxToken = 0x7FFFFFFFu;
+// Stored between documents in a corpus text; never a valid token, so no match can span it.
+constexpr Token kSeparator = 0xFFFFFFFFu;
+constexpr StateId kNoState = 0xFFFFFFFFu;
+
+// A file that is truncated, corrupted, foreign or of an unknown format version.
+class FormatError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Input the caller should not have passed (bad ids, sizes beyond the format's limits).
+class InputError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+}  // namespace sam
