@@ -1,0 +1,125 @@
+"""What a benchmark run measures, and the per-category and overall summaries derived from it."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: The method every other one is compared with (token for token, and for speed).
+REFERENCE_METHOD = "vanilla"
+#: The summary row that pools every question of the suite.
+OVERALL = "overall"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One method answering one question.
+
+    ``seconds`` is the wall time of the generation call alone (prompt already tokenized);
+    ``forward_passes`` counts the target model's forward calls, prefill included, so
+    ``new_tokens / forward_passes`` is the mean accepted tokens per step (MAT).
+    ``equal_to_reference`` compares the new tokens with vanilla's (``None`` for vanilla itself);
+    ``first_mismatch`` is the index of the first differing new token.
+    """
+
+    question_id: str
+    category: str
+    method: str
+    new_tokens: int
+    seconds: float
+    forward_passes: int
+    equal_to_reference: bool | None = None
+    first_mismatch: int | None = None
+    drafted_by_source: dict[str, int] = field(default_factory=dict)
+    accepted_by_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens per second of wall time."""
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Measurement:
+        """The inverse of :meth:`to_json`."""
+        return cls(**record)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One method over a group of questions (a category or ``overall``).
+
+    ``speedup`` is the method's tokens/s over vanilla's on the same questions (pooled: total
+    tokens over total seconds); ``median_speedup`` is the median of the per-question ratios.
+    """
+
+    group: str
+    method: str
+    questions: int
+    new_tokens: int
+    seconds: float
+    tokens_per_second: float
+    speedup: float | None
+    median_speedup: float | None
+    mat: float
+    mismatches: int
+
+    @property
+    def all_equal(self) -> bool:
+        """Whether every output equals vanilla's token for token."""
+        return self.mismatches == 0
+
+
+def _pooled_rate(measurements: Sequence[Measurement]) -> float:
+    seconds = sum(m.seconds for m in measurements)
+    return sum(m.new_tokens for m in measurements) / seconds if seconds > 0 else 0.0
+
+
+def summarize_group(group: str, method: str, measurements: Sequence[Measurement], reference: Sequence[Measurement]) -> Summary:
+    """Summarize ``measurements`` of ``method`` against the ``reference`` (vanilla) ones of the same questions."""
+    rate = _pooled_rate(measurements)
+    reference_by_question = {m.question_id: m for m in reference}
+    speedup = median_speedup = None
+    if reference:
+        reference_rate = _pooled_rate([reference_by_question[m.question_id] for m in measurements if m.question_id in reference_by_question])
+        speedup = rate / reference_rate if reference_rate > 0 else None
+        ratios = [
+            m.tokens_per_second / reference_by_question[m.question_id].tokens_per_second
+            for m in measurements
+            if m.question_id in reference_by_question and reference_by_question[m.question_id].tokens_per_second > 0
+        ]
+        median_speedup = statistics.median(ratios) if ratios else None
+    passes = sum(m.forward_passes for m in measurements)
+    return Summary(
+        group=group,
+        method=method,
+        questions=len(measurements),
+        new_tokens=sum(m.new_tokens for m in measurements),
+        seconds=sum(m.seconds for m in measurements),
+        tokens_per_second=rate,
+        speedup=speedup,
+        median_speedup=median_speedup,
+        mat=sum(m.new_tokens for m in measurements) / passes if passes else 0.0,
+        mismatches=sum(1 for m in measurements if m.equal_to_reference is False),
+    )
+
+
+def summarize(measurements: Iterable[Measurement]) -> list[Summary]:
+    """Summaries for every (category, method) and every (``overall``, method), in first-seen order."""
+    measurements = list(measurements)
+    methods = list(dict.fromkeys(m.method for m in measurements))
+    groups = list(dict.fromkeys(m.category for m in measurements)) + [OVERALL]
+    summaries = []
+    for group in groups:
+        in_group = [m for m in measurements if group == OVERALL or m.category == group]
+        reference = [m for m in in_group if m.method == REFERENCE_METHOD]
+        for method in methods:
+            selected = [m for m in in_group if m.method == method]
+            if selected:
+                summaries.append(summarize_group(group, method, selected, reference))
+    return summaries
