@@ -58,9 +58,9 @@ std::size_t AutomatonBuilder::memory_bytes() const {
 }
 
 std::size_t AutomatonBuilder::slot_index(std::uint64_t key) const {
-  // Fibonacci hashing: the high bits of key * 2^64/phi spread consecutive states well.
-  const std::uint64_t mixed = (key ^ (key >> 29)) * 0x9E3779B97F4A7C15ull;
-  return static_cast<std::size_t>(mixed >> 17) & slot_mask_;
+  // Fibonacci hashing: the top bits of key * 2^64/phi depend on every bit of the key.
+  const std::uint64_t mixed = (key ^ (key >> 32)) * 0x9E3779B97F4A7C15ull;
+  return static_cast<std::size_t>(mixed >> slot_shift_);
 }
 
 AutomatonBuilder::Slot& AutomatonBuilder::find_slot(std::uint64_t key) {
@@ -94,6 +94,8 @@ void AutomatonBuilder::grow_table(std::size_t min_slots) {
   old.swap(slots_);
   slots_.assign(new_size, Slot{kEmptyKey, 0});
   slot_mask_ = new_size - 1;
+  slot_shift_ = 64;
+  for (std::size_t size = new_size; size > 1; size >>= 1) --slot_shift_;
   for (const Slot& slot : old) {
     if (slot.key != kEmptyKey) find_slot(slot.key) = slot;
   }
@@ -131,9 +133,7 @@ void AutomatonBuilder::append(Token token) {
   StateId state = last_;
   // Every suffix of the old text that cannot be followed by `token` gains a transition to the
   // new state; the walk stops at the first one that can, which bounds the total work.
-  while (state != kNoState) {
-    Slot& slot = find_slot(key_of(state, token));
-    if (slot.key != kEmptyKey) break;
+  while (state != kNoState && find(state, token) == nullptr) {
     add_transition(state, token, current);
     state = states_[state].link;
   }

@@ -30,6 +30,7 @@ enum Section : std::size_t {
   kText,
   kLink,
   kCount,
+  kCountOverflow,
   kCloneLength,
   kCloneEnd,
   kEdgeOffset,
@@ -39,7 +40,7 @@ enum Section : std::size_t {
 };
 constexpr const char* kSectionNames[kNumSections] = {
     "tokenizer fingerprint", "metadata", "text", "suffix links", "occurrence counts",
-    "clone lengths", "clone ends", "edge offsets", "edge tokens", "edge targets"};
+    "large occurrence counts", "clone lengths", "clone ends", "edge offsets", "edge tokens", "edge targets"};
 
 struct SectionEntry {
   std::uint64_t offset;
@@ -60,7 +61,7 @@ struct Header {
   std::uint64_t num_clones;
   std::uint64_t num_edges;
   std::uint32_t vocab_bound;
-  std::uint32_t reserved;
+  std::uint32_t num_count_overflows;
   std::uint64_t payload_checksum;  // of every byte after the header
   std::uint64_t header_checksum;   // of the header with this field zeroed
   SectionEntry sections[kNumSections];
@@ -130,7 +131,8 @@ class MappedFile final : public Storage {
 struct FrozenArrays {
   std::vector<Token> text;
   std::vector<StateId> link;
-  std::vector<std::uint32_t> count;
+  std::vector<std::uint16_t> count;
+  std::vector<std::uint32_t> count_overflow;  // (state, count) pairs, sorted by state
   std::vector<std::uint32_t> clone_length;
   std::vector<std::uint32_t> clone_end;
   std::vector<std::uint32_t> edge_offset;
@@ -157,7 +159,7 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
 
   FrozenArrays arrays;
   arrays.link.resize(num_states);
-  arrays.count.assign(num_states, 0);
+  std::vector<std::uint32_t> count(num_states, 0);
   arrays.clone_length.resize(num_clones);
   arrays.clone_end.resize(num_clones);
   arrays.link[0] = 0;
@@ -168,7 +170,7 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
       arrays.clone_length[id - text_length - 1] = builder.length(state);
       arrays.clone_end[id - text_length - 1] = builder.first_end(state);
     } else {
-      arrays.count[id] = 1;  // the occurrence ending at the state's own position
+      count[id] = 1;  // the occurrence ending at the state's own position
     }
   }
 
@@ -187,29 +189,59 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
     for (StateId id = 0; id < num_states; ++id) by_length[bucket_start[length_of(id)]++] = id;
     for (std::size_t rank = num_states; rank-- > 1;) {
       const StateId id = by_length[rank];
-      if (id != 0) arrays.count[arrays.link[id]] += arrays.count[id];
+      if (id != 0) count[arrays.link[id]] += count[id];
     }
   }
-
-  // Transitions, minus the implicit backbone and the separator (never matched).
-  arrays.edge_offset.assign(num_states + 1, 0);
-  std::vector<std::pair<Token, StateId>> edges;
+  // Nearly all counts are small: store 16 bits, and the rare large ones in a side table.
+  arrays.count.resize(num_states);
   for (StateId id = 0; id < num_states; ++id) {
-    edges.clear();
+    if (count[id] >= kCountOverflowMarker) {
+      arrays.count[id] = kCountOverflowMarker;
+      arrays.count_overflow.push_back(id);
+      arrays.count_overflow.push_back(count[id]);
+    } else {
+      arrays.count[id] = static_cast<std::uint16_t>(count[id]);
+    }
+  }
+  std::vector<std::uint32_t>().swap(count);
+
+  // Transitions, minus the implicit backbone and the separator (never matched), bucketed by
+  // state in one sequential pass over the builder's table, then sorted by token per state.
+  auto stored = [&](StateId old_state, Token token) {
+    const StateId id = new_id[old_state];
     const Token backbone = (id >= 1 && id < text_length) ? text[id] : kSeparator;
-    builder.for_each_transition(old_id[id], [&](Token token, StateId target) {
-      if (token == kSeparator || token == backbone) return;
-      edges.emplace_back(token, new_id[target]);
-    });
-    std::sort(edges.begin(), edges.end());
-    if (arrays.edge_token.size() + edges.size() > std::numeric_limits<std::uint32_t>::max()) {
+    return token != kSeparator && token != backbone;
+  };
+  arrays.edge_offset.assign(num_states + 1, 0);
+  builder.for_each_transition_of_all([&](StateId state, Token token, StateId) {
+    if (stored(state, token)) ++arrays.edge_offset[new_id[state] + 1];
+  });
+  for (std::size_t id = 0; id < num_states; ++id) {
+    if (std::uint64_t{arrays.edge_offset[id]} + arrays.edge_offset[id + 1] >
+        std::numeric_limits<std::uint32_t>::max()) {
       throw InputError("corpus too large for one file: more than 2^32-1 stored transitions");
     }
-    for (const auto& [token, target] : edges) {
-      arrays.edge_token.push_back(token);
-      arrays.edge_target.push_back(target);
-    }
-    arrays.edge_offset[id + 1] = static_cast<std::uint32_t>(arrays.edge_token.size());
+    arrays.edge_offset[id + 1] += arrays.edge_offset[id];
+  }
+  const std::uint32_t num_edges = arrays.edge_offset[num_states];
+  std::vector<std::pair<Token, StateId>> edges(num_edges);
+  {
+    std::vector<std::uint32_t> fill(arrays.edge_offset.begin(), arrays.edge_offset.end() - 1);
+    builder.for_each_transition_of_all([&](StateId state, Token token, StateId target) {
+      if (stored(state, token)) edges[fill[new_id[state]]++] = {token, new_id[target]};
+    });
+  }
+  builder.release();
+  arrays.edge_token.resize(num_edges);
+  arrays.edge_target.resize(num_edges);
+  for (std::size_t id = 0; id < num_states; ++id) {
+    const auto begin = edges.begin() + arrays.edge_offset[id];
+    const auto end = edges.begin() + arrays.edge_offset[id + 1];
+    if (end - begin > 1) std::sort(begin, end);
+  }
+  for (std::uint32_t edge = 0; edge < num_edges; ++edge) {
+    arrays.edge_token[edge] = edges[edge].first;
+    arrays.edge_target[edge] = edges[edge].second;
   }
   arrays.text = std::move(text);
   return arrays;
@@ -281,12 +313,14 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
   header.num_clones = arrays.clone_length.size();
   header.num_edges = arrays.edge_token.size();
   header.vocab_bound = max_token + 1;
+  header.num_count_overflows = static_cast<std::uint32_t>(arrays.count_overflow.size() / 2);
   const std::uint64_t section_bytes[kNumSections] = {
       input.tokenizer_fingerprint.size(),
       input.metadata.size(),
       arrays.text.size() * sizeof(Token),
       arrays.link.size() * sizeof(StateId),
-      arrays.count.size() * sizeof(std::uint32_t),
+      arrays.count.size() * sizeof(std::uint16_t),
+      arrays.count_overflow.size() * sizeof(std::uint32_t),
       arrays.clone_length.size() * sizeof(std::uint32_t),
       arrays.clone_end.size() * sizeof(std::uint32_t),
       arrays.edge_offset.size() * sizeof(std::uint32_t),
@@ -307,6 +341,7 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
   copy_section(*image, header.sections[kText], arrays.text);
   copy_section(*image, header.sections[kLink], arrays.link);
   copy_section(*image, header.sections[kCount], arrays.count);
+  copy_section(*image, header.sections[kCountOverflow], arrays.count_overflow);
   copy_section(*image, header.sections[kCloneLength], arrays.clone_length);
   copy_section(*image, header.sections[kCloneEnd], arrays.clone_end);
   copy_section(*image, header.sections[kEdgeOffset], arrays.edge_offset);
@@ -365,7 +400,8 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
       header.sections[kMetadata].bytes,
       header.text_length * 4,
       header.num_states * 4,
-      header.num_states * 4,
+      header.num_states * 2,
+      std::uint64_t{header.num_count_overflows} * 8,
       header.num_clones * 4,
       header.num_clones * 4,
       (header.num_states + 1) * 4,
@@ -373,7 +409,8 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
       header.num_edges * 4};
   if (header.num_states != header.text_length + 1 + header.num_clones ||
       header.num_tokens + header.num_documents != header.text_length ||
-      header.text_length == 0 || header.num_states >= kNoState) {
+      header.text_length == 0 || header.num_states >= kNoState ||
+      header.num_count_overflows > header.num_states) {
     throw FormatError("corrupted automaton file: inconsistent sizes in the header");
   }
   for (std::size_t section = 0; section < kNumSections; ++section) {
@@ -405,7 +442,9 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
                    header.sections[kMetadata].bytes);
   text_ = section_of(kText);
   link_ = section_of(kLink);
-  count_ = section_of(kCount);
+  count_ = reinterpret_cast<const std::uint16_t*>(bytes + header.sections[kCount].offset);
+  count_overflow_ = section_of(kCountOverflow);
+  num_count_overflows_ = header.num_count_overflows;
   clone_length_ = section_of(kCloneLength);
   clone_end_ = section_of(kCloneEnd);
   edge_offset_ = section_of(kEdgeOffset);
@@ -491,7 +530,20 @@ std::uint32_t StaticAutomaton::length(StateId state) const {
 
 std::uint32_t StaticAutomaton::count(StateId state) const {
   check_state(state);
-  return count_[state];
+  const std::uint16_t small = count_[state];
+  if (small != kCountOverflowMarker) return small;
+  std::uint32_t low = 0;
+  std::uint32_t high = num_count_overflows_;
+  while (low < high) {
+    const std::uint32_t middle = low + (high - low) / 2;
+    if (count_overflow_[2 * middle] < state) {
+      low = middle + 1;
+    } else {
+      high = middle;
+    }
+  }
+  if (low == num_count_overflows_ || count_overflow_[2 * low] != state) corrupt("large counts");
+  return count_overflow_[2 * low + 1];
 }
 
 std::uint32_t StaticAutomaton::occurrence_end(StateId state) const {

@@ -7,7 +7,8 @@
 //    to state s+1 (the "backbone"), which is never redirected by later clones;
 //  - states M+1..S-1 are clones, with their length and an occurrence end stored explicitly;
 //  - every other transition lives in CSR arrays sorted by token per state;
-//  - count[s] is the number of occurrences (end positions) of the state's strings.
+//  - count[s] is the number of occurrences (end positions) of the state's strings, in 16 bits
+//    with a sorted side table for the few states that occur 65535 times or more.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +22,8 @@
 namespace sam {
 
 constexpr std::uint32_t kFormatVersion = 1;
+// Occurrence counts are stored in 16 bits; this value means "look it up in the side table".
+constexpr std::uint16_t kCountOverflowMarker = 0xFFFF;
 
 // Bytes of a file or an in-memory image; either a heap buffer or a read-only memory map.
 class Storage {
@@ -109,7 +112,9 @@ class StaticAutomaton {
   std::string fingerprint_, metadata_;
   const Token* text_ = nullptr;
   const StateId* link_ = nullptr;
-  const std::uint32_t* count_ = nullptr;
+  const std::uint16_t* count_ = nullptr;
+  const std::uint32_t* count_overflow_ = nullptr;
+  std::uint32_t num_count_overflows_ = 0;
   const std::uint32_t* clone_length_ = nullptr;
   const std::uint32_t* clone_end_ = nullptr;
   const std::uint32_t* edge_offset_ = nullptr;
