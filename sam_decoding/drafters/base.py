@@ -1,0 +1,103 @@
+"""The drafter protocol: what the generate loop asks of anything that proposes tokens.
+
+A drafter sees one request at a time. The loop calls :meth:`Drafter.begin` with the prompt,
+then alternates :meth:`Drafter.propose` (before each verification forward pass) and
+:meth:`Drafter.accept` (after it, with the tokens that were appended to the context).
+Drafts never influence *which* tokens are emitted, only how many are verified per forward
+pass, so a drafter can be arbitrarily wrong without breaking losslessness.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+import numpy as np
+import torch
+
+_EMPTY_TOKENS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Proposed continuation of the context: a chain or a tree of tokens.
+
+    Attributes:
+        tokens: int64 array ``[k]`` of proposed token ids.
+        parents: ``None`` for a chain (token ``i`` follows token ``i - 1``, token 0 follows the
+            context's last token); otherwise an int32 array ``[k]`` where ``parents[i]`` is the
+            index of node ``i``'s parent, ``-1`` for children of the context's last token, and
+            ``parents[i] < i`` (topological order). Siblings should carry distinct tokens;
+            a duplicate sibling is never reached.
+        source: Which mechanism produced the draft (``"static"``, ``"dynamic"``,
+            ``"token_recycling"``, ...); the generate loop counts drafts and accepted tokens per source.
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray | None = None
+    source: str = "none"
+
+    @classmethod
+    def empty(cls, source: str = "none") -> Draft:
+        """A draft of no tokens: the step verifies only the context's last token (plain decoding)."""
+        return cls(_EMPTY_TOKENS, None, source)
+
+    @classmethod
+    def chain(cls, tokens: np.ndarray | list[int], source: str) -> Draft:
+        """A chain draft from any 1-D integer sequence."""
+        return cls(np.asarray(tokens, dtype=np.int64).reshape(-1), None, source)
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether the draft is a single path (no branching)."""
+        return self.parents is None
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What the target model computed in one verification pass, for drafters that learn from it.
+
+    Attributes:
+        tokens: int64 tensor ``[q]``: the context's last token followed by every draft node, in the
+            order they were fed (so ``logits[i]`` is the target's next-token prediction after ``tokens[i]``
+            along ``tokens[i]``'s path).
+        logits: float tensor ``[q, vocab]``: the target's raw (unprocessed) logits at those positions.
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+
+
+class Drafter(ABC):
+    """Base class of all drafters; subclass it to plug your own drafting into :func:`sam_decoding.generate`.
+
+    Class attributes a subclass may override:
+        wants_logits: ``True`` if :meth:`accept` needs the target's logits (a :class:`Verified`);
+            otherwise the loop passes ``None`` and skips building it.
+        proposes_trees: ``True`` if :meth:`propose` may return a tree (``parents`` not ``None``). The loop
+            then checks before the first step that the model can take a custom 4-D attention mask.
+    """
+
+    wants_logits: bool = False
+    proposes_trees: bool = False
+
+    @abstractmethod
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        """Start a new request whose context is ``prompt_ids`` (int64 ``[n]``, ``n >= 1``)."""
+
+    @abstractmethod
+    def propose(self, max_tokens: int) -> Draft:
+        """Propose a continuation of the current context.
+
+        ``max_tokens`` (>= 1) bounds the useful draft *depth*: the loop can accept at most that many
+        draft tokens this step, and drops deeper nodes. A tree's node count is the drafter's own choice.
+        """
+
+    @abstractmethod
+    def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
+        """Append ``tokens`` (int64 ``[m]``, ``m >= 1``: the accepted draft tokens and the bonus token) to the context.
+
+        ``verified`` is the target's output of this step if :attr:`wants_logits` is set, else ``None``.
+        """

@@ -1,0 +1,145 @@
+"""Token Recycling: a model-free drafter that reuses the target's own top-k predictions.
+
+Every verification pass computes the target's next-token logits at every fed position, most of
+which are thrown away. This drafter keeps, for each token id, the top-k tokens the target
+predicted after it the last time it was verified (a ``vocab x k`` table), and drafts by expanding
+a fixed tree template from the context's last token through that table. The table is updated
+every step and kept across requests, so it keeps improving over a session.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import torch
+
+from sam_decoding.drafters.base import Draft, Drafter, Verified
+
+# Prior weight of the rank-r entry of a table row being the right next token; only the ordering
+# of products of these matters, so they shape the template (more width near the root, long
+# spine along rank 0) rather than claim exact probabilities.
+_RANK_PRIOR = (0.55, 0.18, 0.08, 0.05, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01)
+
+
+class TreeTemplate:
+    """A fixed draft-tree shape: node ``i`` is the ``ranks[i]``-th table entry of its parent's token.
+
+    Nodes are ordered by depth (breadth-first), so a level can be expanded with one vectorized lookup.
+    """
+
+    def __init__(self, parents: np.ndarray, ranks: np.ndarray) -> None:
+        self.parents = np.asarray(parents, dtype=np.int32)
+        self.ranks = np.asarray(ranks, dtype=np.int32)
+        depth = np.zeros(len(self.parents), dtype=np.int32)
+        for i, parent in enumerate(self.parents):
+            if parent >= i:
+                raise ValueError("template parents must precede their children")
+            depth[i] = 1 if parent < 0 else depth[parent] + 1
+        if np.any(np.diff(depth) < 0):
+            raise ValueError("template nodes must be ordered by depth")
+        self.depth = depth
+        # Level boundaries: nodes of depth d are levels[d - 1]:levels[d].
+        self.level_starts = np.searchsorted(depth, np.arange(1, int(depth.max(initial=0)) + 2))
+
+    @classmethod
+    def best_first(cls, max_nodes: int = 64, *, top_k: int = 8, max_depth: int = 8) -> TreeTemplate:
+        """The ``max_nodes`` nodes with the highest product of rank priors along their path."""
+        if max_nodes < 1 or top_k < 1 or max_depth < 1:
+            raise ValueError("max_nodes, top_k and max_depth must be positive")
+        priors = [_RANK_PRIOR[r] if r < len(_RANK_PRIOR) else _RANK_PRIOR[-1] for r in range(top_k)]
+        # Heap entries: (-score, tie-break, parent index in `picked`, rank, depth).
+        heap = [(-priors[r], r, -1, r, 1) for r in range(top_k)]
+        heapq.heapify(heap)
+        picked: list[tuple[int, int, int]] = []
+        counter = top_k
+        while heap and len(picked) < max_nodes:
+            neg_score, _, parent, rank, depth = heapq.heappop(heap)
+            picked.append((parent, rank, depth))
+            index = len(picked) - 1
+            if depth < max_depth:
+                for r in range(top_k):
+                    heapq.heappush(heap, (neg_score * priors[r], counter, index, r, depth + 1))
+                    counter += 1
+        order = sorted(range(len(picked)), key=lambda i: (picked[i][2], i))
+        new_index = {old: new for new, old in enumerate(order)}
+        parents = [-1 if picked[i][0] < 0 else new_index[picked[i][0]] for i in order]
+        ranks = [picked[i][1] for i in order]
+        return cls(np.array(parents), np.array(ranks))
+
+    def __len__(self) -> int:
+        return int(self.parents.shape[0])
+
+
+class TokenRecyclingDrafter(Drafter):
+    """Drafts trees from a ``vocab x top_k`` table of the target's recent top-k predictions.
+
+    Args:
+        top_k: Entries kept per token (the widest branching the template can use).
+        template: Tree shape to expand; default: a best-first template of ``max_nodes`` nodes.
+        max_nodes: Size of the default template, in draft tokens (verified per step).
+        max_depth: Depth of the default template, in tokens.
+    """
+
+    wants_logits = True
+    proposes_trees = True
+
+    def __init__(
+        self,
+        *,
+        top_k: int = 8,
+        template: TreeTemplate | None = None,
+        max_nodes: int = 64,
+        max_depth: int = 8,
+    ) -> None:
+        self.top_k = top_k
+        self.template = template or TreeTemplate.best_first(max_nodes, top_k=top_k, max_depth=max_depth)
+        if int(self.template.ranks.max(initial=0)) >= top_k:
+            raise ValueError("template uses a rank >= top_k")
+        # Allocated on the first verified step, when the vocabulary size is known.
+        self.table: np.ndarray | None = None
+        self._last_token = -1
+        # Reused per-step buffer: slot 0 is the root (context's last token), slot i + 1 is node i.
+        self._node_tokens = np.empty(len(self.template) + 1, dtype=np.int64)
+
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        self._last_token = int(prompt_ids[-1])
+
+    def propose(self, max_tokens: int) -> Draft:
+        table = self.table
+        root = self._last_token
+        if table is None or root < 0 or root >= table.shape[0] or table[root, 0] < 0:
+            return Draft.empty("token_recycling")
+        template = self.template
+        depth_limit = min(max_tokens, len(template.level_starts) - 1)
+        node_count = int(template.level_starts[depth_limit])
+        tokens = self._node_tokens
+        tokens[0] = root
+        parents = template.parents[:node_count]
+        ranks = template.ranks[:node_count]
+        for level in range(depth_limit):
+            start, stop = template.level_starts[level], template.level_starts[level + 1]
+            parent_tokens = tokens[parents[start:stop] + 1]
+            # -1 marks an unknown or invalid parent; its subtree is dropped below.
+            found = table[np.maximum(parent_tokens, 0), ranks[start:stop]]
+            tokens[start + 1 : stop + 1] = np.where(parent_tokens < 0, -1, found)
+        draft_tokens = tokens[1 : node_count + 1]
+        if np.all(draft_tokens >= 0):
+            return Draft(draft_tokens.copy(), parents.copy(), "token_recycling")
+        # Rows filled only partially (never after a full update) or unknown tokens: compact.
+        keep = np.flatnonzero(draft_tokens >= 0)
+        remap = np.full(node_count, -1, dtype=np.int32)
+        remap[keep] = np.arange(len(keep), dtype=np.int32)
+        kept_parents = parents[keep]
+        new_parents = np.where(kept_parents < 0, -1, remap[np.maximum(kept_parents, 0)]).astype(np.int32)
+        return Draft(draft_tokens[keep].copy(), new_parents, "token_recycling")
+
+    def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
+        self._last_token = int(tokens[-1])
+        if verified is None:
+            return
+        logits = verified.logits
+        if self.table is None:
+            self.table = np.full((logits.shape[-1], self.top_k), -1, dtype=np.int64)
+        top = torch.topk(logits, self.top_k, dim=-1, sorted=True).indices
+        self.table[verified.tokens.numpy()] = top.numpy()
