@@ -133,14 +133,15 @@ void AutomatonBuilder::append(Token token) {
   StateId state = last_;
   // Every suffix of the old text that cannot be followed by `token` gains a transition to the
   // new state; the walk stops at the first one that can, which bounds the total work.
-  while (state != kNoState && find(state, token) == nullptr) {
+  const Slot* existing = nullptr;
+  while (state != kNoState && (existing = find(state, token)) == nullptr) {
     add_transition(state, token, current);
     state = states_[state].link;
   }
   if (state == kNoState) {
     states_[current].link = 0;
   } else {
-    const StateId next = find(state, token)->target;
+    const StateId next = existing->target;
     if (states_[state].length + 1 == states_[next].length) {
       states_[current].link = next;
     } else {
