@@ -38,7 +38,14 @@ class TokenView {
     }
     const auto size = static_cast<std::size_t>(array.shape(0));
     const bool contiguous = (array.flags() & py::array::c_style) != 0;
-    if (contiguous && dtype.itemsize() == 4) {
+    // Zero-copy only when the bytes already are native uint32 values; anything else (other
+    // widths, strided views, big-endian data) goes through a converting, checked copy.
+    const char byte_order = dtype.byteorder();
+    const std::uint16_t probe = 1;
+    const bool little_endian_host = *reinterpret_cast<const std::uint8_t*>(&probe) == 1;
+    const bool native_order = byte_order == '=' || byte_order == '|' ||
+                              (byte_order == '<') == little_endian_host;
+    if (contiguous && native_order && dtype.itemsize() == 4) {
       data_ = static_cast<const sam::Token*>(array.data());
       size_ = size;
       check_range(data_, size_);
