@@ -1,4 +1,13 @@
-"""sam-decoding: lossless speculative decoding drafted by retrieval from suffix automata."""
+"""sam-decoding: lossless speculative decoding drafted by retrieval from suffix automata.
+
+The automata (native, NumPy only) import eagerly; the generation engine, which needs torch and
+transformers, is imported on first use so that corpus tooling starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from sam_decoding._core import __version__
 from sam_decoding.automaton import (
@@ -11,13 +20,64 @@ from sam_decoding.automaton import (
     TokenizerMismatchError,
 )
 
+if TYPE_CHECKING:
+    from sam_decoding.drafters import (
+        Draft,
+        Drafter,
+        ModelDrafter,
+        PromptLookupDrafter,
+        SamDrafter,
+        TokenRecyclingDrafter,
+        Verified,
+    )
+    from sam_decoding.generation import GenerationResult, GenerationStats, generate
+    from sam_decoding.hf_integration import custom_generate
+
+_LAZY = {
+    "Draft": "sam_decoding.drafters",
+    "Drafter": "sam_decoding.drafters",
+    "Verified": "sam_decoding.drafters",
+    "ModelDrafter": "sam_decoding.drafters",
+    "PromptLookupDrafter": "sam_decoding.drafters",
+    "SamDrafter": "sam_decoding.drafters",
+    "TokenRecyclingDrafter": "sam_decoding.drafters",
+    "GenerationResult": "sam_decoding.generation",
+    "GenerationStats": "sam_decoding.generation",
+    "generate": "sam_decoding.generation",
+    "custom_generate": "sam_decoding.hf_integration",
+}
+
 __all__ = [
     "FORMAT_VERSION",
+    "Draft",
     "DraftTree",
+    "Drafter",
     "DynamicAutomaton",
     "FormatError",
+    "GenerationResult",
+    "GenerationStats",
+    "ModelDrafter",
+    "PromptLookupDrafter",
+    "SamDrafter",
     "StaticAutomaton",
     "StaticCursor",
+    "TokenRecyclingDrafter",
     "TokenizerMismatchError",
+    "Verified",
     "__version__",
+    "custom_generate",
+    "generate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sam_decoding' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
