@@ -83,20 +83,18 @@ def greedy_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) 
     """The model's plain greedy answer to ``prompt`` as a single user turn (at most ``max_new_tokens`` tokens)."""
     import torch
 
-    encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    input_ids = encoded["input_ids"]
+    from sam_decoding.prompts import chat_prompt_ids, eos_token_ids
+
+    input_ids = chat_prompt_ids(tokenizer, prompt)
+    eos = eos_token_ids(model, tokenizer)
     with torch.inference_mode():
         output = model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             do_sample=False,
             max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            eos_token_id=eos or None,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
         )
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
 

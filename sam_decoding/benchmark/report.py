@@ -130,7 +130,8 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
         "Methods: " + "; ".join(f"`{name}`: {description}" for name, description in info.methods.items()) + ".",
         "tokens/s pools all new tokens over all generation seconds; speed-up is that rate over vanilla's on the "
         "same questions, median speed-up the median of per-question ratios; MAT is new tokens per target-model "
-        "forward pass (prefill included). Each question runs every method back to back.",
+        "forward pass that emits tokens (the engine's separate prompt prefill is not counted). Each question "
+        "runs every method back to back, in an order rotated per question.",
         "",
     ]
     return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""``sam-decoding bench``: the end-to-end comparison of decoding methods on a suite of questions."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sam_decoding.cli.errors import CliError
+
+_EPILOG = """\
+suites:
+  spec-bench-mini  10 questions per Spec-Bench category translation, summarization, qa,
+                   math_reasoning, rag + the first turn of the 80 MT-bench questions (130);
+                   SAM's static corpus: the model's greedy answers to 60 other Spec-Bench
+                   questions (distilled once, ~10 minutes on 2 CPU cores, then cached)
+  humaneval        the 164 HumanEval problems; SAM's static corpus: the Python stdlib source
+                   (built once, ~30 s, then cached)
+  --questions FILE your JSONL (Spec-Bench 'turns' or --prompt-field); SAM needs --corpus
+
+methods: vanilla, hf-prompt-lookup, pld, token-recycling, sam, sam+tr (all greedy; every
+output is compared with vanilla's token for token). Writes SUITE.json (every measurement),
+SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
+
+examples:
+  sam-decoding bench --quick
+  sam-decoding bench --suite spec-bench-mini --limit 3 --out bench/out
+  sam-decoding bench --suite humaneval --methods vanilla,sam,sam+tr
+  sam-decoding bench --questions my.jsonl --prompt-field question --corpus docs.sam"""
+
+
+def register(commands: Any) -> None:
+    """Add the ``bench`` subcommand to ``commands``."""
+    from sam_decoding.benchmark.methods import METHOD_NAMES
+    from sam_decoding.benchmark.suites import SUITE_NAMES
+
+    parser = commands.add_parser(
+        "bench",
+        help="compare decoding methods end to end (speed-up, MAT, equality with vanilla)",
+        description="Run vanilla generate, transformers' prompt lookup, PLD, Token Recycling, SAM and "
+        "SAM + Token Recycling on a suite of questions and write JSON, Markdown and PNG reports.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--suite", choices=SUITE_NAMES, default="spec-bench-mini", help="built-in suite (default: %(default)s)")
+    source.add_argument("--questions", type=Path, metavar="FILE", help="your own JSONL of questions instead of a suite")
+    parser.add_argument("--prompt-field", metavar="NAME", help="field of --questions holding the prompt")
+    parser.add_argument("--data", type=Path, metavar="PATH", help="Spec-Bench question.jsonl (default: ../shared/data/spec_bench/ beside the repository)")
+    parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus for the sam methods instead of the suite's own")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens per answer (default: %(default)s)")
+    parser.add_argument(
+        "--methods", default=",".join(METHOD_NAMES), metavar="LIST", help="comma-separated methods (default: all: %(default)s)"
+    )
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--limit", type=int, metavar="N", help="first N questions of each category")
+    limit.add_argument("--quick", action="store_true", help="smoke run: 1 question per category")
+    parser.add_argument("--out", type=Path, default=Path("sam-decoding-bench"), metavar="DIR", help="report directory (default: %(default)s)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cache", type=Path, metavar="DIR", help="where suite corpora are cached (default: <sam-decoding cache>/bench)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.set_defaults(handler=run)
+
+
+def _parse_methods(text: str) -> list[str]:
+    from sam_decoding.benchmark.methods import METHOD_NAMES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHOD_NAMES]
+    if unknown or not names:
+        raise CliError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHOD_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and write its reports. Returns the exit code."""
+    from sam_decoding.benchmark.methods import STATIC_CORPUS_METHODS, make_methods
+    from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
+
+    methods = _parse_methods(args.methods)
+    if args.max_new_tokens < 1:
+        raise CliError("--max-new-tokens must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise CliError("--threads must be at least 1")
+    if args.corpus is not None and not args.corpus.is_file():
+        raise CliError(f"{args.corpus}: no such file")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"{args.out}: exists and is not a directory")
+    per_category = 1 if args.quick else args.limit
+    try:
+        if args.questions is not None:
+            suite = load_questions_file(args.questions, args.prompt_field)
+        else:
+            suite = load_suite(args.suite, args.data)
+    except SuiteError as error:
+        raise CliError(str(error)) from None
+    suite = suite.limited(per_category)
+    needs_corpus = bool(STATIC_CORPUS_METHODS.intersection(methods))
+    if needs_corpus and args.questions is not None and args.corpus is None:
+        raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
+
+    import torch
+
+    from sam_decoding.benchmark.chart import write_speedup_chart
+    from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json, write_markdown
+    from sam_decoding.benchmark.results import summarize
+    from sam_decoding.benchmark.runner import machine_description, run_suite
+    from sam_decoding.cli.loading import load_model_and_tokenizer, open_corpus_for_tokenizer
+    from sam_decoding.models import DEFAULT_MODEL, cache_dir
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    model_name = args.model or DEFAULT_MODEL
+    corpus_path = corpus_description = None
+    if needs_corpus:
+        if args.corpus is not None:
+            open_corpus_for_tokenizer(args.corpus, tokenizer)
+            corpus_path, corpus_description = args.corpus, f"`{args.corpus}` (given with --corpus)"
+        else:
+            choice = _suite_corpus(args, model, tokenizer, model_name, args.cache or cache_dir() / "bench")
+            corpus_path, corpus_description = choice.path, choice.description
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    method_objects = make_methods(methods, corpus_path)
+    measurements = run_suite(
+        suite,
+        model,
+        tokenizer,
+        method_objects,
+        max_new_tokens=args.max_new_tokens,
+        progress=False if args.no_progress else None,
+    )
+    summaries = summarize(measurements)
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    info = RunInfo(
+        suite=suite.name,
+        model=Path(model.name_or_path).name if args.model is None else model_name,
+        max_new_tokens=args.max_new_tokens,
+        methods={method.name: method.description for method in method_objects},
+        command="sam-decoding " + shlex.join(argv),
+        machine=machine_description(),
+        started_at=started_at,
+        static_corpus=corpus_description,
+        questions_per_category=per_category,
+    )
+    stem = args.out / suite.name
+    write_json(stem.with_suffix(".json"), info, measurements, summaries)
+    write_markdown(stem.with_suffix(".md"), info, summaries)
+    write_speedup_chart(
+        stem.with_suffix(".png"), summaries, f"{suite.name}: speed-up over vanilla ({info.model}, {args.max_new_tokens} tokens)"
+    )
+    print(render_markdown(info, summaries))
+    mismatches = [m for m in measurements if m.equal_to_reference is False]
+    for mismatch in mismatches:
+        print(
+            f"mismatch: {mismatch.method} on question {mismatch.question_id} differs from vanilla "
+            f"at new token {mismatch.first_mismatch}",
+            file=sys.stderr,
+        )
+    print(f"wrote {stem}.json, {stem}.md and {stem}.png", file=sys.stderr)
+    return 0
+
+
+def _suite_corpus(args: argparse.Namespace, model: Any, tokenizer: Any, model_name: str, cache: Path) -> Any:
+    from sam_decoding.benchmark.static_corpus import distilled_corpus, stdlib_corpus
+
+    if args.suite == "humaneval":
+        return stdlib_corpus(tokenizer, cache)
+    return distilled_corpus(model, tokenizer, model_name, cache, data=args.data)

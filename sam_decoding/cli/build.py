@@ -1,0 +1,155 @@
+"""``sam-decoding build``: tokenize text, code or chat files into a static corpus automaton file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sam_decoding.cli.errors import CliError
+from sam_decoding.cli.loading import load_tokenizer_only
+from sam_decoding.corpus import ReadOptions, ReadTally, read_documents, tokenize_documents
+
+_EPILOG = """\
+input kinds (one or more, mixed freely):
+  FILE.txt, FILE.md, ...   one document per file (UTF-8 text)
+  DIR                      every file under DIR matching --glob (binary files are skipped)
+  FILE.jsonl[.gz]          one document per line: the --text-field string, or the --chat-field
+                           message list, or (auto) a list of {role, content} messages or a "text" field
+chats are rendered with the tokenizer's chat template, as the model sees them.
+
+examples:
+  sam-decoding build notes.md manual.txt -o notes.sam
+  sam-decoding build ~/src/project --glob '**/*.py' --exclude 'tests/*' -o project.sam
+  sam-decoding build articles.jsonl --text-field body -o articles.sam
+  sam-decoding build chats.jsonl --chat-field messages --tokenizer ./my-model -o chats.sam"""
+
+
+def register(commands: Any) -> None:
+    """Add the ``build`` subcommand to ``commands``."""
+    parser = commands.add_parser(
+        "build",
+        help="build a static corpus automaton from text, code or chat files",
+        description="Tokenize the inputs (each file, JSONL line or chat a separate document) "
+        "and write a static suffix automaton over them, for drafting at generation time.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories to read")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="FILE", help="corpus file to write"
+    )
+    parser.add_argument(
+        "--glob", default="**/*", help="files to take inside directories (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files whose path relative to the directory matches GLOB (repeatable)",
+    )
+    fields = parser.add_mutually_exclusive_group()
+    fields.add_argument("--text-field", metavar="NAME", help="JSONL field holding a text string")
+    fields.add_argument(
+        "--chat-field", metavar="NAME", help="JSONL field holding a list of {role, content} messages"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="MODEL",
+        help="local model/tokenizer directory or hub id whose tokenizer to use "
+        "(default: the default model's, SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _check_paths(inputs: list[str], output: Path) -> None:
+    for raw in inputs:
+        if not Path(raw).exists():
+            raise CliError(f"{raw}: no such file or directory")
+    if output.is_dir():
+        raise CliError(f"{output}: is a directory; give a file name with -o")
+    if not output.parent.is_dir():
+        raise CliError(f"{output.parent}: output directory does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build and save the automaton; print a summary line. Returns the exit code."""
+    _check_paths(args.inputs, args.output)
+    options = ReadOptions(
+        glob=args.glob,
+        exclude=tuple(args.exclude),
+        text_field=args.text_field,
+        chat_field=args.chat_field,
+    )
+    from tqdm import tqdm
+
+    from sam_decoding import StaticAutomaton
+    from sam_decoding.models import DEFAULT_MODEL, tokenizer_fingerprint
+
+    tokenizer = load_tokenizer_only(args.tokenizer)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+
+    tally = ReadTally()
+    started = time.perf_counter()
+    documents = []
+    progress = tqdm(
+        desc="tokenizing",
+        unit=" docs",
+        file=sys.stderr,
+        disable=True if args.no_progress else None,
+        dynamic_ncols=True,
+    )
+    with progress:
+        for tokens in tokenize_documents(
+            read_documents(args.inputs, options, tally), tokenizer, tally=tally
+        ):
+            documents.append(tokens)
+            progress.update(1)
+            if progress.n % 64 == 0:
+                rate = sum(map(len, documents)) / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix_str(f"{rate:,.0f} tokens/s", refresh=False)
+    num_tokens = sum(map(len, documents))
+    tokenize_seconds = time.perf_counter() - started
+    if not documents:
+        raise CliError("the inputs hold no text to build a corpus from")
+
+    metadata = {
+        "inputs": [str(Path(raw).resolve()) for raw in args.inputs],
+        "glob": args.glob,
+        "exclude": list(args.exclude),
+        "text_field": args.text_field,
+        "chat_field": args.chat_field,
+        "tokenizer": args.tokenizer or DEFAULT_MODEL,
+        "files": tally.files,
+        "skipped_files": len(tally.skipped_files),
+        "documents": len(documents),
+        "chat_documents": tally.chat_documents,
+        "tokens": num_tokens,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not args.no_progress:
+        print(f"building the automaton over {num_tokens:,} tokens...", file=sys.stderr)
+    started = time.perf_counter()
+    automaton = StaticAutomaton.build(
+        documents, tokenizer_fingerprint=fingerprint, metadata=metadata
+    )
+    build_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    automaton.save(args.output)
+    save_seconds = time.perf_counter() - started
+
+    file_bytes = args.output.stat().st_size
+    skipped = f", {len(tally.skipped_files)} binary/undecodable files skipped" if tally.skipped_files else ""
+    print(
+        f"wrote {args.output}: {automaton.num_tokens:,} tokens in {automaton.num_documents:,} documents"
+        f"{skipped}, {automaton.num_states:,} states, {file_bytes:,} bytes "
+        f"({file_bytes / max(automaton.num_tokens, 1):.1f} bytes/token); "
+        f"{tokenize_seconds:.1f} s tokenizing ({num_tokens / max(tokenize_seconds, 1e-9):,.0f} tokens/s), "
+        f"{build_seconds:.1f} s building, {save_seconds:.1f} s saving"
+    )
+    return 0

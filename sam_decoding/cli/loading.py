@@ -1,0 +1,78 @@
+"""Loading what the commands work on (models, tokenizers, corpus automata), failing with one clear line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sam_decoding.cli.errors import CliError
+
+if TYPE_CHECKING:
+    from sam_decoding import StaticAutomaton
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and advisory logging on the terminal."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def load_model_and_tokenizer(name_or_path: str | None) -> tuple[Any, Any]:
+    """The causal LM and tokenizer named by ``--model`` (``None``: the default model)."""
+    from sam_decoding.models import load_model, load_tokenizer
+
+    quiet_transformers()
+    _check_local_path(name_or_path, "model")
+    return load_model(name_or_path), load_tokenizer(name_or_path)
+
+
+def load_tokenizer_only(name_or_path: str | None) -> Any:
+    """The tokenizer named by ``--tokenizer`` (``None``: the default model's)."""
+    from sam_decoding.models import load_tokenizer
+
+    quiet_transformers()
+    _check_local_path(name_or_path, "tokenizer")
+    return load_tokenizer(name_or_path)
+
+
+def _check_local_path(name_or_path: str | None, what: str) -> None:
+    # A path-like argument that does not exist would otherwise be tried as a hub id, which
+    # fails after a network timeout with a message about repository names.
+    if name_or_path is None:
+        return
+    path = Path(name_or_path).expanduser()
+    hub_id_shape = not name_or_path.startswith((".", "/", "~")) and name_or_path.count("/") <= 1
+    if not path.exists() and not hub_id_shape:
+        raise CliError(f"{what} {name_or_path}: no such file or directory")
+    if path.is_file():
+        raise CliError(f"{what} {name_or_path}: expected a model directory, not a file")
+
+
+def open_corpus(path: str | os.PathLike[str], *, verify: bool = False) -> StaticAutomaton:
+    """Load a static corpus automaton file; ``verify`` also checks its full checksum."""
+    from sam_decoding import StaticAutomaton
+
+    file = Path(path)
+    if not file.exists():
+        raise CliError(f"{file}: no such file")
+    if file.is_dir():
+        raise CliError(f"{file}: is a directory, not a corpus file")
+    try:
+        return StaticAutomaton.load(file, verify=verify)
+    except ValueError as error:  # FormatError: truncated, foreign or corrupt file
+        raise CliError(f"{file}: {error}") from None
+
+
+def open_corpus_for_tokenizer(path: str | os.PathLike[str], tokenizer: Any) -> StaticAutomaton:
+    """The corpus at ``path``, refused unless it was built with ``tokenizer`` (same fingerprint)."""
+    from sam_decoding.models import tokenizer_fingerprint
+
+    corpus = open_corpus(path)
+    try:
+        corpus.check_tokenizer(tokenizer_fingerprint(tokenizer))
+    except ValueError as error:
+        raise CliError(f"{path}: refusing a corpus built for another tokenizer: {error}") from None
+    return corpus
