@@ -1,0 +1,572 @@
+// Unit tests of the core, without Python: every query against a brute-force reference on random
+// small inputs, files through a temporary path, and the errors bad files and bad ids must raise.
+// Run through ctest (CMake option SAM_BUILD_TESTS); a failing CHECK prints its line and the test
+// exits non-zero after running everything.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstring>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "automaton_builder.hpp"
+#include "dynamic_automaton.hpp"
+#include "static_automaton.hpp"
+#include "static_cursor.hpp"
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+#define CHECK(condition)                                                        \
+  do {                                                                          \
+    ++g_checks;                                                                 \
+    if (!(condition)) {                                                         \
+      ++g_failures;                                                             \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition); \
+    }                                                                           \
+  } while (0)
+
+// Runs `statement` and checks that it throws `Error`.
+#define CHECK_THROWS(Error, statement)                                               \
+  do {                                                                               \
+    ++g_checks;                                                                      \
+    bool thrown = false;                                                             \
+    try {                                                                            \
+      statement;                                                                     \
+    } catch (const Error&) {                                                         \
+      thrown = true;                                                                 \
+    } catch (const std::exception& other) {                                          \
+      std::fprintf(stderr, "%s:%d: %s threw another error: %s\n", __FILE__, __LINE__, \
+                   #statement, other.what());                                        \
+    }                                                                                \
+    if (!thrown) {                                                                   \
+      ++g_failures;                                                                  \
+      std::fprintf(stderr, "%s:%d: expected %s from %s\n", __FILE__, __LINE__, #Error, \
+                   #statement);                                                      \
+    }                                                                                \
+  } while (0)
+
+using sam::Token;
+using Tokens = std::vector<Token>;
+using Documents = std::vector<Tokens>;
+
+// ---- brute-force reference --------------------------------------------------------------------
+
+bool equal_at(const Tokens& text, std::size_t start, const Tokens& pattern) {
+  return start + pattern.size() <= text.size() &&
+         std::equal(pattern.begin(), pattern.end(), text.begin() + static_cast<std::ptrdiff_t>(start));
+}
+
+std::size_t occurrences(const Documents& documents, const Tokens& pattern) {
+  std::size_t found = 0;
+  for (const Tokens& document : documents) {
+    for (std::size_t start = 0; start + pattern.size() <= document.size(); ++start) {
+      if (equal_at(document, start, pattern)) ++found;
+    }
+  }
+  return found;
+}
+
+std::map<Token, std::size_t> continuations(const Documents& documents, const Tokens& pattern) {
+  std::map<Token, std::size_t> found;
+  for (const Tokens& document : documents) {
+    for (std::size_t start = 0; start + pattern.size() < document.size(); ++start) {
+      if (equal_at(document, start, pattern)) ++found[document[start + pattern.size()]];
+    }
+  }
+  return found;
+}
+
+Tokens suffix(const Tokens& stream, std::size_t length) {
+  return Tokens(stream.end() - static_cast<std::ptrdiff_t>(length), stream.end());
+}
+
+std::size_t static_match_length(const Documents& documents, const Tokens& stream) {
+  std::size_t best = 0;
+  for (std::size_t length = 1; length <= stream.size(); ++length) {
+    if (occurrences(documents, suffix(stream, length)) == 0) break;
+    best = length;
+  }
+  return best;
+}
+
+// Length of the longest matched suffix with a continuation (what drafts extend); 0 if none.
+std::size_t draft_context_length(const Documents& documents, const Tokens& stream,
+                                 std::size_t matched) {
+  for (std::size_t length = matched; length > 0; --length) {
+    if (!continuations(documents, suffix(stream, length)).empty()) return length;
+  }
+  return 0;
+}
+
+std::size_t dynamic_match_length(const Tokens& text, std::vector<std::size_t>* first_end) {
+  std::size_t best = 0;
+  for (std::size_t length = 1; length < text.size(); ++length) {
+    const Tokens tail = suffix(text, length);
+    bool found = false;
+    for (std::size_t end = length - 1; end + 1 < text.size() && !found; ++end) {
+      if (equal_at(text, end + 1 - length, tail)) {
+        found = true;
+        if (first_end != nullptr) first_end->push_back(end);
+      }
+    }
+    if (!found) break;
+    best = length;
+  }
+  return best;
+}
+
+Documents random_documents(std::mt19937& rng, Token alphabet, bool large_ids) {
+  std::uniform_int_distribution<int> count(1, 4), size(0, 30);
+  std::uniform_int_distribution<Token> token(0, alphabet - 1);
+  Documents documents(static_cast<std::size_t>(count(rng)));
+  for (Tokens& document : documents) {
+    document.resize(static_cast<std::size_t>(size(rng)));
+    for (Token& value : document) value = token(rng);
+  }
+  if (documents[0].empty()) documents[0].push_back(0);
+  if (large_ids) {
+    for (Tokens& document : documents) {
+      for (Token& value : document) value = sam::kMaxToken - value * 977u;
+    }
+  }
+  return documents;
+}
+
+std::shared_ptr<const sam::StaticAutomaton> build(const Documents& documents,
+                                                  const std::string& fingerprint = "") {
+  Tokens tokens;
+  std::vector<std::int64_t> ends;
+  for (const Tokens& document : documents) {
+    tokens.insert(tokens.end(), document.begin(), document.end());
+    ends.push_back(static_cast<std::int64_t>(tokens.size()));
+  }
+  sam::BuildInput input;
+  input.tokens = tokens.data();
+  input.num_tokens = tokens.size();
+  input.document_ends = ends.data();
+  input.num_documents = ends.size();
+  input.tokenizer_fingerprint = fingerprint;
+  input.metadata = "{}";
+  return sam::StaticAutomaton::build(input);
+}
+
+Documents nonempty(const Documents& documents) {
+  Documents result;
+  for (const Tokens& document : documents) {
+    if (!document.empty()) result.push_back(document);
+  }
+  return result;
+}
+
+// ---- checks of one cursor position ------------------------------------------------------------
+
+void check_cursor_position(const Documents& documents, const Tokens& stream,
+                           const sam::StaticCursor& cursor) {
+  const std::size_t matched = static_match_length(documents, stream);
+  CHECK(cursor.match_length() == matched);
+  const std::size_t context_length = draft_context_length(documents, stream, matched);
+  const Tokens context = suffix(stream, context_length);
+
+  for (const std::size_t limit : {std::size_t{0}, std::size_t{1}, std::size_t{5}, std::size_t{40}}) {
+    const Tokens draft = cursor.draft(limit);
+    CHECK(draft.size() <= limit);
+    if (limit == 0 || context_length == 0) {
+      CHECK(draft.empty());
+      continue;
+    }
+    Tokens path = context;
+    for (const Token token : draft) {
+      const auto options = continuations(documents, path);
+      CHECK(options.count(token) == 1);
+      if (occurrences(documents, path) > 1 && options.count(token) == 1) {
+        std::size_t best = 0;
+        for (const auto& option : options) best = std::max(best, option.second);
+        CHECK(options.at(token) == best);
+      }
+      path.push_back(token);
+    }
+    CHECK(occurrences(documents, path) >= 1);
+    if (draft.size() < limit) CHECK(continuations(documents, path).empty());
+  }
+
+  const std::size_t max_nodes = 10;
+  const sam::DraftTree tree = cursor.draft_tree(max_nodes, max_nodes);
+  if (context_length == 0) {
+    CHECK(tree.tokens.empty());
+    return;
+  }
+  const double total = static_cast<double>(occurrences(documents, context));
+  std::vector<Tokens> paths;
+  std::int64_t smallest = INT64_MAX;
+  for (std::size_t index = 0; index < tree.tokens.size(); ++index) {
+    const std::int32_t parent = tree.parents[index];
+    CHECK(parent >= -1 && parent < static_cast<std::int32_t>(index));
+    Tokens path = parent >= 0 ? paths[static_cast<std::size_t>(parent)] : Tokens{};
+    path.push_back(static_cast<Token>(tree.tokens[index]));
+    Tokens whole = context;
+    whole.insert(whole.end(), path.begin(), path.end());
+    const auto expected = static_cast<std::int64_t>(occurrences(documents, whole));
+    CHECK(tree.counts[index] == expected);
+    CHECK(std::abs(tree.probabilities[index] - expected / total) < 1e-6);
+    if (parent >= 0) CHECK(tree.counts[index] <= tree.counts[static_cast<std::size_t>(parent)]);
+    smallest = std::min(smallest, tree.counts[index]);
+    paths.push_back(path);
+  }
+  CHECK(tree.tokens.size() <= max_nodes);
+  // Best-first: nothing left out is more frequent than the least frequent node taken.
+  std::vector<Tokens> prefixes = paths;
+  prefixes.push_back(Tokens{});
+  for (const Tokens& prefix : prefixes) {
+    Tokens whole = context;
+    whole.insert(whole.end(), prefix.begin(), prefix.end());
+    for (const auto& option : continuations(documents, whole)) {
+      Tokens child = prefix;
+      child.push_back(option.first);
+      if (std::find(paths.begin(), paths.end(), child) != paths.end()) continue;
+      CHECK(tree.tokens.size() == max_nodes);
+      CHECK(static_cast<std::int64_t>(option.second) <= smallest);
+    }
+  }
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+void test_builder_recognises_exactly_the_substrings() {
+  std::mt19937 rng(1);
+  for (int round = 0; round < 60; ++round) {
+    std::uniform_int_distribution<Token> token(0, 1 + round % 3);
+    Tokens text(static_cast<std::size_t>(1 + round % 40));
+    for (Token& value : text) value = token(rng);
+    sam::AutomatonBuilder builder;
+    for (const Token value : text) builder.append(value);
+    CHECK(builder.text_length() == text.size());
+    CHECK(builder.num_states() <= 2 * text.size() + 1);
+    // Every pattern up to length 5 is accepted by the transitions iff it is a substring.
+    for (std::size_t length = 1; length <= 5; ++length) {
+      for (int trial = 0; trial < 30; ++trial) {
+        Tokens pattern(length);
+        for (Token& value : pattern) value = token(rng);
+        sam::StateId state = builder.root();
+        for (const Token value : pattern) {
+          if (state != sam::kNoState) state = builder.transition(state, value);
+        }
+        const Documents as_documents{text};
+        CHECK((state != sam::kNoState) == (occurrences(as_documents, pattern) > 0));
+        if (state != sam::kNoState) {
+          // The state's first occurrence ends where the pattern first ends.
+          const std::uint32_t end = builder.first_end(state);
+          CHECK(end + 1 >= length && equal_at(text, end + 1 - length, pattern));
+          CHECK(builder.length(state) >= length);
+          CHECK(builder.length(builder.link(state)) < builder.length(state));
+        }
+      }
+    }
+    builder.clear();
+    CHECK(builder.num_states() == 1 && builder.text_length() == 0);
+  }
+}
+
+void test_static_cursor_against_brute_force() {
+  std::mt19937 rng(2);
+  for (int round = 0; round < 120; ++round) {
+    const Documents documents = random_documents(rng, 2 + round % 4, round % 5 == 4);
+    const Documents reference = nonempty(documents);
+    const auto automaton = build(documents);
+    std::size_t tokens = 0;
+    for (const Tokens& document : reference) tokens += document.size();
+    CHECK(automaton->num_tokens() == tokens);
+    CHECK(automaton->num_documents() == reference.size());
+    // A stream that copies stretches of documents with random tokens in between.
+    Tokens stream;
+    std::uniform_int_distribution<std::size_t> pick(0, reference.size() - 1);
+    for (int part = 0; part < 3; ++part) {
+      const Tokens& source = reference[pick(rng)];
+      const std::size_t start = std::uniform_int_distribution<std::size_t>(0, source.size() - 1)(rng);
+      stream.insert(stream.end(), source.begin() + static_cast<std::ptrdiff_t>(start), source.end());
+      stream.push_back(reference[pick(rng)][0]);
+    }
+    sam::StaticCursor cursor(automaton);
+    Tokens prefix;
+    for (const Token token : stream) {
+      prefix.push_back(token);
+      CHECK(cursor.feed_one(token) == static_match_length(reference, prefix));
+      check_cursor_position(reference, prefix, cursor);
+    }
+    sam::StaticCursor whole(automaton);
+    CHECK(whole.feed(stream.data(), stream.size()) == cursor.match_length());
+    CHECK(whole.draft(40) == cursor.draft(40));
+    whole.reset();
+    CHECK(whole.match_length() == 0 && whole.draft(4).empty());
+  }
+}
+
+void test_dynamic_against_brute_force() {
+  std::mt19937 rng(3);
+  for (int round = 0; round < 150; ++round) {
+    std::uniform_int_distribution<Token> token(0, 1 + round % 4);
+    Tokens text(static_cast<std::size_t>(round % 50));
+    for (Token& value : text) value = token(rng);
+    if (round % 3 == 0 && text.size() > 10) text.insert(text.end(), text.begin() + 2, text.begin() + 9);
+    sam::DynamicAutomaton automaton;
+    Tokens prefix;
+    for (const Token value : text) {
+      automaton.extend(&value, 1);
+      prefix.push_back(value);
+      std::vector<std::size_t> first_ends;
+      const std::size_t matched = dynamic_match_length(prefix, &first_ends);
+      CHECK(automaton.match_length() == matched);
+      const Tokens draft = automaton.draft(6);
+      if (matched == 0) {
+        CHECK(draft.empty());
+        continue;
+      }
+      // The tokens after the first earlier occurrence of the matched suffix.
+      const std::size_t end = first_ends[matched - 1];
+      const std::size_t stop = std::min(prefix.size(), end + 1 + 6);
+      CHECK(draft == Tokens(prefix.begin() + static_cast<std::ptrdiff_t>(end + 1),
+                            prefix.begin() + static_cast<std::ptrdiff_t>(stop)));
+      CHECK(automaton.draft(0).empty());
+    }
+    CHECK(automaton.num_tokens() == text.size());
+    automaton.reset();
+    CHECK(automaton.num_tokens() == 0 && automaton.match_length() == 0);
+  }
+}
+
+std::string temp_path(const char* name) {
+  const char* directory = std::getenv("TMPDIR");
+  std::string path = std::string(directory ? directory : "/tmp") + "/sam_core_tests_" +
+                     std::to_string(::getpid()) + "_" + name;
+  return path;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void test_save_load_round_trip() {
+  std::mt19937 rng(4);
+  const std::string path = temp_path("round_trip.sam");
+  for (int round = 0; round < 20; ++round) {
+    const Documents documents = random_documents(rng, 3, round % 2 == 1);
+    const auto built = build(documents, "fingerprint-" + std::to_string(round));
+    built->save(path);
+    for (const bool verify : {false, true}) {
+      const auto loaded = sam::StaticAutomaton::load(path, verify);
+      loaded->verify();
+      CHECK(loaded->is_memory_mapped() && !built->is_memory_mapped());
+      CHECK(loaded->num_tokens() == built->num_tokens());
+      CHECK(loaded->num_states() == built->num_states());
+      CHECK(loaded->num_edges() == built->num_edges());
+      CHECK(loaded->nbytes() == built->nbytes());
+      CHECK(loaded->vocab_bound() == built->vocab_bound());
+      CHECK(loaded->tokenizer_fingerprint() == "fingerprint-" + std::to_string(round));
+      CHECK(loaded->metadata() == "{}");
+      sam::StaticCursor a(built), b(loaded);
+      const Documents reference = nonempty(documents);
+      for (const Tokens& document : reference) {
+        for (const Token token : document) {
+          CHECK(a.feed_one(token) == b.feed_one(token));
+          CHECK(a.draft(20) == b.draft(20));
+          CHECK(a.draft_tree(8, 8).counts == b.draft_tree(8, 8).counts);
+        }
+      }
+    }
+  }
+  std::remove(path.c_str());
+}
+
+void test_large_counts() {
+  // Occurrence counts past 16 bits go to a side table; they must still be exact.
+  const Documents documents{Tokens(70000, 5), Tokens{5, 6, 5, 7}};
+  const auto built = build(documents);
+  const std::string path = temp_path("large_counts.sam");
+  built->save(path);
+  const auto loaded = sam::StaticAutomaton::load(path, true);
+  for (const auto& automaton : {built, loaded}) {
+    sam::StaticCursor cursor(automaton);
+    cursor.feed_one(5);
+    const sam::DraftTree tree = cursor.draft_tree(3, 1);
+    CHECK(tree.tokens.size() == 3);
+    CHECK(tree.tokens[0] == 5 && tree.counts[0] == 69999);
+    CHECK(tree.counts[1] == 1 && tree.counts[2] == 1);
+    CHECK(std::abs(tree.probabilities[0] - 69999.0 / 70002.0) < 1e-6);
+  }
+  std::remove(path.c_str());
+}
+
+void test_corrupted_files_throw_format_error() {
+  const auto automaton = build({{1, 2, 3, 1, 2, 4, 1, 2}, {}, {3, 3, 2, 1}});
+  const std::string good_path = temp_path("good.sam");
+  const std::string bad_path = temp_path("bad.sam");
+  automaton->save(good_path);
+  const std::string good = read_file(good_path);
+  CHECK(good.size() == automaton->nbytes());
+
+  // Truncated anywhere, from empty to one byte short.
+  for (std::size_t cut = 0; cut < good.size(); cut += (cut < 600 ? 7 : 29)) {
+    write_file(bad_path, good.substr(0, cut));
+    CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, false));
+  }
+  write_file(bad_path, good.substr(0, good.size() - 1));
+  CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, false));
+  // Trailing bytes.
+  write_file(bad_path, good + std::string(8, '\0'));
+  CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, false));
+  // Wrong magic.
+  std::string bytes = good;
+  bytes[0] = 'X';
+  write_file(bad_path, bytes);
+  CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, false));
+  // A flipped bit in the header fields.
+  for (std::size_t offset = 8; offset < 200; offset += 3) {
+    bytes = good;
+    bytes[offset] = static_cast<char>(bytes[offset] ^ 0x10);
+    write_file(bad_path, bytes);
+    CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, false));
+  }
+  // A flipped bit in the payload: caught by the checksum, on load or by verify().
+  for (std::size_t offset = 512; offset < good.size(); offset += 5) {
+    bytes = good;
+    bytes[offset] = static_cast<char>(bytes[offset] ^ 0x01);
+    write_file(bad_path, bytes);
+    CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, true));
+    CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(bad_path, false)->verify());
+  }
+  // Not a regular file, and a missing one.
+  CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load("/", false));
+  CHECK_THROWS(sam::FormatError, sam::StaticAutomaton::load(temp_path("missing.sam"), false));
+  std::remove(good_path.c_str());
+  std::remove(bad_path.c_str());
+}
+
+// Runs `body` in a child process with a time limit; true if it finished (returned or threw
+// FormatError) in time, false if it hung or crashed.
+template <typename Body>
+bool finishes_in_a_child(Body&& body, unsigned seconds) {
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(seconds);
+    try {
+      body();
+    } catch (const sam::FormatError&) {
+    }
+    std::_Exit(0);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+void test_corrupted_suffix_link_cannot_loop_forever() {
+  // Unverified loads trust the payload; a suffix link that points at its own state must be
+  // refused as corrupt, not followed forever.
+  const auto automaton = build({{1, 2, 3, 1, 2, 4}, {5, 1, 2}});
+  const std::string path = temp_path("cycle.sam");
+  automaton->save(path);
+  std::string bytes = read_file(path);
+  constexpr std::size_t kSectionTable = 104, kLinkSection = 3;
+  std::uint64_t link_offset = 0;
+  std::memcpy(&link_offset, bytes.data() + kSectionTable + 16 * kLinkSection, sizeof(link_offset));
+  const std::uint32_t state = 3;
+  std::memcpy(&bytes[link_offset + 4 * state], &state, sizeof(state));
+  write_file(path, bytes);
+  const auto corrupted = sam::StaticAutomaton::load(path, false);
+  CHECK_THROWS(sam::FormatError, corrupted->verify());
+  CHECK(finishes_in_a_child(
+      [&] {
+        sam::StaticCursor cursor(corrupted);
+        const Token stream[] = {1, 2, 3, 5, 4};
+        for (const Token token : stream) {
+          cursor.feed_one(token);
+          cursor.draft(8);
+          cursor.draft_tree(8, 8);
+        }
+      },
+      5));
+  std::remove(path.c_str());
+}
+
+void test_bad_tokens_throw_input_error() {
+  for (const Token bad : {Token{0x80000000u}, Token{0xFFFFFFFEu}, sam::kSeparator}) {
+    CHECK_THROWS(sam::InputError, build({{1, 2, bad}}));
+    const auto automaton = build({{1, 2, 3}});
+    sam::StaticCursor cursor(automaton);
+    cursor.feed_one(1);
+    CHECK_THROWS(sam::InputError, cursor.feed_one(bad));
+    const Token stream[] = {2, bad};
+    CHECK_THROWS(sam::InputError, cursor.feed(stream, 2));
+    sam::DynamicAutomaton dynamic;
+    const Token text[] = {4, 4, bad};
+    CHECK_THROWS(sam::InputError, dynamic.extend(text, 3));
+    CHECK(dynamic.num_tokens() == 0);  // checked before anything is appended
+  }
+  // The largest valid id is fine everywhere.
+  const auto automaton = build({{sam::kMaxToken, 0, sam::kMaxToken}});
+  CHECK(automaton->vocab_bound() == 0x80000000u);
+  sam::StaticCursor cursor(automaton);
+  CHECK(cursor.feed_one(sam::kMaxToken) == 1);
+  CHECK(cursor.draft(3) == (Tokens{0, sam::kMaxToken}));
+}
+
+void test_bad_build_input() {
+  CHECK_THROWS(sam::InputError, build({}));
+  CHECK_THROWS(sam::InputError, build({{}, {}}));
+  const Tokens tokens{1, 2, 3};
+  const std::int64_t decreasing[] = {2, 1, 3};
+  sam::BuildInput input;
+  input.tokens = tokens.data();
+  input.num_tokens = tokens.size();
+  input.document_ends = decreasing;
+  input.num_documents = 3;
+  CHECK_THROWS(sam::InputError, sam::StaticAutomaton::build(input));
+  const std::int64_t short_ends[] = {2};
+  input.document_ends = short_ends;
+  input.num_documents = 1;
+  CHECK_THROWS(sam::InputError, sam::StaticAutomaton::build(input));
+  const std::int64_t long_ends[] = {4};
+  input.document_ends = long_ends;
+  CHECK_THROWS(sam::InputError, sam::StaticAutomaton::build(input));
+}
+
+void test_save_into_a_missing_directory_throws() {
+  const auto automaton = build({{1, 2}});
+  CHECK_THROWS(sam::InputError, automaton->save("/nonexistent-directory/sub/a.sam"));
+}
+
+}  // namespace
+
+int main() {
+  test_builder_recognises_exactly_the_substrings();
+  test_static_cursor_against_brute_force();
+  test_dynamic_against_brute_force();
+  test_save_load_round_trip();
+  test_large_counts();
+  test_corrupted_files_throw_format_error();
+  test_corrupted_suffix_link_cannot_loop_forever();
+  test_bad_tokens_throw_input_error();
+  test_bad_build_input();
+  test_save_into_a_missing_directory_throws();
+  std::printf("%d checks, %d failed\n", g_checks, g_failures);
+  return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
