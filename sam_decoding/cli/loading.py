@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from sam_decoding import StaticAutomaton
 
 
+_MODEL_FILES = ("config.json",)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def quiet_transformers() -> None:
     """Silence transformers' per-load progress bars and advisory logging on the terminal."""
     from transformers.utils import logging as transformers_logging
@@ -49,6 +53,12 @@ def _check_local_path(name_or_path: str | None, what: str) -> None:
         raise CliError(f"{what} {name_or_path}: no such file or directory")
     if path.is_file():
         raise CliError(f"{what} {name_or_path}: expected a model directory, not a file")
+    if path.is_dir():
+        expected = _MODEL_FILES if what == "model" else _TOKENIZER_FILES
+        if not any((path / name).is_file() for name in expected):
+            raise CliError(
+                f"{what} {name_or_path}: not a Hugging Face {what} directory (none of {', '.join(expected)})"
+            )
 
 
 def open_corpus(path: str | os.PathLike[str], *, verify: bool = False) -> StaticAutomaton:

@@ -1,0 +1,255 @@
+"""The command line end to end: build from every input kind, info, generate, distill, bench, and bad input.
+
+Generation runs on a tiny random llama saved to a temporary directory with the default model's
+tokenizer (vocabulary 49152), so the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sam_decoding.cli import main
+
+CHAT = [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "Seven is a prime number."}]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """Run ``sam-decoding ARGV`` in process; return (exit code, stdout, stderr)."""
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random llama with the default model's tokenizer and chat template, saved to disk."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sam_decoding.models import load_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    load_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One input of each kind."""
+    root = tmp_path_factory.mktemp("inputs")
+    text = root / "notes.txt"
+    text.write_text("The cat sat on the mat. The cat sat on the hat.\n", encoding="utf-8")
+    tree = root / "src"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "a.py").write_text("def add(a, b):\n    return a + b\n", encoding="utf-8")
+    (tree / "pkg" / "b.py").write_text("def sub(a, b):\n    return a - b\n", encoding="utf-8")
+    (tree / "pkg" / "notes.md").write_text("not selected by the glob\n", encoding="utf-8")
+    articles = root / "articles.jsonl"
+    articles.write_text("".join(json.dumps({"body": f"Article {i} says hello."}) + "\n" for i in range(3)), encoding="utf-8")
+    chats = root / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps(CHAT) + "\n", encoding="utf-8")
+    return {"text": text, "tree": tree, "articles": articles, "chats": chats}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, inputs: dict[str, Path]) -> Path:
+    """A corpus built from the text file and the chats."""
+    output = tmp_path_factory.mktemp("corpus") / "corpus.sam"
+    assert main(["build", str(inputs["text"]), str(inputs["chats"]), "-o", str(output)]) == 0
+    return output
+
+
+def info_json(capsys: pytest.CaptureFixture[str], path: Path) -> dict:
+    code, out, _ = run_cli(capsys, "info", path, "--json")
+    assert code == 0
+    return json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "documents"),
+    [
+        ("text", [], 1),
+        ("tree", ["--glob", "**/*.py"], 2),
+        ("articles", ["--text-field", "body"], 3),
+        ("chats", [], 2),
+        ("chats", ["--chat-field", "messages"], None),
+    ],
+)
+def test_build_from_each_input_kind(capsys, tmp_path, inputs, kind, options, documents) -> None:
+    output = tmp_path / "out.sam"
+    code, out, err = run_cli(capsys, "build", inputs[kind], *options, "-o", output, "--no-progress")
+    if documents is None:
+        # The second chat line is a bare message list, which has no "messages" field.
+        assert code == 1 and "no field 'messages'" in err
+        return
+    assert code == 0, err
+    assert f"wrote {output}" in out and "bytes/token" in out
+    facts = info_json(capsys, output)
+    assert facts["documents"] == documents
+    assert facts["build"]["documents"] == documents
+    assert facts["build"]["glob"] == (options[1] if options[:1] == ["--glob"] else "**/*")
+    assert facts["tokens"] == facts["build"]["tokens"] > 0
+    assert facts["tokenizer_fingerprint"].startswith("vocab49152-")
+
+
+def test_info_prints_sizes_and_verifies(capsys, corpus) -> None:
+    code, out, err = run_cli(capsys, "info", corpus, "--verify")
+    assert code == 0, err
+    for label in ("format version", "tokens", "documents", "states", "bytes per token", "tokenizer fingerprint", "verified", "build parameters"):
+        assert label in out
+    assert info_json(capsys, corpus)["build"]["chat_documents"] == 2
+
+
+def test_generate_with_corpus_equals_plain_decoding(capsys, tiny_model_dir, corpus) -> None:
+    common = ["generate", "--model", tiny_model_dir, "--chat", "The cat sat", "--max-new-tokens", "24"]
+    code, speculative, err = run_cli(capsys, *common, "--corpus", corpus)
+    assert code == 0, err
+    assert "tokens/s" in err and "MAT" in err and "tokens from:" in err
+    code, plain, err = run_cli(capsys, *common, "--no-speculation")
+    assert code == 0, err
+    assert "plain decoding" in err
+    assert speculative == plain
+
+
+def test_generate_streams_and_samples(capsys, tiny_model_dir) -> None:
+    common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "12"]
+    sampled = [run_cli(capsys, *common, "--do-sample", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7") for _ in range(2)]
+    assert sampled[0][0] == 0 and sampled[0][1] == sampled[1][1]
+    code, out, err = run_cli(capsys, *common, "--stream", "--no-fallback")
+    assert code == 0, err
+    assert out.strip()
+
+
+def test_generate_refuses_a_corpus_of_another_tokenizer(capsys, tmp_path, tiny_model_dir) -> None:
+    from sam_decoding import StaticAutomaton
+
+    foreign = tmp_path / "foreign.sam"
+    StaticAutomaton.build([[5, 6, 7, 8]], tokenizer_fingerprint="vocab32000-sha256:0123456789abcdef").save(foreign)
+    code, _, err = run_cli(capsys, "generate", "--model", tiny_model_dir, "--corpus", foreign, "--prompt", "hi")
+    assert code == 1
+    assert "refusing a corpus built for another tokenizer" in err
+    assert "vocab32000-sha256:0123456789abcdef" in err and "vocab49152-" in err
+    assert err.count("\n") == 1
+
+
+def test_distill_writes_a_chat_corpus_that_builds(capsys, tmp_path, tiny_model_dir) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"question_id": 7, "turns": ["Hello?", "And then?"]}) + "\n" + json.dumps({"question_id": 8, "turns": ["Why?"]}) + "\n",
+        encoding="utf-8",
+    )
+    answers = tmp_path / "answers.jsonl"
+    code, out, err = run_cli(capsys, "distill", prompts, "-o", answers, "--model", tiny_model_dir, "--max-new-tokens", "6")
+    assert code == 0, err
+    records = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in records] == ["7", "8"]
+    assert [m["role"] for m in records[0]["messages"]] == ["user", "assistant"]
+    assert records[0]["messages"][0]["content"] == "Hello?"
+    code, _, err = run_cli(capsys, "build", answers, "-o", tmp_path / "answers.sam", "--tokenizer", tiny_model_dir)
+    assert code == 0, err
+
+
+def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"question_id": i, "category": c, "turns": [t]}) + "\n" for i, (c, t) in enumerate(
+            [("cats", "The cat sat"), ("cats", "A cat"), ("code", "def add(a, b):")]
+        )),
+        encoding="utf-8",
+    )
+    out_dir = tmp_path / "report"
+    code, out, err = run_cli(
+        capsys, "bench", "--questions", questions, "--model", tiny_model_dir, "--corpus", corpus,
+        "--max-new-tokens", "8", "--quick", "--out", out_dir,
+    )
+    assert code == 0, err
+    assert "| method |" in out and "sam+tr" in out
+    record = json.loads((out_dir / "questions.json").read_text(encoding="utf-8"))
+    assert {m["method"] for m in record["measurements"]} == {"vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr"}
+    assert len({m["question_id"] for m in record["measurements"]}) == 2  # --quick: one per category
+    assert all(m["equal_to_reference"] is not None for m in record["measurements"] if m["method"] != "vanilla")
+    assert (out_dir / "questions.md").read_text(encoding="utf-8").startswith("### questions")
+    assert (out_dir / "questions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | Path]]:
+    empty = root / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    binary = root / "blob.bin"
+    binary.write_bytes(b"\x00\x01\x02")
+    junk = root / "junk.sam"
+    junk.write_bytes(b"definitely not an automaton")
+    truncated = root / "truncated.sam"
+    truncated.write_bytes(corpus.read_bytes()[: corpus.stat().st_size // 2])
+    bad_jsonl = root / "bad.jsonl"
+    bad_jsonl.write_text('{"title": 1}\n', encoding="utf-8")
+    not_a_model = root / "not-a-model"
+    not_a_model.mkdir(exist_ok=True)
+    no_prompts = root / "noprompts.jsonl"
+    no_prompts.write_text('{"answer": "x"}\n', encoding="utf-8")
+    return {
+        "build-missing-input": ["build", root / "nope.txt", "-o", root / "x.sam"],
+        "build-missing-output-dir": ["build", empty, "-o", root / "no" / "dir" / "x.sam"],
+        "build-empty-input": ["build", empty, "-o", root / "x.sam"],
+        "build-binary-input": ["build", binary, "-o", root / "x.sam"],
+        "build-undetectable-jsonl": ["build", bad_jsonl, "-o", root / "x.sam"],
+        "build-missing-tokenizer": ["build", corpus.parent, "--glob", "*.txt", "--tokenizer", root / "no-tokenizer", "-o", root / "x.sam"],
+        "build-tokenizer-not-a-model": ["build", empty, "--tokenizer", not_a_model, "-o", root / "x.sam"],
+        "info-missing": ["info", root / "nope.sam"],
+        "info-junk": ["info", junk],
+        "info-truncated": ["info", truncated, "--verify"],
+        "info-directory": ["info", root],
+        "generate-missing-model": ["generate", "--model", root / "no-model", "--prompt", "hi"],
+        "generate-not-a-model": ["generate", "--model", not_a_model, "--prompt", "hi"],
+        "generate-corrupt-corpus": ["generate", "--model", model, "--corpus", junk, "--prompt", "hi"],
+        "generate-zero-tokens": ["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "0"],
+        "distill-missing-prompts": ["distill", root / "nope.jsonl", "-o", root / "a.jsonl"],
+        "distill-no-prompt-field": ["distill", no_prompts, "-o", root / "a.jsonl", "--model", model],
+        "bench-unknown-method": ["bench", "--methods", "vanilla,medusa"],
+        "bench-missing-questions": ["bench", "--questions", root / "nope.jsonl"],
+        "bench-missing-data": ["bench", "--data", root / "nope.jsonl"],
+        "bench-sam-without-corpus": ["bench", "--questions", no_prompts, "--prompt-field", "answer"],
+        "usage-missing-output": ["build", empty],
+        "usage-unknown-command": ["compile"],
+        "usage-bad-integer": ["generate", "--prompt", "x", "--max-new-tokens", "many"],
+    }
+
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "build-missing-input", "build-missing-output-dir", "build-empty-input", "build-binary-input",
+        "build-undetectable-jsonl", "build-missing-tokenizer", "build-tokenizer-not-a-model", "info-missing",
+        "info-junk", "info-truncated", "info-directory", "generate-missing-model", "generate-not-a-model",
+        "generate-corrupt-corpus", "generate-zero-tokens", "distill-missing-prompts", "distill-no-prompt-field",
+        "bench-unknown-method", "bench-missing-questions", "bench-missing-data", "bench-sam-without-corpus",
+        "usage-missing-output", "usage-unknown-command", "usage-bad-integer",
+    ],
+)
+def test_bad_input_fails_with_one_line(capsys, tmp_path, tiny_model_dir, corpus, case) -> None:
+    argv = _bad_inputs(tmp_path, tiny_model_dir, corpus)[case]
+    code, _, err = run_cli(capsys, *argv)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sam-decoding") and "error:" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_every_command_has_help_with_examples(capsys) -> None:
+    for command in ("build", "info", "generate", "distill", "bench"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0
+        assert "examples:" in out and f"sam-decoding {command}" in out
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and all(name in out for name in ("build", "info", "generate", "distill", "bench"))
