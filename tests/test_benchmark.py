@@ -1,0 +1,131 @@
+"""The benchmark's suites, summaries and report writers, on synthetic measurements (no model runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sam_decoding.benchmark.chart import write_speedup_chart
+from sam_decoding.benchmark.report import RunInfo, read_json, render_markdown, write_json, write_markdown
+from sam_decoding.benchmark.results import OVERALL, Measurement, summarize
+from sam_decoding.benchmark.runner import first_difference
+from sam_decoding.benchmark.static_corpus import distillation_prompt_records
+from sam_decoding.benchmark.suites import (
+    MT_BENCH_CATEGORIES,
+    SPEC_BENCH_SAMPLED_CATEGORIES,
+    SuiteError,
+    load_humaneval,
+    load_questions_file,
+    load_spec_bench_mini,
+)
+
+
+def synthetic_measurements() -> list[Measurement]:
+    """Two categories; ``sam`` twice as fast as vanilla, ``pld`` 1.5x with one differing output."""
+    measurements = []
+    for question, category, vanilla_seconds in (("1", "code", 4.0), ("2", "code", 2.0), ("3", "chat", 5.0)):
+        measurements += [
+            Measurement(question, category, "vanilla", 100, vanilla_seconds, 100),
+            Measurement(question, category, "sam", 100, vanilla_seconds / 2, 25, True, None, {"static": 90}, {"static": 75}),
+            Measurement(question, category, "pld", 100, vanilla_seconds / 1.5, 50, question != "3", 7 if question == "3" else None),
+        ]
+    return measurements
+
+
+INFO = RunInfo(
+    suite="toy",
+    model="tiny",
+    max_new_tokens=100,
+    methods={"vanilla": "plain", "sam": "suffix automata", "pld": "prompt lookup"},
+    command="sam-decoding bench --suite toy",
+    machine="test machine",
+    started_at="2026-01-01T00:00:00+00:00",
+    static_corpus="a toy corpus",
+)
+
+
+def test_summaries_pool_rates_and_compare_with_vanilla() -> None:
+    summaries = {(s.group, s.method): s for s in summarize(synthetic_measurements())}
+    overall_sam = summaries[(OVERALL, "sam")]
+    assert overall_sam.questions == 3 and overall_sam.new_tokens == 300
+    assert overall_sam.seconds == pytest.approx(5.5)
+    assert overall_sam.speedup == pytest.approx(2.0)
+    assert overall_sam.median_speedup == pytest.approx(2.0)
+    assert overall_sam.mat == pytest.approx(4.0)
+    assert overall_sam.all_equal
+    assert summaries[(OVERALL, "vanilla")].speedup == pytest.approx(1.0)
+    assert summaries[(OVERALL, "vanilla")].mat == pytest.approx(1.0)
+    assert summaries[("code", "pld")].all_equal and not summaries[("chat", "pld")].all_equal
+    assert summaries[(OVERALL, "pld")].mismatches == 1
+    assert summaries[("code", "pld")].speedup == pytest.approx(1.5)
+
+
+def test_markdown_report_has_overall_and_category_tables() -> None:
+    text = render_markdown(INFO, summarize(synthetic_measurements()))
+    lines = text.splitlines()
+    assert lines[0].startswith("### toy: tiny")
+    assert "Command: `sam-decoding bench --suite toy`" in text
+    assert "| sam | 3 | 54.5 | 2.00× | 2.00× | 4.00 | yes |" in lines
+    assert "| pld | 3 | 40.9 | 1.50× | 1.50× | 2.00 | no (1 of 3 differ) |" in lines
+    assert "| vanilla | 3 | 27.3 | 1.00× | 1.00× | 1.00 | reference |" in lines
+    assert "| code | 2 | 33.3 | 2.00× (4.00) | 1.50× (2.00) | yes |" in lines
+    assert "| chat | 1 | 20.0 | 2.00× (4.00) | 1.50× (2.00) | no: pld 1 |" in lines
+    assert "| **overall** | 3 | 27.3 | 2.00× (4.00) | 1.50× (2.00) | no: pld 1 |" in lines
+
+
+def test_json_report_round_trips(tmp_path: Path) -> None:
+    measurements = synthetic_measurements()
+    summaries = summarize(measurements)
+    path = tmp_path / "toy.json"
+    write_json(path, INFO, measurements, summaries)
+    info, loaded = read_json(path)
+    assert info == INFO and loaded == measurements
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert len(document["summaries"]) == len(summaries)
+    write_markdown(tmp_path / "toy.md", INFO, summaries)
+    assert (tmp_path / "toy.md").read_text(encoding="utf-8") == render_markdown(INFO, summaries)
+
+
+def test_chart_is_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "toy.png"
+    write_speedup_chart(path, summarize(synthetic_measurements()), "toy")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reference", "expected"),
+    [([1, 2, 3], [1, 2, 3], None), ([1, 9, 3], [1, 2, 3], 1), ([1, 2], [1, 2, 3], 2), ([], [], None)],
+)
+def test_first_difference(tokens: list[int], reference: list[int], expected: int | None) -> None:
+    assert first_difference(tokens, reference) == expected
+
+
+def test_spec_bench_mini_selection() -> None:
+    suite = load_spec_bench_mini()
+    assert len(suite.questions) == 130
+    assert suite.categories == list(MT_BENCH_CATEGORIES + SPEC_BENCH_SAMPLED_CATEGORIES)
+    counts = {c: sum(q.category == c for q in suite.questions) for c in suite.categories}
+    assert all(count == 10 for count in counts.values())
+    assert len(suite.limited(3).questions) == 39
+    # The distillation prompts for the static corpus are disjoint from the evaluated questions.
+    evaluated = {q.question_id for q in suite.questions}
+    distilled = {str(r["question_id"]) for r in distillation_prompt_records(None)}
+    assert len(distilled) == 60 and not evaluated & distilled
+
+
+def test_humaneval_suite() -> None:
+    suite = load_humaneval()
+    assert len(suite.questions) == 164
+    assert suite.questions[0].question_id == "HumanEval/0"
+    assert "def has_close_elements" in suite.questions[0].prompt
+
+
+def test_questions_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"question": "Why?"}\n{"turns": ["How?", "Then?"], "category": "x", "question_id": 9}\n', encoding="utf-8")
+    suite = load_questions_file(path)
+    assert [(q.question_id, q.category, q.prompt) for q in suite.questions] == [("1", "questions", "Why?"), ("9", "x", "How?")]
+    with pytest.raises(SuiteError, match="no string field 'body'"):
+        load_questions_file(path, prompt_field="body")
