@@ -65,14 +65,15 @@ def run_suite(
     *,
     max_new_tokens: int,
     progress: bool | None = None,
-    on_measurement: Callable[[Measurement], None] | None = None,
+    on_question: Callable[[int, list[Measurement]], None] | None = None,
 ) -> list[Measurement]:
     """Measure every method on every question of ``suite``.
 
     Each question runs all methods back to back, under the same conditions, in an order rotated by
     one per question so that no method always runs first. Each method is warmed up once, untimed,
     before the first question. Outputs are compared with ``vanilla``'s when it is among the methods.
-    ``progress``: ``None`` shows a bar on a terminal only.
+    ``progress``: ``None`` shows a bar on a terminal only. ``on_question`` is called after each
+    question with its index and measurements (one per method).
     """
     from tqdm import tqdm
 
@@ -97,6 +98,7 @@ def run_suite(
             outcomes[method.name] = method.run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
             seconds[method.name] = time.perf_counter() - started
         reference = outcomes.get(REFERENCE_METHOD)
+        measured = []
         for method in methods:
             outcome = outcomes[method.name]
             difference = None
@@ -114,7 +116,8 @@ def run_suite(
                 drafted_by_source=outcome.drafted_by_source,
                 accepted_by_source=outcome.accepted_by_source,
             )
-            measurements.append(measurement)
-            if on_measurement is not None:
-                on_measurement(measurement)
+            measured.append(measurement)
+        measurements += measured
+        if on_question is not None:
+            on_question(number, measured)
     return measurements

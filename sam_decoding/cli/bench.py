@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     method_objects = make_methods(methods, corpus_path)
+    log_lines = not args.no_progress and not sys.stderr.isatty()
     measurements = run_suite(
         suite,
         model,
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         method_objects,
         max_new_tokens=args.max_new_tokens,
         progress=False if args.no_progress else None,
+        # Without a terminal (a log file, CI) a progress bar is noise; one line per question is readable.
+        on_question=(lambda number, measured: _log_question(number, len(suite.questions), measured)) if log_lines else None,
     )
     summaries = summarize(measurements)
     argv = getattr(args, "argv", None) or sys.argv[1:]
@@ -167,6 +170,14 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {stem}.json, {stem}.md and {stem}.png", file=sys.stderr)
     return 0
+
+
+def _log_question(number: int, total: int, measured: list[Any]) -> None:
+    first = measured[0]
+    timings = ", ".join(
+        f"{m.method} {m.seconds:.1f} s" + ("" if m.equal_to_reference is not False else " (differs)") for m in measured
+    )
+    print(f"[{number + 1}/{total}] {first.category} {first.question_id}: {first.new_tokens} tokens; {timings}", file=sys.stderr, flush=True)
 
 
 def _suite_corpus(args: argparse.Namespace, model: Any, tokenizer: Any, model_name: str, cache: Path) -> Any:
