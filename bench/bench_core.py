@@ -386,7 +386,10 @@ def main() -> None:
 
     results: dict = {}
     tokens, ends = stdlib_tokens(stdlib_size + query_size)
-    cut = int(np.searchsorted(ends, stdlib_size, side="right"))
+    # The stdlib may hold fewer tokens than asked for (~9M for CPython 3.11): then the last
+    # ~10% of the files are the query stream and the rest the corpus.
+    corpus_limit = min(stdlib_size, int(0.9 * tokens.size))
+    cut = int(np.searchsorted(ends, corpus_limit, side="right"))
     corpus_ends = ends[:cut]
     corpus_size = int(corpus_ends[-1])
     tokens_path, ends_path = OUT / "stdlib_corpus.tokens.npy", OUT / "stdlib_corpus.ends.npy"
