@@ -179,6 +179,10 @@ def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None
     assert all(m["equal_to_reference"] is not None for m in record["measurements"] if m["method"] != "vanilla")
     assert (out_dir / "questions.md").read_text(encoding="utf-8").startswith("### questions")
     assert (out_dir / "questions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = run_cli(capsys, "bench", "--from-json", out_dir / "questions.json", "--out", tmp_path / "redrawn")
+    assert code == 0, err
+    assert "redrawn from `questions.json`: 2 questions measured" in out
+    assert (tmp_path / "redrawn" / "questions.png").is_file()
 
 
 def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | Path]]:

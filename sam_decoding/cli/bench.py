@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -63,6 +64,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="where suite corpora are cached (default: <sam-decoding cache>/bench)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="only redraw the Markdown table and PNG chart of an earlier run's JSON (e.g. an interrupted one)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -81,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from sam_decoding.benchmark.methods import STATIC_CORPUS_METHODS, make_methods
     from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
 
+    if args.from_json is not None:
+        return _rewrite_reports(args.from_json, args.out)
     methods = _parse_methods(args.methods)
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
@@ -107,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sam_decoding.benchmark.chart import write_speedup_chart
-    from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json, write_markdown
+    from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json
     from sam_decoding.benchmark.results import summarize
     from sam_decoding.benchmark.runner import machine_description, run_suite
     from sam_decoding.cli.loading import load_model_and_tokenizer, open_corpus_for_tokenizer
@@ -130,18 +138,6 @@ def run(args: argparse.Namespace) -> int:
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     method_objects = make_methods(methods, corpus_path)
-    log_lines = not args.no_progress and not sys.stderr.isatty()
-    measurements = run_suite(
-        suite,
-        model,
-        tokenizer,
-        method_objects,
-        max_new_tokens=args.max_new_tokens,
-        progress=False if args.no_progress else None,
-        # Without a terminal (a log file, CI) a progress bar is noise; one line per question is readable.
-        on_question=(lambda number, measured: _log_question(number, len(suite.questions), measured)) if log_lines else None,
-    )
-    summaries = summarize(measurements)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
@@ -155,11 +151,28 @@ def run(args: argparse.Namespace) -> int:
         questions_per_category=per_category,
     )
     stem = args.out / suite.name
-    write_json(stem.with_suffix(".json"), info, measurements, summaries)
-    write_markdown(stem.with_suffix(".md"), info, summaries)
-    write_speedup_chart(
-        stem.with_suffix(".png"), summaries, f"{suite.name}: speed-up over vanilla ({info.model}, {args.max_new_tokens} tokens)"
+    done: list[Any] = []
+
+    def checkpoint(number: int, measured: list[Any]) -> None:
+        # The JSON is rewritten after every question, so an interrupted run keeps what it measured
+        # (redraw its tables with --from-json).
+        done.extend(measured)
+        write_json(stem.with_suffix(".json"), info, done, summarize(done))
+        if log_lines:
+            _log_question(number, len(suite.questions), measured)
+
+    log_lines = not args.no_progress and not sys.stderr.isatty()
+    measurements = run_suite(
+        suite,
+        model,
+        tokenizer,
+        method_objects,
+        max_new_tokens=args.max_new_tokens,
+        progress=False if args.no_progress else None,
+        on_question=checkpoint,
     )
+    summaries = summarize(measurements)
+    _write_reports(stem, info, measurements, summaries)
     print(render_markdown(info, summaries))
     mismatches = [m for m in measurements if m.equal_to_reference is False]
     for mismatch in mismatches:
@@ -169,6 +182,39 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"wrote {stem}.json, {stem}.md and {stem}.png", file=sys.stderr)
+    return 0
+
+
+def _write_reports(stem: Path, info: Any, measurements: list[Any], summaries: list[Any]) -> None:
+    from sam_decoding.benchmark.chart import write_speedup_chart
+    from sam_decoding.benchmark.report import write_json, write_markdown
+
+    write_json(stem.with_suffix(".json"), info, measurements, summaries)
+    write_markdown(stem.with_suffix(".md"), info, summaries)
+    write_speedup_chart(
+        stem.with_suffix(".png"), summaries, f"{info.suite}: speed-up over vanilla ({info.model}, {info.max_new_tokens} tokens)"
+    )
+
+
+def _rewrite_reports(path: Path, out: Path) -> int:
+    from sam_decoding.benchmark.report import read_json, render_markdown
+    from sam_decoding.benchmark.results import summarize
+
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    try:
+        info, measurements = read_json(path)
+    except (ValueError, KeyError, TypeError) as error:
+        raise CliError(f"{path}: not a benchmark results file ({error})") from None
+    if not measurements:
+        raise CliError(f"{path}: holds no measurements")
+    out.mkdir(parents=True, exist_ok=True)
+    questions = len({m.question_id for m in measurements})
+    info = dataclasses.replace(info, notes=[*info.notes, f"Tables redrawn from `{path.name}`: {questions} questions measured."])
+    summaries = summarize(measurements)
+    _write_reports(out / info.suite, info, measurements, summaries)
+    print(render_markdown(info, summaries))
+    print(f"wrote {out / info.suite}.json, .md and .png", file=sys.stderr)
     return 0
 
 
