@@ -27,8 +27,9 @@ void AutomatonBuilder::clear() {
   edges_.clear();
   for (Slot& slot : slots_) slot.key = kEmptyKey;
   used_slots_ = 0;
+  num_edges_ = 0;
   text_length_ = 0;
-  states_.push_back(State{0, kNoState, 0, kNoEdge});
+  new_state(0, kNoState, 0);
   last_ = 0;
 }
 
@@ -47,9 +48,10 @@ void AutomatonBuilder::reserve(std::size_t text_length) {
   // A suffix automaton has at most 2n-1 states and 3n-4 transitions; real texts sit near
   // 1.6n states and 2.5n transitions, so reserve for that and let rare outliers rehash.
   states_.reserve(text_length + text_length * 7 / 10 + 2);
-  const std::size_t expected_edges = text_length * 5 / 2 + 16;
-  edges_.reserve(expected_edges);
-  grow_table(static_cast<std::size_t>(static_cast<double>(expected_edges) / kMaxLoad) + 1);
+  // About a third of the transitions do not fit inline on real text.
+  const std::size_t expected_table_edges = text_length * 4 / 5 + 16;
+  edges_.reserve(expected_table_edges);
+  grow_table(static_cast<std::size_t>(static_cast<double>(expected_table_edges) / kMaxLoad) + 1);
 }
 
 std::size_t AutomatonBuilder::memory_bytes() const {
@@ -82,7 +84,24 @@ const AutomatonBuilder::Slot* AutomatonBuilder::find(StateId state, Token token)
   }
 }
 
+StateId* AutomatonBuilder::find_target(StateId state, Token token) {
+  State& data = states_[state];
+  for (int slot = 0; slot < kInlineEdges; ++slot) {
+    if (data.inline_target[slot] == kNoState) return nullptr;
+    if (data.inline_token[slot] == token) return &data.inline_target[slot];
+  }
+  if (data.first_edge == kNoEdge) return nullptr;
+  Slot& slot = find_slot(key_of(state, token));
+  return slot.key == kEmptyKey ? nullptr : &slot.target;
+}
+
 StateId AutomatonBuilder::transition(StateId state, Token token) const {
+  const State& data = states_[state];
+  for (int slot = 0; slot < kInlineEdges; ++slot) {
+    if (data.inline_target[slot] == kNoState) return kNoState;
+    if (data.inline_token[slot] == token) return data.inline_target[slot];
+  }
+  if (data.first_edge == kNoEdge) return kNoState;
   const Slot* slot = find(state, token);
   return slot ? slot->target : kNoState;
 }
@@ -102,6 +121,15 @@ void AutomatonBuilder::grow_table(std::size_t min_slots) {
 }
 
 void AutomatonBuilder::add_transition(StateId state, Token token, StateId target) {
+  ++num_edges_;
+  State& data = states_[state];
+  for (int slot = 0; slot < kInlineEdges; ++slot) {
+    if (data.inline_target[slot] == kNoState) {
+      data.inline_token[slot] = token;
+      data.inline_target[slot] = target;
+      return;
+    }
+  }
   if (static_cast<double>(used_slots_ + 1) > kMaxLoad * static_cast<double>(slots_.size())) {
     grow_table(slots_.size() * 2);
   }
@@ -120,7 +148,13 @@ StateId AutomatonBuilder::new_state(std::uint32_t length, StateId link, std::uin
   if (states_.size() >= kNoState) {
     throw InputError("text too large: more than 2^32-1 automaton states");
   }
-  states_.push_back(State{length, link, first_end, kNoEdge});
+  State state{};
+  state.length = length;
+  state.link = link;
+  state.first_end = first_end;
+  state.first_edge = kNoEdge;
+  for (int slot = 0; slot < kInlineEdges; ++slot) state.inline_target[slot] = kNoState;
+  states_.push_back(state);
   return static_cast<StateId>(states_.size() - 1);
 }
 
@@ -133,30 +167,35 @@ void AutomatonBuilder::append(Token token) {
   StateId state = last_;
   // Every suffix of the old text that cannot be followed by `token` gains a transition to the
   // new state; the walk stops at the first one that can, which bounds the total work.
-  const Slot* existing = nullptr;
-  while (state != kNoState && (existing = find(state, token)) == nullptr) {
+  StateId* existing = nullptr;
+  while (state != kNoState && (existing = find_target(state, token)) == nullptr) {
     add_transition(state, token, current);
     state = states_[state].link;
   }
   if (state == kNoState) {
     states_[current].link = 0;
   } else {
-    const StateId next = existing->target;
+    const StateId next = *existing;
     if (states_[state].length + 1 == states_[next].length) {
       states_[current].link = next;
     } else {
       // `next` holds strings of two different end-position sets: split off the shorter ones.
       const StateId clone =
           new_state(states_[state].length + 1, states_[next].link, states_[next].first_end);
+      for (int slot = 0; slot < kInlineEdges; ++slot) {
+        states_[clone].inline_token[slot] = states_[next].inline_token[slot];
+        states_[clone].inline_target[slot] = states_[next].inline_target[slot];
+        if (states_[next].inline_target[slot] != kNoState) ++num_edges_;
+      }
       for (std::uint32_t edge = states_[next].first_edge; edge != kNoEdge;
            edge = edges_[edge].next) {
         const Token edge_token = edges_[edge].token;
         add_transition(clone, edge_token, find(next, edge_token)->target);
       }
       while (state != kNoState) {
-        Slot& slot = find_slot(key_of(state, token));
-        if (slot.key == kEmptyKey || slot.target != next) break;
-        slot.target = clone;
+        StateId* target = find_target(state, token);
+        if (target == nullptr || *target != next) break;
+        *target = clone;
         state = states_[state].link;
       }
       states_[next].link = clone;

@@ -26,7 +26,7 @@ class AutomatonBuilder {
   StateId root() const { return 0; }
   StateId last() const { return last_; }
   std::size_t num_states() const { return states_.size(); }
-  std::size_t num_edges() const { return edges_.size(); }
+  std::size_t num_edges() const { return num_edges_; }
   std::size_t text_length() const { return text_length_; }
 
   std::uint32_t length(StateId state) const { return states_[state].length; }
@@ -42,16 +42,25 @@ class AutomatonBuilder {
   // Calls visit(token, target) for every outgoing transition of `state`, in no set order.
   template <typename Visit>
   void for_each_transition(StateId state, Visit&& visit) const {
-    for (std::uint32_t edge = states_[state].first_edge; edge != kNoEdge;
-         edge = edges_[edge].next) {
-      visit(edges_[edge].token, transition(state, edges_[edge].token));
+    const State& data = states_[state];
+    for (int slot = 0; slot < kInlineEdges && data.inline_target[slot] != kNoState; ++slot) {
+      visit(data.inline_token[slot], data.inline_target[slot]);
+    }
+    for (std::uint32_t edge = data.first_edge; edge != kNoEdge; edge = edges_[edge].next) {
+      visit(edges_[edge].token, find(state, edges_[edge].token)->target);
     }
   }
 
-  // Calls visit(state, token, target) for every transition, in table order (sequential
-  // memory access, much faster than per-state enumeration for a whole automaton).
+  // Calls visit(state, token, target) for every transition, in memory order (sequential
+  // access, much faster than per-state enumeration for a whole automaton).
   template <typename Visit>
   void for_each_transition_of_all(Visit&& visit) const {
+    for (std::size_t state = 0; state < states_.size(); ++state) {
+      const State& data = states_[state];
+      for (int slot = 0; slot < kInlineEdges && data.inline_target[slot] != kNoState; ++slot) {
+        visit(static_cast<StateId>(state), data.inline_token[slot], data.inline_target[slot]);
+      }
+    }
     for (const Slot& slot : slots_) {
       if (slot.key != kEmptyKey) {
         visit(static_cast<StateId>(slot.key >> 32), static_cast<Token>(slot.key), slot.target);
@@ -67,15 +76,20 @@ class AutomatonBuilder {
  private:
   static constexpr std::uint32_t kNoEdge = 0xFFFFFFFFu;
   static constexpr std::uint64_t kEmptyKey = ~std::uint64_t{0};
+  // Most states have one or two transitions; keeping those inside the state puts the lookup
+  // on the cache line the suffix walk touches anyway, and only busier states use the table.
+  static constexpr int kInlineEdges = 2;
 
-  struct State {
+  struct alignas(32) State {
     std::uint32_t length;
     StateId link;
     std::uint32_t first_end;
-    std::uint32_t first_edge;  // head of this state's edge list, for enumeration when cloning
+    std::uint32_t first_edge;  // head of the list of this state's transitions in the table
+    Token inline_token[kInlineEdges];
+    StateId inline_target[kInlineEdges];  // filled in order; kNoState marks a free place
   };
-  // Lookup goes through one open-addressing table keyed by (state, token); the per-state edge
-  // lists exist only so that a clone can copy all transitions of the state it splits.
+  // Transitions beyond the inline ones: one open-addressing table keyed by (state, token),
+  // plus per-state lists so that a clone can enumerate the transitions of the state it splits.
   struct Slot {
     std::uint64_t key;
     StateId target;
@@ -92,6 +106,8 @@ class AutomatonBuilder {
   // Returns the slot holding `key`, or the empty slot where it would go.
   Slot& find_slot(std::uint64_t key);
   const Slot* find(StateId state, Token token) const;
+  // Where the target of (state, token) is stored, or nullptr. Invalidated by new states.
+  StateId* find_target(StateId state, Token token);
   void add_transition(StateId state, Token token, StateId target);
   void grow_table(std::size_t min_slots);
   StateId new_state(std::uint32_t length, StateId link, std::uint32_t first_end);
@@ -102,6 +118,7 @@ class AutomatonBuilder {
   std::size_t slot_mask_ = 0;
   int slot_shift_ = 64;
   std::size_t used_slots_ = 0;
+  std::size_t num_edges_ = 0;
   std::size_t text_length_ = 0;
   StateId last_ = 0;
 };

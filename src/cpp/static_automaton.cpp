@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -68,9 +69,12 @@ struct Header {
 };
 static_assert(sizeof(Header) <= kHeaderBytes, "header must fit its reserved space");
 
-std::uint64_t header_checksum_of(Header header) {
-  header.header_checksum = 0;
-  return checksum64(&header, sizeof(Header), 0x5A4D);
+// Covers all kHeaderBytes, the zero padding after the fields included.
+std::uint64_t header_checksum_of(const std::uint8_t* header_bytes) {
+  std::uint8_t copy[kHeaderBytes];
+  std::memcpy(copy, header_bytes, kHeaderBytes);
+  std::memset(copy + offsetof(Header, header_checksum), 0, sizeof(std::uint64_t));
+  return checksum64(copy, kHeaderBytes, 0x5A4D);
 }
 
 std::uint64_t align_up(std::uint64_t value) {
@@ -350,7 +354,8 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
   arrays = FrozenArrays{};
   header.payload_checksum =
       checksum64(image->data() + kHeaderBytes, image->size() - kHeaderBytes, 0);
-  header.header_checksum = header_checksum_of(header);
+  std::memcpy(image->mutable_data(), &header, sizeof(Header));
+  header.header_checksum = header_checksum_of(image->data());
   std::memcpy(image->mutable_data(), &header, sizeof(Header));
 
   auto automaton = std::shared_ptr<StaticAutomaton>(new StaticAutomaton());
@@ -385,7 +390,7 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
                       "); upgrade sam-decoding");
   }
   if (header.format_version != kFormatVersion || header.header_bytes != kHeaderBytes ||
-      header.num_sections != kNumSections || header_checksum_of(header) != header.header_checksum) {
+      header.num_sections != kNumSections || header_checksum_of(bytes) != header.header_checksum) {
     throw FormatError("corrupted automaton file: header checksum mismatch");
   }
   if (header.file_bytes != size) {
