@@ -524,7 +524,11 @@ StateId StaticAutomaton::transition(StateId state, Token token) const {
 StateId StaticAutomaton::link(StateId state) const {
   check_state(state);
   const StateId parent = link_[state];
-  if (parent >= num_states_) corrupt("suffix link");
+  // A suffix link always leads to a shorter state; checking it also keeps a corrupted file
+  // from sending the matching loop round a cycle forever.
+  if (parent >= num_states_ || (state != 0 && length(parent) >= length(state))) {
+    corrupt("suffix link");
+  }
   return parent;
 }
 
