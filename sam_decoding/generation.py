@@ -32,13 +32,12 @@ from transformers.generation.logits_process import (
 from sam_decoding.drafters.base import Draft, Drafter, Verified
 from sam_decoding.drafters.sam import SamDrafter
 from sam_decoding.drafters.token_recycling import TokenRecyclingDrafter
+from sam_decoding.kv_cache import check_cache_layout, keep_cache_entries
 from sam_decoding.verification import (
     TREE_CAPABLE_ATTENTION,
     attention_implementation,
     build_step_inputs,
-    check_cache_layout,
     check_tree_support,
-    keep_cache_entries,
     limit_depth,
     validate_draft,
     walk,

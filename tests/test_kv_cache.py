@@ -9,7 +9,8 @@ from transformers import DynamicCache
 
 from sam_decoding.drafters import Draft, Drafter, Verified
 from sam_decoding.generation import generate
-from sam_decoding.verification import build_step_inputs, keep_cache_entries, walk
+from sam_decoding.kv_cache import keep_cache_entries
+from sam_decoding.verification import build_step_inputs, walk
 from tests.conftest import TINY_PAD, TINY_VOCAB
 
 

@@ -10,11 +10,11 @@ import torch
 from transformers import DynamicCache
 
 from sam_decoding.drafters import Draft
+from sam_decoding.kv_cache import keep_cache_entries
 from sam_decoding.verification import (
     UnsupportedModelError,
     build_step_inputs,
     check_tree_support,
-    keep_cache_entries,
     limit_depth,
     node_depths,
     validate_draft,

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
+from sam_decoding.kv_cache import truncate_cache
 
 
 class ModelDrafter(Drafter):
@@ -47,8 +48,21 @@ class ModelDrafter(Drafter):
         self._cached.extend(new_tokens)
         return int(out.logits[0, -1].argmax())
 
+    def _roll_back(self) -> None:
+        """Drop cached tokens that are not a prefix of the context (a rejected draft), and the context's last token."""
+        context, cached = self._context, self._cached
+        keep = 0
+        limit = min(len(cached), len(context) - 1)
+        while keep < limit and cached[keep] == context[keep]:
+            keep += 1
+        if keep < len(cached):
+            truncate_cache(self._cache, keep)
+            del cached[keep:]
+
     def propose(self, max_tokens: int) -> Draft:
+        self._roll_back()
         count = min(self.num_tokens, max_tokens)
+        # Re-feeding at least the context's last token yields the logits the first draft token comes from.
         token = self._next_token(self._context[len(self._cached) :])
         draft = [token]
         while len(draft) < count:
@@ -57,14 +71,4 @@ class ModelDrafter(Drafter):
         return Draft.chain(draft, "model")
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
-        context_length = len(self._context)
         self._context.extend(int(t) for t in tokens)
-        # Keep the cached draft tokens that the target confirmed; drop the rest.
-        keep = context_length
-        while keep < len(self._cached) and keep < len(self._context) and self._cached[keep] == self._context[keep]:
-            keep += 1
-        # The last context token is always re-fed, so propose() has logits to start from.
-        keep = min(keep, len(self._context) - 1)
-        if keep < len(self._cached):
-            self._cache.crop(keep - len(self._cached))
-            del self._cached[keep:]
