@@ -27,9 +27,9 @@ def synthetic_measurements() -> list[Measurement]:
     measurements = []
     for question, category, vanilla_seconds in (("1", "code", 4.0), ("2", "code", 2.0), ("3", "chat", 5.0)):
         measurements += [
-            Measurement(question, category, "vanilla", 100, vanilla_seconds, 100),
-            Measurement(question, category, "sam", 100, vanilla_seconds / 2, 25, True, None, {"static": 90}, {"static": 75}),
-            Measurement(question, category, "pld", 100, vanilla_seconds / 1.5, 50, question != "3", 7 if question == "3" else None),
+            Measurement(question, category, "vanilla", 100, vanilla_seconds, 100, vanilla_seconds),
+            Measurement(question, category, "sam", 100, vanilla_seconds / 2, 25, vanilla_seconds / 4, True, None, {"static": 90}, {"static": 75}),
+            Measurement(question, category, "pld", 100, vanilla_seconds / 1.5, 50, vanilla_seconds, question != "3", 7 if question == "3" else None),
         ]
     return measurements
 
@@ -53,6 +53,7 @@ def test_summaries_pool_rates_and_compare_with_vanilla() -> None:
     assert overall_sam.seconds == pytest.approx(5.5)
     assert overall_sam.speedup == pytest.approx(2.0)
     assert overall_sam.median_speedup == pytest.approx(2.0)
+    assert overall_sam.cpu_speedup == pytest.approx(4.0)
     assert overall_sam.mat == pytest.approx(4.0)
     assert overall_sam.all_equal
     assert summaries[(OVERALL, "vanilla")].speedup == pytest.approx(1.0)
@@ -67,12 +68,12 @@ def test_markdown_report_has_overall_and_category_tables() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("### toy: tiny")
     assert "Command: `sam-decoding bench --suite toy`" in text
-    assert "| sam | 3 | 54.5 | 2.00× | 2.00× | 4.00 | yes |" in lines
-    assert "| pld | 3 | 40.9 | 1.50× | 1.50× | 2.00 | no (1 of 3 differ) |" in lines
-    assert "| vanilla | 3 | 27.3 | 1.00× | 1.00× | 1.00 | reference |" in lines
-    assert "| code | 2 | 33.3 | 2.00× (4.00) | 1.50× (2.00) | yes |" in lines
-    assert "| chat | 1 | 20.0 | 2.00× (4.00) | 1.50× (2.00) | no: pld 1 |" in lines
-    assert "| **overall** | 3 | 27.3 | 2.00× (4.00) | 1.50× (2.00) | no: pld 1 |" in lines
+    assert "| sam | 3 | 54.5 | 2.00× | 2.00× | 4.00× | 4.00 | yes |" in lines
+    assert "| pld | 3 | 40.9 | 1.50× | 1.50× | 1.00× | 2.00 | no (1 of 3 differ) |" in lines
+    assert "| vanilla | 3 | 27.3 | 1.00× | 1.00× | 1.00× | 1.00 | reference |" in lines
+    assert "| code | 2 | 33.3 | 2.00× / 4.00× (4.00) | 1.50× / 1.00× (2.00) | yes |" in lines
+    assert "| chat | 1 | 20.0 | 2.00× / 4.00× (4.00) | 1.50× / 1.00× (2.00) | no: pld 1 |" in lines
+    assert "| **overall** | 3 | 27.3 | 2.00× / 4.00× (4.00) | 1.50× / 1.00× (2.00) | no: pld 1 |" in lines
 
 
 def test_json_report_round_trips(tmp_path: Path) -> None:

@@ -85,8 +85,8 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
     lines += [f"{note}  " for note in info.notes]
     lines += [
         "",
-        "| method | questions | tokens/s | speed-up | median speed-up | MAT | outputs equal vanilla |",
-        "|---|---:|---:|---:|---:|---:|:---|",
+        "| method | questions | tokens/s | speed-up | median speed-up | CPU-time speed-up | MAT | outputs equal vanilla |",
+        "|---|---:|---:|---:|---:|---:|---:|:---|",
     ]
     for method in methods:
         summary = by_key.get((OVERALL, method))
@@ -94,14 +94,14 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
             continue
         lines.append(
             f"| {method} | {summary.questions} | {summary.tokens_per_second:.1f} | {_ratio(summary.speedup)} "
-            f"| {_ratio(summary.median_speedup)} | {summary.mat:.2f} | {_equal_cell(summary)} |"
+            f"| {_ratio(summary.median_speedup)} | {_ratio(summary.cpu_speedup)} | {summary.mat:.2f} | {_equal_cell(summary)} |"
         )
     others = [method for method in methods if method != REFERENCE_METHOD]
     if len(groups) > 1:
         header = "| category | n | vanilla tokens/s | " + " | ".join(others) + " | all outputs equal vanilla |"
         lines += [
             "",
-            "Speed-up over vanilla per category (MAT in parentheses):",
+            "Speed-up over vanilla per category: by wall time / by CPU time (MAT in parentheses):",
             "",
             header,
             "|---|---:|---:|" + "---:|" * len(others) + ":---|",
@@ -115,7 +115,7 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
                 if summary is None:
                     cells.append("")
                     continue
-                cells.append(f"{_ratio(summary.speedup)} ({summary.mat:.2f})")
+                cells.append(f"{_ratio(summary.speedup)} / {_ratio(summary.cpu_speedup)} ({summary.mat:.2f})")
                 if not summary.all_equal:
                     differing.append(f"{method} {summary.mismatches}")
             name = f"**{group}**" if group == OVERALL else group
@@ -129,7 +129,8 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
         "",
         "Methods: " + "; ".join(f"`{name}`: {description}" for name, description in info.methods.items()) + ".",
         "tokens/s pools all new tokens over all generation seconds; speed-up is that rate over vanilla's on the "
-        "same questions, median speed-up the median of per-question ratios; MAT is new tokens per target-model "
+        "same questions, median speed-up the median of per-question ratios, CPU-time speed-up the same ratio "
+        "in CPU seconds of this process (with one torch thread, robust to other load on the machine); MAT is new tokens per target-model "
         "forward pass that emits tokens (the engine's separate prompt prefill is not counted). Each question "
         "runs every method back to back, in an order rotated per question.",
         "",

@@ -17,7 +17,9 @@ OVERALL = "overall"
 class Measurement:
     """One method answering one question.
 
-    ``seconds`` is the wall time of the generation call alone (prompt already tokenized);
+    ``seconds`` is the wall time of the generation call alone (prompt already tokenized) and
+    ``cpu_seconds`` the CPU time this process spent in it: with one torch thread the latter is what
+    the wall time would be on an idle machine, so it is the figure to trust on a shared one;
     ``forward_passes`` counts the target model's forward calls, prefill included, so
     ``new_tokens / forward_passes`` is the mean accepted tokens per step (MAT).
     ``equal_to_reference`` compares the new tokens with vanilla's (``None`` for vanilla itself);
@@ -30,6 +32,7 @@ class Measurement:
     new_tokens: int
     seconds: float
     forward_passes: int
+    cpu_seconds: float = 0.0
     equal_to_reference: bool | None = None
     first_mismatch: int | None = None
     drafted_by_source: dict[str, int] = field(default_factory=dict)
@@ -55,7 +58,8 @@ class Summary:
     """One method over a group of questions (a category or ``overall``).
 
     ``speedup`` is the method's tokens/s over vanilla's on the same questions (pooled: total
-    tokens over total seconds); ``median_speedup`` is the median of the per-question ratios.
+    tokens over total seconds); ``median_speedup`` is the median of the per-question ratios;
+    ``cpu_speedup`` is the pooled ratio measured in CPU seconds instead of wall seconds.
     """
 
     group: str
@@ -66,6 +70,7 @@ class Summary:
     tokens_per_second: float
     speedup: float | None
     median_speedup: float | None
+    cpu_speedup: float | None
     mat: float
     mismatches: int
 
@@ -75,8 +80,8 @@ class Summary:
         return self.mismatches == 0
 
 
-def _pooled_rate(measurements: Sequence[Measurement]) -> float:
-    seconds = sum(m.seconds for m in measurements)
+def _pooled_rate(measurements: Sequence[Measurement], cpu: bool = False) -> float:
+    seconds = sum(m.cpu_seconds if cpu else m.seconds for m in measurements)
     return sum(m.new_tokens for m in measurements) / seconds if seconds > 0 else 0.0
 
 
@@ -84,10 +89,14 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
     """Summarize ``measurements`` of ``method`` against the ``reference`` (vanilla) ones of the same questions."""
     rate = _pooled_rate(measurements)
     reference_by_question = {m.question_id: m for m in reference}
-    speedup = median_speedup = None
+    speedup = median_speedup = cpu_speedup = None
     if reference:
-        reference_rate = _pooled_rate([reference_by_question[m.question_id] for m in measurements if m.question_id in reference_by_question])
+        matched = [reference_by_question[m.question_id] for m in measurements if m.question_id in reference_by_question]
+        reference_rate = _pooled_rate(matched)
         speedup = rate / reference_rate if reference_rate > 0 else None
+        reference_cpu_rate = _pooled_rate(matched, cpu=True)
+        cpu_rate = _pooled_rate(measurements, cpu=True)
+        cpu_speedup = cpu_rate / reference_cpu_rate if reference_cpu_rate > 0 and cpu_rate > 0 else None
         ratios = [
             m.tokens_per_second / reference_by_question[m.question_id].tokens_per_second
             for m in measurements
@@ -104,6 +113,7 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
         tokens_per_second=rate,
         speedup=speedup,
         median_speedup=median_speedup,
+        cpu_speedup=cpu_speedup,
         mat=sum(m.new_tokens for m in measurements) / passes if passes else 0.0,
         mismatches=sum(1 for m in measurements if m.equal_to_reference is False),
     )

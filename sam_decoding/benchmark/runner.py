@@ -93,10 +93,12 @@ def run_suite(
         shift = number % len(methods)
         outcomes = {}
         seconds = {}
+        cpu_seconds = {}
         for method in list(methods[shift:]) + list(methods[:shift]):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             outcomes[method.name] = method.run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
             seconds[method.name] = time.perf_counter() - started
+            cpu_seconds[method.name] = time.process_time() - cpu_started
         reference = outcomes.get(REFERENCE_METHOD)
         measured = []
         for method in methods:
@@ -110,6 +112,7 @@ def run_suite(
                 method=method.name,
                 new_tokens=len(outcome.tokens),
                 seconds=seconds[method.name],
+                cpu_seconds=cpu_seconds[method.name],
                 forward_passes=outcome.forward_passes,
                 equal_to_reference=None if reference is None or method.name == REFERENCE_METHOD else difference is None,
                 first_mismatch=difference,
