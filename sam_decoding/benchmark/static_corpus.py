@@ -56,6 +56,21 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _usable(path: Path, log: Log) -> bool:
+    """Whether a cached corpus file exists and loads; an unreadable one (e.g. an older format) is removed."""
+    from sam_decoding import StaticAutomaton
+
+    if not path.is_file():
+        return False
+    try:
+        StaticAutomaton.load(path)
+    except ValueError as error:
+        log(f"cached corpus {path} is unusable ({error}); rebuilding it")
+        path.unlink()
+        return False
+    return True
+
+
 def build_corpus_file(
     inputs: list[str], output: Path, tokenizer: Any, *, glob: str = "**/*", exclude: tuple[str, ...] = (), metadata: dict[str, Any] | None = None
 ) -> Any:
@@ -83,7 +98,7 @@ def stdlib_corpus(tokenizer: Any, cache: Path, log: Log = _stderr) -> CorpusChoi
     root = sysconfig.get_paths()["stdlib"]
     fingerprint = tokenizer_fingerprint(tokenizer)
     path = cache / f"stdlib-{_key(root, sys.version_info[:2], STDLIB_EXCLUDES, fingerprint)}.sam"
-    if not path.is_file():
+    if not _usable(path, log):
         log(f"building the static corpus from the standard library source at {root} (once; cached at {path})")
         started = time.perf_counter()
         automaton = build_corpus_file([root], path, tokenizer, glob="**/*.py", exclude=STDLIB_EXCLUDES, metadata={"corpus": "python-stdlib"})
@@ -146,7 +161,7 @@ def distilled_corpus(
                 distill(model, tokenizer, prompts, max_new_tokens=max_new_tokens, on_answer=lambda p, a: progress.update(1)),
                 answers,
             )
-    if not path.is_file():
+    if not _usable(path, log):
         build_corpus_file([str(answers)], path, tokenizer, metadata={"corpus": "spec-bench-distilled", "model": model_name})
     from sam_decoding import StaticAutomaton
 

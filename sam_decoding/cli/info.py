@@ -44,7 +44,6 @@ def describe_corpus(path: Path, automaton: Any, verified: bool) -> dict[str, Any
         "documents": automaton.num_documents,
         "states": automaton.num_states,
         "file_bytes": file_bytes,
-        "memory_bytes": automaton.nbytes,
         "bytes_per_token": round(file_bytes / max(automaton.num_tokens, 1), 2),
         "tokenizer_fingerprint": automaton.tokenizer_fingerprint,
         "checksum": "verified" if verified else "not checked (use --verify)",
