@@ -91,7 +91,7 @@ def parse_header(data: bytes) -> tuple[dict, list[tuple[int, int]]]:
 def reseal_header(data: bytearray) -> None:
     """Recompute the header checksum, as a writer of a (forged) valid header would."""
     struct.pack_into("<Q", data, HEADER_CHECKSUM_OFFSET, 0)
-    value = checksum64(bytes(data[:HEADER_STRUCT_BYTES]), 0x5A4D)
+    value = checksum64(bytes(data[:HEADER_BYTES]), 0x5A4D)  # the padding after the fields too
     struct.pack_into("<Q", data, HEADER_CHECKSUM_OFFSET, value)
 
 
@@ -221,7 +221,7 @@ def test_python_checksum_matches_the_native_one(tmp_path):
 
 # ---- the golden file of format version 1 ------------------------------------------------------
 
-GOLDEN_SHA256 = "2f8463cbc9a5846851988a8bdbc9b5034994da05dd07221ae1d68b6698eadbbd"
+GOLDEN_SHA256 = "e1fc984ea96ca2b317cefbaa96b5f9eb9075f2b16a4ea6a32b77fa6715ed30e7"
 GOLDEN_ANSWERS = [
     {"query": [1, 2], "match_length": 2, "draft": [3, 1, 2, 4, 1, 2, 3, 5], "tree_tokens": [3, 1, 2, 4, 1, 2], "tree_parents": [-1, 0, 1, -1, 3, 4], "tree_counts": [4, 2, 1, 1, 1, 1]},
     {"query": [1, 2, 3], "match_length": 3, "draft": [1, 2, 4, 1, 2, 3, 5], "tree_tokens": [1, 2, 4, 1, 2, 3], "tree_parents": [-1, 0, 1, 2, 3, 4], "tree_counts": [2, 1, 1, 1, 1, 1]},
@@ -250,9 +250,10 @@ def test_golden_file_header():
     assert (fields["num_states"], fields["num_clones"], fields["num_edges"]) == (33, 5, 21)
     assert fields["vocab_bound"] == 2**31
     assert fields["header_checksum"] == checksum64(
-        data[:HEADER_CHECKSUM_OFFSET] + bytes(8) + data[HEADER_CHECKSUM_OFFSET + 8:HEADER_STRUCT_BYTES],
+        data[:HEADER_CHECKSUM_OFFSET] + bytes(8) + data[HEADER_CHECKSUM_OFFSET + 8:HEADER_BYTES],
         0x5A4D)
     assert fields["payload_checksum"] == checksum64(data[HEADER_BYTES:])
+    assert data[HEADER_STRUCT_BYTES:HEADER_BYTES] == bytes(HEADER_BYTES - HEADER_STRUCT_BYTES)
     assert all(offset % 64 == 0 and offset >= HEADER_BYTES for offset, _ in sections)
     offset, size = sections[SECTION_NAMES.index("text")]
     text = np.frombuffer(data, dtype="<u4", count=size // 4, offset=offset)
@@ -609,7 +610,7 @@ def test_a_suffix_link_cycle_is_refused_not_followed_forever(tmp_path):
     _, sections = parse_header(path.read_bytes())
     link_offset, _ = sections[SECTION_NAMES.index("link")]
     try:
-        result = run_isolated(SUFFIX_LINK_CYCLE, str(path), str(link_offset), "3", timeout=20)
+        result = run_isolated(SUFFIX_LINK_CYCLE, str(path), str(link_offset), "3", timeout=10)
     except subprocess.TimeoutExpired:
         pytest.fail("a corrupted suffix link (a cycle) made feed() loop forever")
     assert result.returncode == 0, result.stderr[-2000:]
