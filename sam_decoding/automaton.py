@@ -88,6 +88,13 @@ class DraftTree:
         return depth
 
 
+def _check_token(token: int) -> int:
+    token = int(token)
+    if not 0 <= token <= MAX_TOKEN_ID:
+        raise ValueError(f"token ids must be in [0, 2^31-1], got {token}")
+    return token
+
+
 def _check_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -110,7 +117,7 @@ class StaticCursor:
     def feed(self, tokens: TokenSequence | int) -> int:
         """Append tokens to the stream (amortized O(1) each); returns the new match length in tokens."""
         if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
-            return self._native.feed_one(int(tokens))
+            return self._native.feed_one(_check_token(tokens))
         return self._native.feed(as_token_array(tokens))
 
     @property
@@ -305,7 +312,7 @@ class DynamicAutomaton:
     def extend(self, tokens: TokenSequence | int) -> None:
         """Append tokens (amortized O(1) each)."""
         if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
-            self._native.extend_one(int(tokens))
+            self._native.extend_one(_check_token(tokens))
         else:
             self._native.extend(as_token_array(tokens))
 

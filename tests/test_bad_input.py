@@ -73,8 +73,8 @@ def test_extend_refuses_and_keeps_the_text(tokens, error):
 
 @pytest.mark.parametrize(
     ("token", "error"),
-    [(-1, ValueError), (MAX_TOKEN + 1, ValueError), (2**64, TypeError), (2**100, TypeError),
-     (np.int64(-3), ValueError), (np.uint64(2**64 - 1), (TypeError, ValueError)), (1.0, TypeError),
+    [(-1, ValueError), (MAX_TOKEN + 1, ValueError), (2**64, ValueError), (2**100, ValueError),
+     (np.int64(-3), ValueError), (np.uint64(2**64 - 1), ValueError), (1.0, TypeError),
      (None, TypeError)],
 )
 def test_single_token_refused(automaton, token, error):

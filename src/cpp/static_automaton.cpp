@@ -275,7 +275,7 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
   }
   if (text_length == 0) throw InputError("the corpus has no tokens (all documents are empty)");
   if (text_length >= std::numeric_limits<std::uint32_t>::max() - 1) {
-    throw InputError("corpus too large for one file: at most 2^31 tokens");
+    throw InputError("corpus too large for one file: at most 2^32-3 tokens and separators");
   }
 
   std::vector<Token> text;
@@ -418,13 +418,16 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
       header.num_count_overflows > header.num_states) {
     throw FormatError("corrupted automaton file: inconsistent sizes in the header");
   }
+  std::uint64_t previous_end = kHeaderBytes;
   for (std::size_t section = 0; section < kNumSections; ++section) {
     const SectionEntry& entry = header.sections[section];
+    // Sections lie in order, without overlap, inside the file.
     if (entry.bytes != expected_bytes[section] || entry.offset % kAlignment != 0 ||
-        entry.offset < kHeaderBytes || entry.offset > size || entry.bytes > size - entry.offset) {
+        entry.offset < previous_end || entry.offset > size || entry.bytes > size - entry.offset) {
       throw FormatError(std::string("corrupted automaton file: bad section '") +
                         kSectionNames[section] + "'");
     }
+    previous_end = entry.offset + entry.bytes;
   }
   if (verify_payload &&
       checksum64(bytes + kHeaderBytes, size - kHeaderBytes, 0) != header.payload_checksum) {
