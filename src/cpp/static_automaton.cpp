@@ -462,6 +462,23 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
     throw FormatError("corrupted automaton file: edge offsets do not span the edges");
   }
   storage_ = std::move(storage);
+  build_root_table();
+}
+
+void StaticAutomaton::build_root_table() {
+  // Bounded so that a huge (or corrupted) vocabulary bound cannot make loading allocate much.
+  constexpr std::uint32_t kMaxRootTable = 1u << 22;
+  root_transitions_.clear();
+  if (vocab_bound_ == 0 || vocab_bound_ > kMaxRootTable) return;
+  std::vector<StateId> table(vocab_bound_, kNoState);
+  const std::uint32_t end = edge_offset_[1];
+  if (end > num_edges_) corrupt("edge offsets");
+  for (std::uint32_t edge = 0; edge < end; ++edge) {
+    const Token token = edge_token_[edge];
+    if (token >= vocab_bound_ || edge_target_[edge] >= num_states_) return;  // left to lookups
+    table[token] = edge_target_[edge];
+  }
+  root_transitions_ = std::move(table);
 }
 
 void StaticAutomaton::save(const std::string& path) const {
@@ -503,6 +520,9 @@ void StaticAutomaton::corrupt(const char* what) const {
 }
 
 StateId StaticAutomaton::transition(StateId state, Token token) const {
+  if (state == 0 && !root_transitions_.empty()) {
+    return token < root_transitions_.size() ? root_transitions_[token] : kNoState;
+  }
   check_state(state);
   if (state >= 1 && state < text_length_ && text_[state] == token) return state + 1;
   std::uint32_t low = edge_offset_[state];

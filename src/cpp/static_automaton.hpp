@@ -99,6 +99,7 @@ class StaticAutomaton {
  private:
   StaticAutomaton() = default;
   void attach(std::shared_ptr<const Storage> storage, bool verify_payload);
+  void build_root_table();
   void check_state(StateId state) const {
     if (state >= num_states_) corrupt("state index");
   }
@@ -120,6 +121,9 @@ class StaticAutomaton {
   const std::uint32_t* edge_offset_ = nullptr;
   const Token* edge_token_ = nullptr;
   const StateId* edge_target_ = nullptr;
+  // The root's transitions as a direct table indexed by token: every mismatch falls back to
+  // the root, where a binary search over the whole vocabulary would cost a dozen cache misses.
+  std::vector<StateId> root_transitions_;
 };
 
 }  // namespace sam
