@@ -18,12 +18,12 @@ from sam_decoding.drafters import (
 from sam_decoding.generation import generate
 from tests.conftest import TINY_PAD, TINY_VOCAB
 
-NEW_TOKENS = 60
+NEW_TOKENS = 48
 
 
 def _prompts() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(7)
-    prompts = {f"random{i}": torch.randint(2, TINY_VOCAB, (1, 5 + 9 * i), generator=generator) for i in range(3)}
+    prompts = {f"random{i}": torch.randint(2, TINY_VOCAB, (1, 5 + 9 * i), generator=generator) for i in range(2)}
     pattern = torch.randint(2, TINY_VOCAB, (7,), generator=generator)
     prompts["repetitive"] = pattern.repeat(6).unsqueeze(0)
     prompts["single_token"] = torch.tensor([[5]])
@@ -117,7 +117,7 @@ def real_references(default_model) -> dict[str, tuple[torch.Tensor, torch.Tensor
     out = {}
     for text in REAL_PROMPTS:
         ids = default_model.chat_ids(text)
-        out[text] = (ids, default_model.model.generate(ids, max_new_tokens=48, do_sample=False))
+        out[text] = (ids, default_model.model.generate(ids, max_new_tokens=40, do_sample=False))
     return out
 
 
@@ -125,7 +125,9 @@ def real_references(default_model) -> dict[str, tuple[torch.Tensor, torch.Tensor
 @pytest.mark.parametrize("drafter_name", ["default", "sam_chain_pld", "sam_static_tree"])
 def test_default_model_matches_vanilla_greedy(default_model, real_references, drafter_name, assert_greedy_equal) -> None:
     model = default_model.model
-    for text, (ids, reference) in real_references.items():
+    # The default drafter runs on both prompts, the others on one: a real-model step costs ~0.1 s.
+    items = list(real_references.items())
+    for text, (ids, reference) in items if drafter_name == "default" else items[:1]:
         if drafter_name == "default":
             drafter = None
         elif drafter_name == "sam_chain_pld":
@@ -134,5 +136,5 @@ def test_default_model_matches_vanilla_greedy(default_model, real_references, dr
             # A corpus that holds the other prompt's answer: static drafts are offered, mostly wrong.
             other = [ref for t, (_, ref) in real_references.items() if t != text][0]
             drafter = SamDrafter(StaticAutomaton.build([other[0].numpy()]), fallback=TokenRecyclingDrafter(), l_bias=0)
-        result = generate(model, ids, max_new_tokens=48, drafter=drafter)
+        result = generate(model, ids, max_new_tokens=40, drafter=drafter)
         assert_greedy_equal(model, result.sequences, reference, f"smollm2/{drafter_name}/{text[:20]}")
