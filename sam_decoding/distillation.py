@@ -134,6 +134,10 @@ def write_jsonl_atomically(records: Iterable[dict[str, Any]], path: str | os.Pat
             for record in records:
                 stream.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
+        # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

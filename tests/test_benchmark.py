@@ -110,6 +110,9 @@ def test_spec_bench_mini_selection() -> None:
     counts = {c: sum(q.category == c for q in suite.questions) for c in suite.categories}
     assert all(count == 10 for count in counts.values())
     assert len(suite.limited(3).questions) == 39
+    interleaved = suite.limited(2).interleaved()
+    assert [q.category for q in interleaved.questions[:13]] == suite.categories
+    assert sorted(interleaved.questions, key=lambda q: q.question_id) == sorted(suite.limited(2).questions, key=lambda q: q.question_id)
     # The distillation prompts for the static corpus are disjoint from the evaluated questions.
     evaluated = {q.question_id for q in suite.questions}
     distilled = {str(r["question_id"]) for r in distillation_prompt_records(None)}

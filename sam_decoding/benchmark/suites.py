@@ -79,6 +79,19 @@ class Suite:
         return Suite(self.name, tuple(kept))
 
 
+    def interleaved(self) -> Suite:
+        """The same questions, round-robin over categories (the first of each, then the second...),
+        so that a run stopped early has measured every category about equally."""
+        by_category: dict[str, list[Question]] = {}
+        for question in self.questions:
+            by_category.setdefault(question.category, []).append(question)
+        rounds = max((len(questions) for questions in by_category.values()), default=0)
+        ordered = [
+            questions[index] for index in range(rounds) for questions in by_category.values() if index < len(questions)
+        ]
+        return Suite(self.name, tuple(ordered))
+
+
 def find_spec_bench_data(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Spec-Bench's ``question.jsonl``: ``explicit``, else ``../shared/data/...`` beside the repository.
 

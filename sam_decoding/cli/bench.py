@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             suite = load_suite(args.suite, args.data)
     except SuiteError as error:
         raise CliError(str(error)) from None
-    suite = suite.limited(per_category)
+    # Round-robin order: a run stopped early (its JSON is checkpointed) still covers every category.
+    suite = suite.limited(per_category).interleaved()
     needs_corpus = bool(STATIC_CORPUS_METHODS.intersection(methods))
     if needs_corpus and args.questions is not None and args.corpus is None:
         raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
