@@ -127,6 +127,12 @@ def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Metho
             raise ValueError("the sam methods need a static corpus")
         automaton = StaticAutomaton.load(static_corpus)
     recycler_for_sam = TokenRecyclingDrafter()
+    # The drafter's own defaults go into the report, so a table says which parameters produced it.
+    probe = SamDrafter(None)
+    sam_parameters = (
+        f"l_bias={probe.l_bias}, l_threshold={probe.l_threshold}, max_draft={probe.max_draft}, "
+        + (f"static tree of {probe.tree_nodes} nodes" if probe.use_tree else "static chain")
+    )
     factories = {
         "vanilla": lambda: TransformersGenerate("vanilla", "transformers `generate`, greedy"),
         "hf-prompt-lookup": lambda: TransformersGenerate(
@@ -143,7 +149,7 @@ def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Metho
             "token-recycling", "this engine with `TokenRecyclingDrafter` alone", TokenRecyclingDrafter, persistent=True
         ),
         "sam": lambda: EngineGenerate(
-            "sam", "`SamDrafter`: static corpus + dynamic automaton, no fallback", lambda: SamDrafter(automaton)
+            "sam", f"`SamDrafter` ({sam_parameters}): static corpus + dynamic automaton, no fallback", lambda: SamDrafter(automaton)
         ),
         "sam+tr": lambda: EngineGenerate(
             "sam+tr",
