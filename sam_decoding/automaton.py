@@ -216,6 +216,10 @@ class StaticAutomaton:
         os.close(handle)
         try:
             self._native.save(temporary)
+            # mkstemp creates 0600 files; give the result the mode a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

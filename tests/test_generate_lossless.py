@@ -16,7 +16,7 @@ from sam_decoding.drafters import (
     TokenRecyclingDrafter,
 )
 from sam_decoding.generation import generate
-from tests.conftest import TINY_PAD, TINY_VOCAB
+from conftest import TINY_PAD, TINY_VOCAB
 
 NEW_TOKENS = 48
 

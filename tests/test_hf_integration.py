@@ -8,7 +8,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sam_decoding.drafters import PromptLookupDrafter, SamDrafter
 from sam_decoding.hf_integration import custom_generate
-from tests.conftest import TINY_PAD
+from conftest import TINY_PAD
 
 PROMPT = torch.tensor([[3, 77, 14, 14, 52, 9, 30, 77, 14]])
 

@@ -11,7 +11,7 @@ from sam_decoding.drafters import Draft, Drafter, Verified
 from sam_decoding.generation import generate
 from sam_decoding.kv_cache import keep_cache_entries
 from sam_decoding.verification import build_step_inputs, walk
-from tests.conftest import TINY_PAD, TINY_VOCAB
+from conftest import TINY_PAD, TINY_VOCAB
 
 
 def _decoy_tree(truth: list[int]) -> Draft:
