@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,8 +135,16 @@ def _eos_set(eos_token_id: int | Iterable[int] | torch.Tensor | None, model: tor
 
 
 def _as_prompt(input_ids: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
+    if isinstance(input_ids, Mapping):
+        # A tokenizer's BatchEncoding (e.g. from apply_chat_template(..., return_dict=True)).
+        if "input_ids" not in input_ids:
+            raise TypeError("input_ids is a mapping without an 'input_ids' entry")
+        input_ids = input_ids["input_ids"]
     if not isinstance(input_ids, torch.Tensor):
-        input_ids = torch.as_tensor(np.asarray(input_ids))
+        array = np.asarray(input_ids)
+        if array.dtype.kind not in "iub":
+            raise TypeError(f"input_ids must hold integer token ids, got {array.dtype}")
+        input_ids = torch.as_tensor(array)
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
     if input_ids.dim() == 1:
