@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -533,8 +534,11 @@ CORRUPTED_QUERIES = textwrap.dedent(
 
 
 def run_isolated(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    # Run outside the checkout: `python -c` puts the working directory first on sys.path, where
+    # the source tree's sam_decoding (without the compiled _core) would shadow the installed one.
+    with tempfile.TemporaryDirectory() as elsewhere:
+        return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                              timeout=timeout, check=False, cwd=elsewhere)
 
 
 def large_count_file(tmp_path: Path) -> Path:
