@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Union
 import numpy as np
 
 from sam_decoding import _core
+from sam_decoding.atomic_file import replacing_atomically
 
 FORMAT_VERSION: int = _core.FORMAT_VERSION
 MAX_TOKEN_ID: int = _core.MAX_TOKEN
@@ -208,22 +208,8 @@ class StaticAutomaton:
     def save(self, path: PathLike) -> None:
         """Write the automaton to ``path`` atomically (a temporary file, then a rename), so a
         failed save never leaves a half-written or corrupted file behind."""
-        path = Path(path)
-        directory = path.parent if str(path.parent) else Path(".")
-        if not directory.is_dir():
-            raise FileNotFoundError(f"directory {directory} does not exist")
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        os.close(handle)
-        try:
+        with replacing_atomically(path) as temporary:
             self._native.save(temporary)
-            # mkstemp creates 0600 files; give the result the mode a plain open() would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
 
     def verify(self) -> None:
         """Checksum every byte and check the arrays' invariants; raises ``FormatError``."""

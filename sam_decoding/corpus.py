@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any, Union
 
 import numpy as np
+
+from sam_decoding.jsonl import jsonl_records
 
 #: Keys tried, in order, for a chat JSONL line that is an object and no ``--chat-field`` was given.
 CHAT_FIELD_CANDIDATES: tuple[str, ...] = ("messages", "conversation", "conversations", "chat")
@@ -152,15 +153,8 @@ def read_jsonl(path: Path, options: ReadOptions) -> Iterator[Document]:
     """Yield one document per non-blank line of the JSONL file ``path``."""
     try:
         with _open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                source = f"{path}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise CorpusError(f"{source}: invalid JSON ({error.msg})") from None
-                yield _parse_jsonl_line(record, source, options)
+            for number, record in jsonl_records(handle, str(path), CorpusError):
+                yield _parse_jsonl_line(record, f"{path}:{number}", options)
     except UnicodeDecodeError:
         raise CorpusError(f"{path}: not UTF-8 text") from None
     except (OSError, EOFError) as error:

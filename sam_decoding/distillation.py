@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sam_decoding.atomic_file import replacing_atomically
 from sam_decoding.corpus import CorpusError
+from sam_decoding.jsonl import jsonl_records
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,8 @@ def read_prompts(path: str | os.PathLike[str], prompt_field: str | None = None) 
     prompts = []
     try:
         with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
+            for number, record in jsonl_records(handle, str(file), CorpusError):
                 source = f"{file}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise CorpusError(f"{source}: invalid JSON ({error.msg})") from None
                 prompts.append(Prompt(_record_id(record, number), _prompt_text(record, prompt_field, source)))
     except UnicodeDecodeError:
         raise CorpusError(f"{file}: not UTF-8 text") from None
@@ -126,22 +121,11 @@ def write_jsonl_atomically(records: Iterable[dict[str, Any]], path: str | os.Pat
 
     An interrupted run leaves no partial file at ``path``.
     """
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     count = 0
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            for record in records:
-                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing_atomically(path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        for record in records:
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

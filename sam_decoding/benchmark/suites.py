@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sam_decoding.jsonl import jsonl_records
+
 #: Spec-Bench's single-turn categories, sampled in spec-bench-mini.
 SPEC_BENCH_SAMPLED_CATEGORIES: tuple[str, ...] = (
     "translation",
@@ -120,13 +122,7 @@ def read_spec_bench(path: str | os.PathLike[str]) -> list[dict]:
     records = []
     try:
         with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise SuiteError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            for number, record in jsonl_records(handle, str(path), SuiteError):
                 if not isinstance(record, dict) or not record.get("turns") or "category" not in record:
                     raise SuiteError(f"{path}:{number}: expected question_id, category and turns")
                 records.append(record)
@@ -203,13 +199,7 @@ def load_questions_file(path: str | os.PathLike[str], prompt_field: str | None =
         raise SuiteError(f"{file}: no such file")
     try:
         with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise SuiteError(f"{file}:{number}: invalid JSON ({error.msg})") from None
+            for number, record in jsonl_records(handle, str(file), SuiteError):
                 prompt = prompt_of(record, prompt_field, f"{file}:{number}")
                 questions.append(
                     Question(
