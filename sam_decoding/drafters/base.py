@@ -31,11 +31,16 @@ class Draft:
             a duplicate sibling is never reached.
         source: Which mechanism produced the draft (``"static"``, ``"dynamic"``,
             ``"token_recycling"``, ...); the generate loop counts drafts and accepted tokens per source.
+        probabilities: ``None`` or a float64 array ``[k]``: the drafter's estimate that the target
+            accepts node ``i`` given that its parent was accepted (in ``[0, 1]``). The cost-aware
+            policy uses it to decide which nodes are worth verifying; ``None`` lets the policy use
+            its own per-source prior by depth.
     """
 
     tokens: np.ndarray
     parents: np.ndarray | None = None
     source: str = "none"
+    probabilities: np.ndarray | None = None
 
     @classmethod
     def empty(cls, source: str = "none") -> Draft:
@@ -43,9 +48,10 @@ class Draft:
         return cls(_EMPTY_TOKENS, None, source)
 
     @classmethod
-    def chain(cls, tokens: np.ndarray | list[int], source: str) -> Draft:
-        """A chain draft from any 1-D integer sequence."""
-        return cls(np.asarray(tokens, dtype=np.int64).reshape(-1), None, source)
+    def chain(cls, tokens: np.ndarray | list[int], source: str, probabilities: np.ndarray | None = None) -> Draft:
+        """A chain draft from any 1-D integer sequence (and optional per-node acceptance estimates)."""
+        probs = None if probabilities is None else np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        return cls(np.asarray(tokens, dtype=np.int64).reshape(-1), None, source, probs)
 
     @property
     def is_chain(self) -> bool:
@@ -65,10 +71,16 @@ class Verified:
             order they were fed (so ``logits[i]`` is the target's next-token prediction after ``tokens[i]``
             along ``tokens[i]``'s path).
         logits: float tensor ``[q, vocab]``: the target's raw (unprocessed) logits at those positions.
+        path: Input indices (into ``tokens``) of the accepted path, root first (``path[0] == 0``); the
+            last one's logits chose the step's final emitted token.
+        hidden_states: ``None``, or (for drafters with :attr:`Drafter.wants_hidden_states`) float tensor
+            ``[q, hidden]``: the target's last hidden state (the input of its output projection) at those positions.
     """
 
     tokens: torch.Tensor
     logits: torch.Tensor
+    path: tuple[int, ...] = (0,)
+    hidden_states: torch.Tensor | None = None
 
 
 class Drafter(ABC):
@@ -77,11 +89,14 @@ class Drafter(ABC):
     Class attributes a subclass may override:
         wants_logits: ``True`` if :meth:`accept` needs the target's logits (a :class:`Verified`);
             otherwise the loop passes ``None`` and skips building it.
+        wants_hidden_states: ``True`` if :meth:`accept` needs ``Verified.hidden_states`` (implies a
+            :class:`Verified` is passed); the loop then asks the model for its hidden states.
         proposes_trees: ``True`` if :meth:`propose` may return a tree (``parents`` not ``None``). The loop
             then checks before the first step that the model can take a custom 4-D attention mask.
     """
 
     wants_logits: bool = False
+    wants_hidden_states: bool = False
     proposes_trees: bool = False
 
     @abstractmethod
