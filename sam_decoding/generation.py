@@ -32,7 +32,7 @@ from transformers.generation.logits_process import (
 from sam_decoding.drafters.base import Draft, Drafter, Verified
 from sam_decoding.drafters.sam import SamDrafter
 from sam_decoding.drafters.token_recycling import TokenRecyclingDrafter
-from sam_decoding.kv_cache import check_cache_layout, keep_cache_entries
+from sam_decoding.kv_cache import cache_arguments, check_cache_layout, keep_cache_entries
 from sam_decoding.verification import (
     TREE_CAPABLE_ATTENTION,
     attention_implementation,
@@ -301,7 +301,7 @@ def _speculate(
     if prompt_length > 1:
         tick = time.perf_counter()
         extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-        model(input_ids=prompt[:, :-1], past_key_values=cache, use_cache=True, **extra)
+        model(input_ids=prompt[:, :-1], use_cache=True, **cache_arguments(model, cache), **extra)
         stats.prefill_seconds = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -329,8 +329,8 @@ def _speculate(
             input_ids=inputs.input_ids,
             position_ids=inputs.position_ids,
             attention_mask=inputs.attention_mask,
-            past_key_values=cache,
             use_cache=True,
+            **cache_arguments(model, cache),
         )
         logits = output.logits[0]
 
