@@ -28,6 +28,7 @@ DEFAULT_L_BIAS = 5
 DEFAULT_L_THRESHOLD = 3
 DEFAULT_MAX_DRAFT = 40
 DEFAULT_TREE_NODES = 64
+DEFAULT_MIN_MATCH = 1
 
 
 class SamDrafter(Drafter):
@@ -41,6 +42,8 @@ class SamDrafter(Drafter):
         max_draft: Longest retrieval draft, in tokens (depth of a static tree).
         use_tree: Draft a frequency-ranked tree from the static automaton instead of a single chain.
         tree_nodes: Node budget of a static tree draft, in tokens.
+        min_match: Shortest match, in tokens, for which a retrieval draft is offered to a verification
+            policy (:meth:`propose_candidates`); ``l_bias`` and ``l_threshold`` apply without a policy.
         tokenizer_fingerprint: If given, checked against the static automaton's (raises
             :class:`~sam_decoding.TokenizerMismatchError` on a mismatch).
     """
@@ -55,14 +58,15 @@ class SamDrafter(Drafter):
         max_draft: int = DEFAULT_MAX_DRAFT,
         use_tree: bool = True,
         tree_nodes: int = DEFAULT_TREE_NODES,
+        min_match: int = DEFAULT_MIN_MATCH,
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
 
         if l_threshold < 1:
             raise ValueError("l_threshold must be >= 1 token")
-        if max_draft < 1 or tree_nodes < 1:
-            raise ValueError("max_draft and tree_nodes must be positive")
+        if max_draft < 1 or tree_nodes < 1 or min_match < 1:
+            raise ValueError("max_draft, tree_nodes and min_match must be positive")
         if static is not None and not isinstance(static, StaticAutomaton):
             static = StaticAutomaton.load(static)
         if static is not None and tokenizer_fingerprint is not None:
@@ -74,6 +78,7 @@ class SamDrafter(Drafter):
         self.max_draft = max_draft
         self.use_tree = use_tree
         self.tree_nodes = tree_nodes
+        self.min_match = min_match
         self._cursor = static.cursor() if static is not None else None
         self._dynamic = DynamicAutomaton()
         self.wants_logits = bool(fallback is not None and fallback.wants_logits)
@@ -118,6 +123,23 @@ class SamDrafter(Drafter):
         if self.fallback is not None:
             return self.fallback.propose(max_tokens)
         return Draft.empty("none")
+
+    def propose_candidates(self, max_tokens: int) -> list[Draft]:
+        """Every source's draft, for the policy to weigh by calibrated acceptance and cost.
+
+        Under a policy the blend is learned instead of thresholded: retrieval drafts are offered
+        from a match of ``min_match`` tokens (the policy knows, per source and match length, how
+        often they are accepted) next to the fallback's own, and the step verifies the best.
+        """
+        limit = min(self.max_draft, max_tokens)
+        candidates = []
+        if self._dynamic.match_length >= self.min_match:
+            candidates.append(self._dynamic_draft(limit))
+        if self._cursor is not None and self._cursor.match_length >= self.min_match:
+            candidates.append(self._static_draft(limit))
+        if self.fallback is not None:
+            candidates.extend(self.fallback.propose_candidates(max_tokens))
+        return [draft for draft in candidates if len(draft)] or [Draft.empty("none")]
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
         self._dynamic.extend(tokens)
