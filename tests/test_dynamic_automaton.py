@@ -165,3 +165,14 @@ def test_extend_in_chunks_after_reset(first, second):
     automaton.reset()
     automaton.extend(np.array(second, dtype=np.int64))
     check_text(automaton, second)
+
+
+def test_single_token_extends_grow_memory_geometrically():
+    """A generation appends one token per step: memory must grow by doubling (amortized O(1)
+    per token), not be reallocated, and the whole text copied, on every call."""
+    automaton = DynamicAutomaton()
+    sizes = set()
+    for token in range(20_000):
+        automaton.extend(token % 5)
+        sizes.add(automaton.nbytes)
+    assert len(sizes) <= 60

@@ -8,7 +8,10 @@ void DynamicAutomaton::extend(const Token* tokens, std::size_t size) {
   for (std::size_t index = 0; index < size; ++index) {
     if (tokens[index] > kMaxToken) throw InputError("token ids must be in [0, 2^31-1]");
   }
-  text_.reserve(text_.size() + size);
+  // Grow by at least doubling: reserving exactly size + n on every call would copy the whole
+  // text each time one token is accepted, O(n^2) over a generation.
+  const std::size_t needed = text_.size() + size;
+  if (needed > text_.capacity()) text_.reserve(std::max(needed, 2 * text_.capacity()));
   for (std::size_t index = 0; index < size; ++index) {
     builder_.append(tokens[index]);
     text_.push_back(tokens[index]);

@@ -24,6 +24,8 @@ class DynamicAutomaton {
   std::size_t num_states() const { return builder_.num_states(); }
   std::size_t nbytes() const { return builder_.memory_bytes() + text_.capacity() * sizeof(Token); }
   const std::vector<Token>& text() const { return text_; }
+  // Tokens the text buffer holds before it must grow again.
+  std::size_t text_capacity() const { return text_.capacity(); }
 
  private:
   AutomatonBuilder builder_;

@@ -346,6 +346,24 @@ void test_dynamic_against_brute_force() {
   }
 }
 
+void test_dynamic_single_token_extends_grow_geometrically() {
+  // One token per call, as a generation appends them: the text must grow by doubling, so n
+  // extends move O(n) bytes in total, not O(n^2) (a copy of the whole text per call).
+  sam::DynamicAutomaton automaton;
+  std::size_t capacity_changes = 0;
+  std::size_t capacity = 0;
+  for (Token token = 0; token < 100000; ++token) {
+    const Token value = token % 7;
+    automaton.extend(&value, 1);
+    if (automaton.text_capacity() != capacity) {
+      ++capacity_changes;
+      capacity = automaton.text_capacity();
+    }
+  }
+  CHECK(automaton.num_tokens() == 100000);
+  CHECK(capacity_changes <= 40);
+}
+
 std::string temp_path(const char* name) {
   const char* directory = std::getenv("TMPDIR");
   std::string path = std::string(directory ? directory : "/tmp") + "/sam_core_tests_" +
@@ -560,6 +578,7 @@ int main() {
   test_builder_recognises_exactly_the_substrings();
   test_static_cursor_against_brute_force();
   test_dynamic_against_brute_force();
+  test_dynamic_single_token_extends_grow_geometrically();
   test_save_load_round_trip();
   test_large_counts();
   test_corrupted_files_throw_format_error();
