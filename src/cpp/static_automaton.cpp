@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "automaton_builder.hpp"
 #include "checksum.hpp"
@@ -75,6 +76,13 @@ std::uint64_t header_checksum_of(const std::uint8_t* header_bytes) {
   std::memcpy(copy, header_bytes, kHeaderBytes);
   std::memset(copy + offsetof(Header, header_checksum), 0, sizeof(std::uint64_t));
   return checksum64(copy, kHeaderBytes, 0x5A4D);
+}
+
+// a * b into *product; false if it does not fit 64 bits.
+bool checked_multiply(std::uint64_t a, std::uint64_t b, std::uint64_t* product) {
+  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return false;
+  *product = a * b;
+  return true;
 }
 
 std::uint64_t align_up(std::uint64_t value) {
@@ -400,23 +408,41 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
                           : "automaton file has trailing bytes: " + std::to_string(size) +
                                 " instead of " + std::to_string(header.file_bytes));
   }
-  const std::uint64_t expected_bytes[kNumSections] = {
-      header.sections[kFingerprint].bytes,
-      header.sections[kMetadata].bytes,
-      header.text_length * 4,
-      header.num_states * 4,
-      header.num_states * 2,
-      std::uint64_t{header.num_count_overflows} * 8,
-      header.num_clones * 4,
-      header.num_clones * 4,
-      (header.num_states + 1) * 4,
-      header.num_edges * 4,
-      header.num_edges * 4};
-  if (header.num_states != header.text_length + 1 + header.num_clones ||
-      header.num_tokens + header.num_documents != header.text_length ||
-      header.text_length == 0 || header.num_states >= kNoState ||
-      header.num_count_overflows > header.num_states) {
+  // Every field below comes from the file. Each one is bounded on its own first, and every
+  // product and sum is computed with overflow checks, so that fields forged together cannot
+  // keep the relations true modulo 2^64 while pointing the queries outside the mapping.
+  auto inconsistent = [] {
     throw FormatError("corrupted automaton file: inconsistent sizes in the header");
+  };
+  if (header.text_length == 0 || header.text_length > kMaxTextLength ||
+      header.num_tokens > header.text_length || header.num_documents == 0 ||
+      header.num_documents > header.text_length ||
+      header.num_tokens + header.num_documents != header.text_length ||
+      // A suffix automaton over n tokens has at most 2n-1 states: fewer than n clones.
+      header.num_clones >= header.text_length ||
+      header.num_states != header.text_length + 1 + header.num_clones ||
+      header.num_states >= kNoState || header.num_edges > std::numeric_limits<std::uint32_t>::max() ||
+      header.num_count_overflows > header.num_states || header.vocab_bound > kMaxToken + 1u) {
+    inconsistent();
+  }
+  std::uint64_t expected_bytes[kNumSections] = {header.sections[kFingerprint].bytes,
+                                                header.sections[kMetadata].bytes};
+  const std::pair<std::uint64_t, std::uint64_t> counted[kNumSections] = {
+      {0, 0},
+      {0, 0},
+      {header.text_length, sizeof(Token)},
+      {header.num_states, sizeof(StateId)},
+      {header.num_states, sizeof(std::uint16_t)},
+      {header.num_count_overflows, 2 * sizeof(std::uint32_t)},
+      {header.num_clones, sizeof(std::uint32_t)},
+      {header.num_clones, sizeof(std::uint32_t)},
+      {header.num_states + 1, sizeof(std::uint32_t)},
+      {header.num_edges, sizeof(Token)},
+      {header.num_edges, sizeof(StateId)}};
+  for (std::size_t section = kText; section < kNumSections; ++section) {
+    if (!checked_multiply(counted[section].first, counted[section].second, &expected_bytes[section])) {
+      inconsistent();
+    }
   }
   std::uint64_t previous_end = kHeaderBytes;
   for (std::size_t section = 0; section < kNumSections; ++section) {
@@ -427,7 +453,7 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
       throw FormatError(std::string("corrupted automaton file: bad section '") +
                         kSectionNames[section] + "'");
     }
-    previous_end = entry.offset + entry.bytes;
+    previous_end = entry.offset + entry.bytes;  // no overflow: both are within `size`
   }
   if (verify_payload &&
       checksum64(bytes + kHeaderBytes, size - kHeaderBytes, 0) != header.payload_checksum) {

@@ -22,6 +22,9 @@
 namespace sam {
 
 constexpr std::uint32_t kFormatVersion = 1;
+// Longest text (tokens plus one separator per document) the format can index: positions and
+// state ids are 32-bit, and ids 2^32-1 (kNoState) and text_length+1 must stay representable.
+constexpr std::uint64_t kMaxTextLength = 0xFFFFFFFDull;
 // Occurrence counts are stored in 16 bits; this value means "look it up in the side table".
 constexpr std::uint16_t kCountOverflowMarker = 0xFFFF;
 
