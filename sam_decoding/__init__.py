@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sam_decoding._core import __version__
 from sam_decoding.automaton import (
     FORMAT_VERSION,
+    DraftChain,
     DraftTree,
     DynamicAutomaton,
     FormatError,
@@ -50,6 +51,7 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION",
     "Draft",
+    "DraftChain",
     "DraftTree",
     "Drafter",
     "DynamicAutomaton",

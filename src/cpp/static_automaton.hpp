@@ -80,13 +80,22 @@ class StaticAutomaton {
   // The corpus text token at `position` (kSeparator between documents).
   Token text_at(std::uint64_t position) const;
 
-  // Calls visit(token, target) for each transition of `state` except separators.
+  // Calls visit(token, target) for each transition of `state` except separators: first the
+  // one along the text (if any), then the others by increasing token.
   template <typename Visit>
   void for_each_transition(StateId state, Visit&& visit) const {
+    for_each_transition_while(state, [&](Token token, StateId target) {
+      visit(token, target);
+      return true;
+    });
+  }
+  // The same, stopping as soon as visit(token, target) returns false.
+  template <typename Visit>
+  void for_each_transition_while(StateId state, Visit&& visit) const {
     check_state(state);
     if (state >= 1 && state < text_length_) {
       const Token next = text_[state];
-      if (next != kSeparator) visit(next, static_cast<StateId>(state + 1));
+      if (next != kSeparator && !visit(next, static_cast<StateId>(state + 1))) return;
     }
     const std::uint32_t begin = edge_offset_[state];
     const std::uint32_t end = edge_offset_[state + 1];
@@ -94,7 +103,7 @@ class StaticAutomaton {
     for (std::uint32_t edge = begin; edge < end; ++edge) {
       const StateId target = edge_target_[edge];
       if (target >= num_states_) corrupt("edge target");
-      visit(edge_token_[edge], target);
+      if (!visit(edge_token_[edge], target)) return;
     }
   }
   std::uint32_t out_degree(StateId state) const;
