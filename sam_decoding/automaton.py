@@ -336,7 +336,13 @@ class StaticAutomaton:
 
 
 class DynamicAutomaton:
-    """A suffix automaton over one growing token sequence (prompt + generated text)."""
+    """A suffix automaton over one growing token sequence (prompt + generated text).
+
+    Safe to use from several threads at once: a lock in the native object serializes the calls,
+    so a :meth:`draft` never sees arrays that a concurrent :meth:`extend` is growing. Long
+    extends (4096 tokens or more) run without the GIL; a call from another thread then waits
+    for them to finish.
+    """
 
     __slots__ = ("_native",)
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "automaton_builder.hpp"
@@ -442,6 +444,42 @@ void test_sharded_cursor_equals_one_automaton() {
   CHECK_THROWS(sam::InputError, sam::ShardedCursor({}));
 }
 
+void test_dynamic_concurrent_extend_and_draft() {
+  // Writers grow (and reallocate) the arrays while readers draft: the lock keeps every read on
+  // live memory (the sanitizer build reports any use after free).
+  sam::DynamicAutomaton automaton;
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> readers;
+  for (int reader = 0; reader < 2; ++reader) {
+    readers.emplace_back([&] {
+      while (!done.load()) {
+        for (const Token token : automaton.draft(32)) {
+          if (token > 3) ++bad;
+        }
+        if (automaton.match_length() > automaton.num_tokens()) ++bad;
+      }
+    });
+  }
+  std::vector<std::thread> writers;
+  for (unsigned seed = 0; seed < 2; ++seed) {
+    writers.emplace_back([&automaton, seed] {
+      std::mt19937 rng(seed);
+      std::uniform_int_distribution<Token> token(0, 3);
+      Tokens chunk(20000);
+      for (int round = 0; round < 20; ++round) {
+        for (Token& value : chunk) value = token(rng);
+        automaton.extend(chunk.data(), chunk.size());
+        if (round % 7 == 6) automaton.reset();
+      }
+    });
+  }
+  for (std::thread& writer : writers) writer.join();
+  done.store(true);
+  for (std::thread& reader : readers) reader.join();
+  CHECK(bad.load() == 0);
+}
+
 std::string temp_path(const char* name) {
   const char* directory = std::getenv("TMPDIR");
   std::string path = std::string(directory ? directory : "/tmp") + "/sam_core_tests_" +
@@ -657,6 +695,7 @@ int main() {
   test_static_cursor_against_brute_force();
   test_dynamic_against_brute_force();
   test_dynamic_single_token_extends_grow_geometrically();
+  test_dynamic_concurrent_extend_and_draft();
   test_tree_scan_budget_bounds_the_work();
   test_sharded_cursor_equals_one_automaton();
   test_save_load_round_trip();
