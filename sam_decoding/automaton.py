@@ -22,6 +22,9 @@ from sam_decoding.atomic_file import replacing_atomically
 
 FORMAT_VERSION: int = _core.FORMAT_VERSION
 MAX_TOKEN_ID: int = _core.MAX_TOKEN
+#: Most tokens plus document separators one automaton (one shard) is built over: below it every
+#: state id and transition offset fits 32 bits. Larger corpora are split into shards.
+MAX_BUILD_TEXT_LENGTH: int = _core.MAX_BUILD_TEXT_LENGTH
 
 FormatError = _core.FormatError
 FormatError.__doc__ = "An automaton file is truncated, corrupted, foreign or of a newer format version."
@@ -219,7 +222,8 @@ class StaticAutomaton:
 
         A match never spans two documents; empty documents are skipped. ``metadata`` is any
         JSON-serializable dict stored in the file (e.g. the build parameters). Releases the GIL
-        while building. Raises ``ValueError`` if there are no tokens at all.
+        while building. Raises ``ValueError`` if there are no tokens at all, or, before building
+        anything, if tokens plus one separator per document exceed ``MAX_BUILD_TEXT_LENGTH``.
         """
         if isinstance(documents, np.ndarray) and documents.ndim == 1:
             raise TypeError("documents must be an iterable of token sequences; wrap one array in a list")
@@ -227,6 +231,12 @@ class StaticAutomaton:
         ends = np.cumsum([array.shape[0] for array in arrays], dtype=np.int64)
         if len(arrays) == 0 or ends[-1] == 0:
             raise ValueError("the corpus has no tokens (no documents, or all are empty)")
+        text_length = int(ends[-1]) + sum(1 for array in arrays if array.shape[0])
+        if text_length > MAX_BUILD_TEXT_LENGTH:
+            raise ValueError(
+                f"corpus too large for one automaton: {text_length:,} tokens and document separators, "
+                f"at most {MAX_BUILD_TEXT_LENGTH:,}; split it into shards (sam_decoding.ShardedAutomaton)"
+            )
         tokens = _concatenate_as_uint32(arrays)
         metadata_json = json.dumps(metadata or {}, sort_keys=True)
         native = _core.StaticAutomaton.build(tokens, ends, str(tokenizer_fingerprint), metadata_json)

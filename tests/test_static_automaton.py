@@ -339,6 +339,16 @@ def test_properties_and_repr():
     assert "num_tokens=4" in repr(automaton)
 
 
+def test_a_corpus_too_large_for_one_automaton_is_refused_before_building():
+    from sam_decoding.automaton import MAX_BUILD_TEXT_LENGTH
+
+    # Zero-stride views: 1.6G tokens in a few bytes, refused from their lengths alone.
+    half = np.broadcast_to(np.int32(1), (800_000_000,))
+    assert 2 * half.shape[0] + 2 > MAX_BUILD_TEXT_LENGTH
+    with pytest.raises(ValueError, match="too large for one automaton.*shards"):
+        StaticAutomaton.build([half, half])
+
+
 def test_documents_may_be_a_generator_of_arrays():
     automaton = StaticAutomaton.build(np.arange(5, dtype=np.int32) + offset for offset in (0, 10))
     assert automaton.num_tokens == 10

@@ -188,6 +188,7 @@ PYBIND11_MODULE(_core, module) {
   module.attr("__version__") = SAM_TO_STRING(SAM_VERSION_INFO);
   module.attr("FORMAT_VERSION") = sam::kFormatVersion;
   module.attr("MAX_TOKEN") = sam::kMaxToken;
+  module.attr("MAX_BUILD_TEXT_LENGTH") = sam::kMaxBuildTextLength;
 
   static py::exception<sam::FormatError> format_error(module, "FormatError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr error) {

@@ -282,8 +282,12 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
     throw InputError("the last document must end at the end of the token array");
   }
   if (text_length == 0) throw InputError("the corpus has no tokens (all documents are empty)");
-  if (text_length >= std::numeric_limits<std::uint32_t>::max() - 1) {
-    throw InputError("corpus too large for one file: at most 2^32-3 tokens and separators");
+  // Checked here, from the document ends alone, so that an oversized corpus fails at once
+  // rather than after hours of building.
+  if (text_length > kMaxBuildTextLength) {
+    throw InputError("corpus too large for one automaton: " + std::to_string(text_length) +
+                     " tokens and document separators, at most " +
+                     std::to_string(kMaxBuildTextLength) + "; split it into shards");
   }
 
   std::vector<Token> text;

@@ -25,6 +25,10 @@ constexpr std::uint32_t kFormatVersion = 1;
 // Longest text (tokens plus one separator per document) the format can index: positions and
 // state ids are 32-bit, and ids 2^32-1 (kNoState) and text_length+1 must stay representable.
 constexpr std::uint64_t kMaxTextLength = 0xFFFFFFFDull;
+// Longest text one build accepts: a suffix automaton over n tokens has at most 2n-1 states and
+// 3n-4 transitions, so below this every id and edge offset fits 32 bits and a build can never
+// fail for size after it started. Larger corpora are split into shards.
+constexpr std::uint64_t kMaxBuildTextLength = (0xFFFFFFFFull + 4) / 3;
 // Occurrence counts are stored in 16 bits; this value means "look it up in the side table".
 constexpr std::uint16_t kCountOverflowMarker = 0xFFFF;
 

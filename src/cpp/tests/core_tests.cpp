@@ -683,6 +683,33 @@ void test_bad_build_input() {
   CHECK_THROWS(sam::InputError, sam::StaticAutomaton::build(input));
 }
 
+void test_size_limits_are_checked_before_building() {
+  // 1.5G tokens would need more than 2^32 transitions: refused from the document ends alone,
+  // before the token array (absent here) is read or anything is allocated for it.
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);
+    const std::int64_t ends[] = {1'500'000'000};
+    sam::BuildInput input;
+    input.tokens = nullptr;
+    input.num_tokens = 1'500'000'000;
+    input.document_ends = ends;
+    input.num_documents = 1;
+    try {
+      sam::StaticAutomaton::build(input);
+    } catch (const sam::InputError&) {
+      std::_Exit(0);
+    } catch (...) {
+    }
+    std::_Exit(1);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(sam::kMaxBuildTextLength * 3 - 4 <= 0xFFFFFFFFull);
+}
+
 void test_save_into_a_missing_directory_throws() {
   const auto automaton = build({{1, 2}});
   CHECK_THROWS(sam::InputError, automaton->save("/nonexistent-directory/sub/a.sam"));
@@ -704,6 +731,7 @@ int main() {
   test_corrupted_suffix_link_cannot_loop_forever();
   test_bad_tokens_throw_input_error();
   test_bad_build_input();
+  test_size_limits_are_checked_before_building();
   test_save_into_a_missing_directory_throws();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
