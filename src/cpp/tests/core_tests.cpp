@@ -457,7 +457,9 @@ void test_dynamic_concurrent_extend_and_draft() {
         for (const Token token : automaton.draft(32)) {
           if (token > 3) ++bad;
         }
-        if (automaton.match_length() > automaton.num_tokens()) ++bad;
+        // Separate calls: a reset may come between them, so only each one's own answer is checked.
+        if (automaton.match_length() >= 20000 * 20 * 2) ++bad;
+        if (automaton.nbytes() == 0) ++bad;
       }
     });
   }
