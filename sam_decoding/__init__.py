@@ -20,6 +20,7 @@ from sam_decoding.automaton import (
     StaticCursor,
     TokenizerMismatchError,
 )
+from sam_decoding.shards import ShardedAutomaton, ShardWriter, load_corpus
 
 if TYPE_CHECKING:
     from sam_decoding.drafters import (
@@ -61,6 +62,8 @@ __all__ = [
     "ModelDrafter",
     "PromptLookupDrafter",
     "SamDrafter",
+    "ShardWriter",
+    "ShardedAutomaton",
     "StaticAutomaton",
     "StaticCursor",
     "TokenRecyclingDrafter",
@@ -69,6 +72,7 @@ __all__ = [
     "__version__",
     "custom_generate",
     "generate",
+    "load_corpus",
 ]
 
 

@@ -59,13 +59,14 @@ class SamDrafter(Drafter):
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
+        from sam_decoding.shards import ShardedAutomaton, load_corpus
 
         if l_threshold < 1:
             raise ValueError("l_threshold must be >= 1 token")
         if max_draft < 1 or tree_nodes < 1:
             raise ValueError("max_draft and tree_nodes must be positive")
-        if static is not None and not isinstance(static, StaticAutomaton):
-            static = StaticAutomaton.load(static)
+        if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
+            static = load_corpus(static)
         if static is not None and tokenizer_fingerprint is not None:
             static.check_tokenizer(tokenizer_fingerprint)
         self.static = static
