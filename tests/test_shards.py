@@ -23,6 +23,9 @@ from sam_decoding import (
 )
 from sam_decoding.shards import MANIFEST_NAME, add_shard
 
+DATA = Path(__file__).parent / "data"
+GOLDEN_SHARDS = DATA / "golden_shards_v1"
+
 
 def split(documents: list[list[int]], cuts: list[int]) -> list[list[list[int]]]:
     """``documents`` in consecutive groups at the given cut points; groups without tokens dropped."""
@@ -178,6 +181,45 @@ def test_sam_drafter_takes_a_sharded_corpus(tmp_path):
         drafter.begin(np.asarray(documents[4][:30], dtype=np.int64))
         draft = drafter.propose(8)
         assert draft.source in ("static", "dynamic") and len(draft) > 0
+
+
+# ---- the golden sharded corpus --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_golden_sharded_corpus_answers_as_the_golden_file(verify):
+    from test_file_format import GOLDEN, GOLDEN_ANSWERS
+
+    corpus = ShardedAutomaton.load(GOLDEN_SHARDS, verify=verify)
+    assert corpus.num_shards == 3 and corpus.is_memory_mapped
+    assert corpus.tokenizer_fingerprint == "golden-tokenizer-v1"
+    assert corpus.metadata == {"purpose": "manifest-version-1 golden sharded corpus", "shard_tokens": 10}
+    single = StaticAutomaton.load(GOLDEN)
+    assert (corpus.num_tokens, corpus.num_documents) == (single.num_tokens, single.num_documents)
+    for expected in GOLDEN_ANSWERS:
+        cursor = corpus.cursor()
+        cursor.feed(expected["query"])
+        tree = cursor.draft_tree(6)
+        assert cursor.match_length == expected["match_length"]
+        assert cursor.draft(8).tolist() == expected["draft"]
+        assert tree.tokens.tolist() == expected["tree_tokens"]
+        assert tree.parents.tolist() == expected["tree_parents"]
+        assert tree.counts.tolist() == expected["tree_counts"]
+
+
+def test_golden_sharded_corpus_is_what_the_writer_writes_today(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(DATA))
+    try:
+        import make_golden_shards
+    finally:
+        sys.path.remove(str(DATA))
+    make_golden_shards.build(tmp_path / "today")
+    written = sorted(path.name for path in (tmp_path / "today").iterdir())
+    assert written == sorted(path.name for path in GOLDEN_SHARDS.iterdir())
+    for name in written:
+        assert (tmp_path / "today" / name).read_bytes() == (GOLDEN_SHARDS / name).read_bytes(), name
 
 
 # ---- bad manifests and shard sets ----------------------------------------------------------------
