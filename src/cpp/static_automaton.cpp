@@ -169,6 +169,9 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
     old_id[id] = state;
   }
 
+  // The per-state edge lists only serve clones during construction; free them before the
+  // frozen arrays are allocated, to lower the build's peak memory.
+  builder.release_edge_lists();
   FrozenArrays arrays;
   arrays.link.resize(num_states);
   std::vector<std::uint32_t> count(num_states, 0);
@@ -185,6 +188,7 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
       count[id] = 1;  // the occurrence ending at the state's own position
     }
   }
+  std::vector<StateId>().swap(old_id);
 
   // Occurrence counts: each end position counts once for its state and every suffix-link
   // ancestor; summing children into parents in order of decreasing length does exactly that.
