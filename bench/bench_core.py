@@ -318,6 +318,26 @@ elif spec["kind"] == "single":
     result["build_s"] = time.perf_counter() - started
     result.update(tokens=automaton.num_tokens, shards=1, nbytes=automaton.nbytes,
                   states=automaton.num_states, edges=automaton.num_edges)
+elif spec["kind"] == "shard_memory":
+    # One shard built from its token file, as a ShardWriter worker does, with the peak-RSS mark
+    # reset first (Linux clear_refs), so the growth measured is the build's own.
+    from sam_decoding import _core
+    tokens = np.load(spec["tokens_path"], mmap_mode="r")[: spec["shard_tokens"]]
+    ends = np.arange(bench_core.ZIPF_DOCUMENT, tokens.size + bench_core.ZIPF_DOCUMENT,
+                     bench_core.ZIPF_DOCUMENT).clip(max=tokens.size)
+    def status(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    result["rss_before"] = status("VmRSS:")
+    started = time.perf_counter()
+    native = _core.StaticAutomaton.build(tokens, ends, "", "{}")
+    result["build_s"] = time.perf_counter() - started
+    result["peak_rss_build"] = status("VmHWM:")
+    result.update(tokens=int(tokens.size), shards=1, nbytes=native.nbytes, states=native.num_states,
+                  edges=native.num_edges)
 else:
     import pydivsufsort
     tokens = np.load(spec["tokens_path"])
@@ -381,6 +401,9 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
         runs[f"sharded_jobs{jobs}"] = run_sharded_child({"kind": "sharded", "tokens_path": str(tokens_path),
                                                           "out": str(out), "shard_tokens": args.shard_tokens,
                                                           "jobs": jobs})
+    print("one shard's build memory ...", file=sys.stderr)
+    runs["shard_memory"] = run_sharded_child({"kind": "shard_memory", "tokens_path": str(tokens_path),
+                                              "shard_tokens": args.shard_tokens})
     print("suffix array ...", file=sys.stderr)
     runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path)})
     corpus_dir = OUT / f"zipf_shards_{args.jobs}"
@@ -432,8 +455,14 @@ def sharded_report(runs: dict) -> str:
             f"{(peak - run['rss_before']) / per_shard:.0f} | {run['nbytes'] / run['tokens']:.1f} |"
         )
     queries = runs["queries"]
+    memory = runs["shard_memory"]
     lines += [
         "",
+        f"Build memory of one shard ({memory['tokens']:,} tokens, token file memory-mapped as a worker reads it; "
+        f"peak-RSS mark reset just before the build): peak RSS {memory['peak_rss_build'] / 2**30:.2f} GiB = "
+        f"**{memory['peak_rss_build'] / memory['tokens']:.0f} bytes/token** including the process; growth over the "
+        f"RSS before the build {(memory['peak_rss_build'] - memory['rss_before']) / memory['tokens']:.0f} bytes/token "
+        f"({memory['tokens'] / memory['build_s']:,.0f} tokens/s).",
         f"Queries on the {queries['shards']}-shard corpus: load {queries['load_ms']:.2f} ms (median of 9), "
         f"feed {queries['feed_ns_per_token']:.0f} ns/token (one call, 200k Zipf tokens), "
         f"draft(40) {queries['draft40_ns']:,.0f} ns, draft_tree(64) {queries['tree64_ns']:,.0f} ns (medians, via Python).",
