@@ -1,5 +1,6 @@
-// The static (corpus) suffix automaton: built once, frozen into flat arrays, saved to a file
-// whose bytes are exactly the in-memory layout, and memory-mapped read-only on load.
+// The static (corpus) suffix automaton: built once, frozen into flat arrays (frozen_arrays.hpp),
+// laid out as a file image whose bytes are exactly the in-memory layout (file_format.hpp), saved,
+// and memory-mapped read-only on load (automaton_storage.hpp). This file holds the queries.
 //
 // Layout, after building over the text  d1 SEP d2 SEP ... dk SEP  of M tokens:
 //  - state s in 1..M is the state created for text position s-1, so its length is s and its
@@ -17,29 +18,16 @@
 #include <string>
 #include <vector>
 
+#include "automaton_storage.hpp"
+#include "file_format.hpp"
 #include "token_types.hpp"
 
 namespace sam {
 
-constexpr std::uint32_t kFormatVersion = 1;
-// Longest text (tokens plus one separator per document) the format can index: positions and
-// state ids are 32-bit, and ids 2^32-1 (kNoState) and text_length+1 must stay representable.
-constexpr std::uint64_t kMaxTextLength = 0xFFFFFFFDull;
 // Longest text one build accepts: a suffix automaton over n tokens has at most 2n-1 states and
 // 3n-4 transitions, so below this every id and edge offset fits 32 bits and a build can never
 // fail for size after it started. Larger corpora are split into shards.
 constexpr std::uint64_t kMaxBuildTextLength = (0xFFFFFFFFull + 4) / 3;
-// Occurrence counts are stored in 16 bits; this value means "look it up in the side table".
-constexpr std::uint16_t kCountOverflowMarker = 0xFFFF;
-
-// Bytes of a file or an in-memory image; either a heap buffer or a read-only memory map.
-class Storage {
- public:
-  virtual ~Storage() = default;
-  virtual const std::uint8_t* data() const = 0;
-  virtual std::size_t size() const = 0;
-};
-
 struct BuildInput {
   const Token* tokens = nullptr;           // all documents back to back, separators excluded
   std::size_t num_tokens = 0;
