@@ -394,7 +394,7 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
     if not args.skip_single:
         print(f"one file over {size:,} tokens ...", file=sys.stderr)
         runs["single"] = run_sharded_child({"kind": "single", "tokens_path": str(tokens_path)})
-    for jobs in sorted({1, args.jobs}):
+    for jobs in [args.jobs] if args.only_jobs else sorted({1, args.jobs}):
         out = OUT / f"zipf_shards_{jobs}"
         shutil.rmtree(out, ignore_errors=True)
         print(f"shards of {args.shard_tokens:,} tokens, {jobs} job(s) ...", file=sys.stderr)
@@ -431,14 +431,14 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
         "shards": corpus.num_shards,
     }
     runs["load_average_after"] = os.getloadavg()
-    command = " ".join(["python bench/bench_core.py --sharded"] + sys.argv[2:])
+    command = " ".join(["python bench/bench_core.py"] + sys.argv[1:])
     runs["command"] = command
     table = sharded_report(runs)
     print(table)
     results = Path(__file__).resolve().parent / "results" / "core"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "sharded_build.json").write_text(json.dumps(runs, indent=2) + "\n")
-    (results / "sharded_build.md").write_text(table + "\n")
+    (results / f"{args.result_name}.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (results / f"{args.result_name}.md").write_text(table + "\n")
 
 
 def sharded_report(runs: dict) -> str:
@@ -569,6 +569,8 @@ def main() -> None:
     parser.add_argument("--shard-tokens", type=int, default=5_000_000, help="with --sharded: tokens per shard")
     parser.add_argument("--jobs", type=int, default=2, help="with --sharded: parallel shard builds")
     parser.add_argument("--skip-single", action="store_true", help="with --sharded: no one-file build")
+    parser.add_argument("--only-jobs", action="store_true", help="with --sharded: no 1-job run besides --jobs")
+    parser.add_argument("--result-name", default="sharded_build", help="with --sharded: bench/results/core/NAME.{json,md}")
     args = parser.parse_args()
     if args.sharded:
         OUT.mkdir(parents=True, exist_ok=True)
