@@ -422,7 +422,10 @@ class ShardWriter:
         if not self._buffered:
             return
         index = self._next_index
-        self._next_index += 1
+        taken = {entry["file"] for entry in self._entries}
+        while _shard_name(index) in taken or (self.directory / _shard_name(index)).exists():
+            index += 1  # a corpus grown with add_shard may have used this name already
+        self._next_index = index + 1
         shard_path = self.directory / _shard_name(index)
         tokens_path = self.directory / f".{shard_path.stem}.tokens.npy"
         ends_path = self.directory / f".{shard_path.stem}.ends.npy"

@@ -152,8 +152,12 @@ def test_appending_documents_adds_shards(tmp_path):
     with ShardWriter(directory, shard_tokens=400, append=True) as writer:
         for document in documents[20:30]:
             writer.add(document)
-    add_shard(directory, StaticAutomaton.build(documents[30:]))
+    add_shard(directory, StaticAutomaton.build(documents[30:35]))
+    with ShardWriter(directory, shard_tokens=400, append=True) as writer:  # after add_shard's name
+        for document in documents[35:]:
+            writer.add(document)
     grown = ShardedAutomaton.load(directory)
+    assert len({path.name for path in grown.paths}) == grown.num_shards
     assert grown.num_shards > before + 1
     whole = StaticAutomaton.build(documents)
     stream = np.concatenate([documents[25], documents[35][:20]]).tolist()
