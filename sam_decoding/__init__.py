@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sam_decoding._core import __version__
 from sam_decoding.automaton import (
     FORMAT_VERSION,
+    DraftChain,
     DraftTree,
     DynamicAutomaton,
     FormatError,
@@ -19,6 +20,7 @@ from sam_decoding.automaton import (
     StaticCursor,
     TokenizerMismatchError,
 )
+from sam_decoding.shards import ShardedAutomaton, ShardWriter, load_corpus
 
 if TYPE_CHECKING:
     from sam_decoding.drafters import (
@@ -50,6 +52,7 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION",
     "Draft",
+    "DraftChain",
     "DraftTree",
     "Drafter",
     "DynamicAutomaton",
@@ -59,6 +62,8 @@ __all__ = [
     "ModelDrafter",
     "PromptLookupDrafter",
     "SamDrafter",
+    "ShardWriter",
+    "ShardedAutomaton",
     "StaticAutomaton",
     "StaticCursor",
     "TokenRecyclingDrafter",
@@ -67,6 +72,7 @@ __all__ = [
     "__version__",
     "custom_generate",
     "generate",
+    "load_corpus",
 ]
 
 

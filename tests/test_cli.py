@@ -120,6 +120,43 @@ def test_generate_with_corpus_equals_plain_decoding(capsys, tiny_model_dir, corp
     assert speculative == plain
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sharded_build_info_and_generate(capsys, tmp_path, inputs, tiny_model_dir, jobs) -> None:
+    output = tmp_path / "shards"
+    sources = [inputs["tree"], inputs["articles"], inputs["chats"], inputs["text"]]
+    code, out, err = run_cli(capsys, "build", *sources, "--text-field", "body", "--glob", "**/*.py",
+                             "--shard-tokens", "40", "--jobs", jobs, "-o", output, "--no-progress")
+    if code != 0 and "no field 'body'" in err:  # the chats have no "body": build them separately
+        code, out, err = run_cli(capsys, "build", inputs["tree"], inputs["text"], "--glob", "**/*.py",
+                                 "--shard-tokens", "40", "--jobs", jobs, "-o", output, "--no-progress")
+    assert code == 0, err
+    assert "shards" in out and "bytes/token" in out
+    single = tmp_path / "single.sam"
+    assert run_cli(capsys, "build", inputs["tree"], inputs["text"], "--glob", "**/*.py", "-o", single,
+                   "--no-progress")[0] == 0
+    facts = info_json(capsys, output)
+    assert facts["shards"] > 1
+    assert facts["tokens"] == info_json(capsys, single)["tokens"] == facts["build"]["tokens"]
+    assert facts["documents"] == 3 and facts["build"]["shard_tokens"] == 40
+    assert info_json(capsys, output / "manifest.json")["tokens"] == facts["tokens"]
+    code, out, err = run_cli(capsys, "info", output, "--verify")
+    assert code == 0 and "verified" in out, err
+    common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "16"]
+    code, speculative, err = run_cli(capsys, *common, "--corpus", output)
+    assert code == 0, err
+    assert speculative == run_cli(capsys, *common, "--no-speculation")[1]
+    # A second build into the same, now non-empty, directory is refused.
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--shard-tokens", "40", "-o", output)
+    assert code == 1 and "empty directory" in err
+
+
+def test_jobs_without_shards_is_refused(capsys, tmp_path, inputs) -> None:
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--jobs", "2", "-o", tmp_path / "x.sam")
+    assert code == 1 and "--shard-tokens" in err
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--shard-tokens", "0", "-o", tmp_path / "x")
+    assert code == 2
+
+
 def test_generate_streams_and_samples(capsys, tiny_model_dir) -> None:
     common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "12"]
     sampled = [run_cli(capsys, *common, "--do-sample", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7") for _ in range(2)]

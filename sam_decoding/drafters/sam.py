@@ -62,13 +62,14 @@ class SamDrafter(Drafter):
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
+        from sam_decoding.shards import ShardedAutomaton, load_corpus
 
         if l_threshold < 1:
             raise ValueError("l_threshold must be >= 1 token")
         if max_draft < 1 or tree_nodes < 1 or min_match < 1:
             raise ValueError("max_draft, tree_nodes and min_match must be positive")
-        if static is not None and not isinstance(static, StaticAutomaton):
-            static = StaticAutomaton.load(static)
+        if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
+            static = load_corpus(static)
         if static is not None and tokenizer_fingerprint is not None:
             static.check_tokenizer(tokenizer_fingerprint)
         self.static = static
@@ -97,10 +98,14 @@ class SamDrafter(Drafter):
     def _static_draft(self, limit: int) -> Draft:
         assert self._cursor is not None
         match = self._cursor.match_length
+        # Continuation counts give each node's acceptance estimate (child count over state count).
         if self.use_tree:
             tree = self._cursor.draft_tree(self.tree_nodes, max_depth=limit)
-            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", match_length=match)
-        return Draft.chain(self._cursor.draft(limit), "static", match_length=match)
+            return Draft(
+                tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", tree.probabilities, match
+            )
+        chain = self._cursor.draft_with_counts(limit)
+        return Draft.chain(chain.tokens, "static", chain.probabilities, match)
 
     def _dynamic_draft(self, limit: int) -> Draft:
         return Draft.chain(self._dynamic.draft(limit), "dynamic", match_length=self._dynamic.match_length)
