@@ -160,7 +160,7 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
     of its own; ``cost_profile`` (a :class:`~sam_decoding.policy.CostProfile`) replaces the measured
     cost of this machine for all of them (e.g. a GPU-like profile), else the model's own is used.
     """
-    from sam_decoding import StaticAutomaton
+    from sam_decoding.shards import load_corpus
     from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
     from sam_decoding.policy import CostAwarePolicy
 
@@ -174,7 +174,7 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
     if STATIC_CORPUS_METHODS.intersection(names):
         if static_corpus is None:
             raise ValueError("the sam methods need a static corpus")
-        automaton = StaticAutomaton.load(static_corpus)
+        automaton = load_corpus(static_corpus)
     recycler_for_sam = TokenRecyclingDrafter()
     fixed_recycler = TokenRecyclingDrafter(max_nodes=FIXED_TR_NODES)
     # The drafter's own defaults go into the report, so a table says which parameters produced it.

@@ -29,6 +29,9 @@ DEFAULT_L_THRESHOLD = 3
 DEFAULT_MAX_DRAFT = 40
 DEFAULT_TREE_NODES = 64
 DEFAULT_MIN_MATCH = 1
+#: Pseudo-count of "something else follows" added to a state's count when its continuation counts
+#: become acceptance estimates (count / (state count + 1)): 1 of 1 is 0.5, 20 of 20 is 0.95.
+COUNT_SMOOTHING = 1.0
 
 
 class SamDrafter(Drafter):
@@ -98,14 +101,16 @@ class SamDrafter(Drafter):
     def _static_draft(self, limit: int) -> Draft:
         assert self._cursor is not None
         match = self._cursor.match_length
-        # Continuation counts give each node's acceptance estimate (child count over state count).
+        # Continuation counts give each node's acceptance estimate: child count over state count,
+        # smoothed (a continuation seen once in the corpus is weak evidence of what the model says).
         if self.use_tree:
             tree = self._cursor.draft_tree(self.tree_nodes, max_depth=limit)
-            return Draft(
-                tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", tree.probabilities, match
-            )
+            state_counts = tree.counts / np.maximum(tree.probabilities, 1e-12)
+            probabilities = tree.counts / (state_counts + COUNT_SMOOTHING)
+            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", probabilities, match)
         chain = self._cursor.draft_with_counts(limit)
-        return Draft.chain(chain.tokens, "static", chain.probabilities, match)
+        probabilities = chain.counts / (chain.state_counts + COUNT_SMOOTHING)
+        return Draft.chain(chain.tokens, "static", probabilities, match)
 
     def _dynamic_draft(self, limit: int) -> Draft:
         return Draft.chain(self._dynamic.draft(limit), "dynamic", match_length=self._dynamic.match_length)

@@ -6,7 +6,7 @@ softmax), else a prior from the draft's match length, the node's depth and its r
 siblings. Two levels of cells then correct it by measurement, each shrunk toward the level above
 with ``k`` pseudo-observations:
 
-* a coarse cell per (source, depth, match-length bucket) learns how far the drafter's estimates
+* a coarse cell per (source, depth bucket, match-length bucket) learns how far the drafter's estimates
   are off there: ``p_coarse = prior * (accepted + k) / (predicted + k)``;
 * a fine cell that also keys the sibling rank and the bin of the prior learns the rate itself:
   ``p = (accepted + k * p_coarse) / (judged + k)``.
@@ -36,7 +36,8 @@ MATCH_PRIOR_OFFSET = 1.0
 MATCH_DEPTH_DECAY = 0.97
 _MAX_PROBABILITY = 0.995
 _MAX_SOURCES = 16
-_DEPTHS = 16
+_DEPTH_BUCKET_EDGES = np.array([2, 3, 4, 5, 7, 10, 16])  # buckets: 1, 2, 3, 4, 5-6, 7-9, 10-15, 16+
+_DEPTHS = len(_DEPTH_BUCKET_EDGES) + 1
 _MATCH_BUCKET_EDGES = np.array([1, 2, 3, 4, 6, 9, 16])  # buckets: 0, 1, 2, 3, 4-5, 6-8, 9-15, 16+
 _MATCH_BUCKETS = len(_MATCH_BUCKET_EDGES) + 1
 _RANKS = 4
@@ -140,7 +141,8 @@ class AcceptanceModel:
             prior = default_prior(depth, rank, draft.match_length)
             prior_bin = np.full(len(draft), 10, dtype=np.int64)
         match_bucket = int(np.searchsorted(_MATCH_BUCKET_EDGES, draft.match_length, side="right"))
-        coarse = (self._source_id(draft.source) * _DEPTHS + np.minimum(depth, _DEPTHS) - 1) * _MATCH_BUCKETS + match_bucket
+        depth_bucket = np.searchsorted(_DEPTH_BUCKET_EDGES, depth, side="right")
+        coarse = (self._source_id(draft.source) * _DEPTHS + depth_bucket) * _MATCH_BUCKETS + match_bucket
         cells = (coarse * _RANKS + np.minimum(rank, _RANKS - 1)) * _PRIOR_BINS + prior_bin
         k = self.prior_strength
         correction = (self.coarse_accepted[coarse] + k) / (self.coarse_predicted[coarse] + k)
