@@ -18,6 +18,9 @@ import torch
 
 #: Every method, in the order reports list them.
 METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
+#: What ``sam-decoding bench --quick`` compares unless ``--methods`` is given: the two transformers
+#: baselines and this package's own method.
+QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
 STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr"})
 #: Draft length of the prompt-lookup methods, in tokens (transformers' ``prompt_lookup_num_tokens``).
