@@ -11,7 +11,7 @@ import pytest
 from sam_decoding.benchmark.chart import write_speedup_chart
 from sam_decoding.benchmark.report import RunInfo, read_json, render_markdown, write_json, write_markdown
 from sam_decoding.benchmark.results import OVERALL, Measurement, summarize
-from sam_decoding.benchmark.runner import first_difference
+from sam_decoding.benchmark.runner import busy_machine_note, first_difference
 import sam_decoding
 from sam_decoding.benchmark.static_corpus import FULL_DISTILLATION, QUICK_DISTILLATION, distillation_prompt_records
 from sam_decoding.benchmark.suites import (
@@ -150,6 +150,13 @@ def test_spec_bench_ships_with_the_package_and_its_notice(tmp_path: Path, monkey
     assert "Apache License\n                           Version 2.0" in (path.parent / "LICENSE").read_text(encoding="utf-8")
     with pytest.raises(SuiteError, match="nope.jsonl: no such file"):
         find_spec_bench_data(tmp_path / "nope.jsonl")
+
+
+def test_busy_machine_note() -> None:
+    note = busy_machine_note(2, load=3.5, cores=2)
+    assert note is not None and "load average 3.5 on 2 cores" in note and "--threads 1" in note
+    assert busy_machine_note(2, load=1.5, cores=2) is None
+    assert busy_machine_note(1, load=9.0, cores=2) is None
 
 
 def test_humaneval_suite() -> None:

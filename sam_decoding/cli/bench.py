@@ -27,7 +27,9 @@ suites:
 --quick: 1 question per category, {quick_tokens} new tokens, methods {quick_methods} (each
 unless given), and a cheaper static corpus (~200 answers of up to {quick_distill} tokens to short
 questions, about 1-2 minutes to distill on 2 CPU cores, cached). On 2 CPU cores a first run takes about 5 minutes
-(model conversion and distillation included), a second one about 2.
+(model conversion and distillation included), a second one about 2. On a machine whose cores
+other jobs already keep busy, pass --threads 1: torch's threads would wait on each other (bench
+says so when the load average is at least the number of cores).
 
 methods: {methods} (all greedy; every output is compared with vanilla's token for token).
 Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
@@ -146,12 +148,15 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json
     from sam_decoding.benchmark.results import summarize
-    from sam_decoding.benchmark.runner import machine_description, run_suite
+    from sam_decoding.benchmark.runner import busy_machine_note, machine_description, run_suite
     from sam_decoding.cli.loading import load_model_and_tokenizer, open_corpus_for_tokenizer
     from sam_decoding.models import DEFAULT_MODEL, cache_dir, default_model_is_converted
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    busy = busy_machine_note(torch.get_num_threads())
+    if busy:
+        print(busy, file=sys.stderr, flush=True)
     if args.model is None and not default_model_is_converted():
         print("converting the default model from its GGUF file (once, about 30 s; cached)", file=sys.stderr, flush=True)
     model, tokenizer = load_model_and_tokenizer(args.model)
