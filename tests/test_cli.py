@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sam_decoding.benchmark.methods import METHOD_NAMES, QUICK_METHOD_NAMES
+from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES
 from sam_decoding.cli import main
 from sam_decoding.cli.bench import QUICK_MAX_NEW_TOKENS
 
@@ -223,12 +223,12 @@ def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None
     out_dir = tmp_path / "report"
     code, out, err = run_cli(
         capsys, "bench", "--questions", questions, "--model", tiny_model_dir, "--corpus", corpus,
-        "--max-new-tokens", "8", "--quick", "--methods", ",".join(METHOD_NAMES), "--out", out_dir,
+        "--max-new-tokens", "8", "--quick", "--methods", ",".join(DEFAULT_METHODS), "--out", out_dir,
     )
     assert code == 0, err
     assert "| method |" in out and "sam+tr" in out
     record = json.loads((out_dir / "questions.json").read_text(encoding="utf-8"))
-    assert {m["method"] for m in record["measurements"]} == set(METHOD_NAMES)
+    assert {m["method"] for m in record["measurements"]} == set(DEFAULT_METHODS)
     assert len({m["question_id"] for m in record["measurements"]}) == 2  # --quick: one per category
     assert all(m["equal_to_reference"] is not None for m in record["measurements"] if m["method"] != "vanilla")
     assert (out_dir / "questions.md").read_text(encoding="utf-8").startswith("### questions")

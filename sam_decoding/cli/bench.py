@@ -46,7 +46,7 @@ MAX_NEW_TOKENS = 128
 
 def register(commands: Any) -> None:
     """Add the ``bench`` subcommand to ``commands``."""
-    from sam_decoding.benchmark.methods import METHOD_NAMES, QUICK_METHOD_NAMES
+    from sam_decoding.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, QUICK_METHOD_NAMES
     from sam_decoding.benchmark.static_corpus import QUICK_DISTILLATION
     from sam_decoding.benchmark.suites import SUITE_NAMES
 
@@ -77,7 +77,14 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--methods",
         metavar="LIST",
-        help=f"comma-separated methods (default: all: {','.join(METHOD_NAMES)}; with --quick: {','.join(QUICK_METHOD_NAMES)})",
+        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; with --quick: {','.join(QUICK_METHOD_NAMES)}; "
+        f"all: {','.join(METHOD_NAMES)})",
+    )
+    parser.add_argument(
+        "--cost-profile",
+        type=Path,
+        metavar="FILE",
+        help="verification cost profile (JSON, e.g. measured on a GPU) the policy uses instead of this machine's",
     )
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--limit", type=int, metavar="N", help="first N questions of each category")
@@ -109,14 +116,14 @@ def _parse_methods(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its reports. Returns the exit code."""
-    from sam_decoding.benchmark.methods import METHOD_NAMES, QUICK_METHOD_NAMES, STATIC_CORPUS_METHODS, make_methods
+    from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES, STATIC_CORPUS_METHODS, make_methods
     from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
 
     if args.from_json is not None:
         return _rewrite_reports(args.from_json, args.out)
     started = time.perf_counter()
     if args.methods is None:
-        args.methods = ",".join(QUICK_METHOD_NAMES if args.quick else METHOD_NAMES)
+        args.methods = ",".join(QUICK_METHOD_NAMES if args.quick else DEFAULT_METHODS)
     if args.max_new_tokens is None:
         args.max_new_tokens = QUICK_MAX_NEW_TOKENS if args.quick else MAX_NEW_TOKENS
     methods = _parse_methods(args.methods)
@@ -172,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    method_objects = make_methods(methods, corpus_path)
+    cost_profile = _load_cost_profile(args.cost_profile)
+    method_objects = make_methods(methods, corpus_path, cost_profile)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
@@ -207,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         on_question=checkpoint,
     )
     summaries = summarize(measurements)
+    info = dataclasses.replace(info, policies=_policy_reports(method_objects))
     _write_reports(stem, info, measurements, summaries)
     print(render_markdown(info, summaries))
     mismatches = [m for m in measurements if m.equal_to_reference is False]
@@ -218,6 +227,24 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {stem}.json, {stem}.md and {stem}.png ({time.perf_counter() - started:.0f} s in all)", file=sys.stderr)
     return 0
+
+
+def _load_cost_profile(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from sam_decoding.policy import CostProfile
+
+    try:
+        return CostProfile.load(path)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def _policy_reports(methods: list[Any]) -> dict[str, Any]:
+    """Each policy's acceptance calibration and cost table, for the JSON record."""
+    return {
+        method.name: method.policy.report() for method in methods if getattr(method, "policy", None) is not None
+    }
 
 
 def _write_reports(stem: Path, info: Any, measurements: list[Any], summaries: list[Any]) -> None:
