@@ -173,6 +173,7 @@ def distilled_corpus(
     Distilled (in batches) on first use and cached; a partly distilled cache from an interrupted
     run is completed, not redone. ``progress``: ``None`` shows a bar on a terminal only.
     """
+    import torch
     from tqdm import tqdm
 
     from sam_decoding.distillation import DEFAULT_BATCH_SIZE, Prompt, append_jsonl, distill, resume_distill_output
@@ -192,7 +193,7 @@ def distilled_corpus(
             f"distilling the static corpus (once, cached in {cache}): greedy answers of {model_name} to "
             f"{len(records)} Spec-Bench questions outside the evaluated ones, up to {plan.max_new_tokens} tokens each{resuming}"
         )
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         bar = tqdm(total=len(missing), unit=" answers", file=sys.stderr, disable=not progress if progress is not None else None)
         # Off a terminal (a log file, CI) the bar is off; a line per batch shows progress instead.
         log_batches = bar.disable and progress is not False
@@ -219,7 +220,10 @@ def distilled_corpus(
                 ),
                 answers,
             )
-        log(f"distilled {len(missing)} answers in {time.perf_counter() - started:.0f} s")
+        log(
+            f"distilled {len(missing)} answers in {time.perf_counter() - started:.0f} s "
+            f"({time.process_time() - cpu_started:.0f} s of CPU time, {torch.get_num_threads()} torch threads)"
+        )
         path.unlink(missing_ok=True)
     if not _usable(path, log):
         build_corpus_file([str(answers)], path, tokenizer, metadata={"corpus": "spec-bench-distilled", "model": model_name})
