@@ -31,6 +31,9 @@ METHOD_NAMES: tuple[str, ...] = (
 )
 #: Methods run when none are named.
 DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
+#: What ``sam-decoding bench --quick`` runs unless ``--methods`` is given: the two transformers
+#: baselines and this package's own method.
+QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
 STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed"})
 #: Fixed draft sizes of the ``-fixed`` methods (the drafters' defaults before the cost-aware policy).

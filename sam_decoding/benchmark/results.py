@@ -19,7 +19,7 @@ class Measurement:
 
     ``seconds`` is the wall time of the generation call alone (prompt already tokenized) and
     ``cpu_seconds`` the CPU time this process spent in it: with one torch thread the latter is what
-    the wall time would be on an idle machine, so it is the figure to trust on a shared one;
+    the wall time would be on an idle machine, so it is the figure to trust on a busy one;
     ``forward_passes`` counts the target model's forward calls, prefill included, so
     ``new_tokens / forward_passes`` is the mean accepted tokens per step (MAT).
     ``equal_to_reference`` compares the new tokens with vanilla's (``None`` for vanilla itself);
