@@ -167,8 +167,8 @@ def check_values(config: GenerationConfig) -> None:
 def max_new_tokens_for(config: GenerationConfig, prompt_length: int, model: torch.nn.Module) -> int:
     """Most new tokens (>= 0) allowed by ``max_new_tokens``, else ``max_length``, else generate's default of 20.
 
-    As in ``model.generate``: ``max_new_tokens`` wins; an explicit ``max_length`` counts the prompt;
-    with neither, 20 new tokens, capped at the model's ``max_position_embeddings``.
+    As in ``model.generate`` (transformers >= 5): ``max_new_tokens`` wins; a ``max_length`` someone
+    set counts the prompt; with neither, 20 new tokens, capped at the model's ``max_position_embeddings``.
     """
     max_new_tokens = getattr(config, "max_new_tokens", None)
     if max_new_tokens is not None:
@@ -178,7 +178,9 @@ def max_new_tokens_for(config: GenerationConfig, prompt_length: int, model: torc
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         return int(max_new_tokens)
     max_length = getattr(config, "max_length", None)
-    if max_length is None:
+    # transformers 4.x stores the default 20 in every config; 5.x leaves it unset. Either way only
+    # a max_length someone set counts the prompt (transformers >= 5 semantics).
+    if max_length is None or max_length == GenerationConfig().max_length:
         total = prompt_length + _UNSET_DEFAULTS["max_length"]
         positions = getattr(model.config, "max_position_embeddings", None)
         return max(0, (min(total, positions) if positions is not None else total) - prompt_length)
