@@ -63,14 +63,36 @@ def test_summaries_pool_rates_and_compare_with_vanilla() -> None:
     assert summaries[("code", "pld")].speedup == pytest.approx(1.5)
 
 
+def test_summaries_report_spread_and_policy_figures() -> None:
+    measurements = [
+        Measurement("1", "c", "vanilla", 100, 4.0, 100),
+        Measurement("2", "c", "vanilla", 100, 4.0, 100),
+        Measurement("3", "c", "vanilla", 100, 4.0, 100),
+        Measurement("1", "c", "sam", 100, 4.0, 50, engine={"steps": 50, "drafted_tokens": 200, "accepted_tokens": 50,
+                                                         "expected_accepted_tokens": 60.0, "draft_seconds": 0.1,
+                                                         "policy_seconds": 0.1, "total_seconds": 4.0}),
+        Measurement("2", "c", "sam", 100, 2.0, 50),
+        Measurement("3", "c", "sam", 100, 1.0, 50),
+    ]
+    summary = {(s.group, s.method): s for s in summarize(measurements)}[(OVERALL, "sam")]
+    assert summary.speedup_quartiles == pytest.approx((1.5, 3.0))
+    assert summary.drafted_per_step == pytest.approx(4.0)
+    assert summary.expected_accepted == pytest.approx(1.2)
+    assert summary.accepted == pytest.approx(1.0)
+    assert summary.overhead_share == pytest.approx(0.05)
+    text = render_markdown(INFO, summarize(measurements))
+    assert "| sam | 4.0 | 1.20 | 1.00 | 5.0% |" in text.splitlines()
+
+
 def test_markdown_report_has_overall_and_category_tables() -> None:
     text = render_markdown(INFO, summarize(synthetic_measurements()))
     lines = text.splitlines()
     assert lines[0].startswith("### toy: tiny")
     assert "Command: `sam-decoding bench --suite toy`" in text
-    assert "| sam | 3 | 54.5 | 2.00× | 2.00× | 4.00× | 4.00 | yes |" in lines
-    assert "| pld | 3 | 40.9 | 1.50× | 1.50× | 1.00× | 2.00 | no (1 of 3 differ) |" in lines
-    assert "| vanilla | 3 | 27.3 | 1.00× | 1.00× | 1.00× | 1.00 | reference |" in lines
+    # Median speed-ups carry the quartiles of the per-question ratios as their spread.
+    assert "| sam | 3 | 54.5 | 2.00× | 2.00× (2.00–2.00) | 4.00× | 4.00 | yes |" in lines
+    assert "| pld | 3 | 40.9 | 1.50× | 1.50× (1.50–1.50) | 1.00× | 2.00 | no (1 of 3 differ) |" in lines
+    assert "| vanilla | 3 | 27.3 | 1.00× | 1.00× (1.00–1.00) | 1.00× | 1.00 | reference |" in lines
     assert "| code | 2 | 33.3 | 2.00× / 4.00× (4.00) | 1.50× / 1.00× (2.00) | yes |" in lines
     assert "| chat | 1 | 20.0 | 2.00× / 4.00× (4.00) | 1.50× / 1.00× (2.00) | no: pld 1 |" in lines
     assert "| **overall** | 3 | 27.3 | 2.00× / 4.00× (4.00) | 1.50× / 1.00× (2.00) | no: pld 1 |" in lines

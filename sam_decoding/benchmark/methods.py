@@ -16,10 +16,27 @@ from typing import Any
 
 import torch
 
-#: Every method, in the order reports list them.
-METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
+#: Every method, in the order reports list them. Names ending in ``-fixed`` verify every drafted
+#: node (no cost-aware policy): ``sam+tr-fixed`` is the drafters' previous fixed sizes,
+#: ``sam-chain8-fixed`` the crude cap of SAM chains of at most 8 tokens with no fallback.
+METHOD_NAMES: tuple[str, ...] = (
+    "vanilla",
+    "hf-prompt-lookup",
+    "pld",
+    "token-recycling",
+    "sam",
+    "sam+tr",
+    "sam+tr-fixed",
+    "sam-chain8-fixed",
+)
+#: Methods run when none are named.
+DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
 #: Methods that draft from a static corpus and so need one built for the suite.
-STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr"})
+STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed"})
+#: Fixed draft sizes of the ``-fixed`` methods (the drafters' defaults before the cost-aware policy).
+FIXED_SAM_MAX_DRAFT = 16
+FIXED_SAM_TREE_NODES = 32
+FIXED_TR_NODES = 64
 #: Draft length of the prompt-lookup methods, in tokens (transformers' ``prompt_lookup_num_tokens``).
 PROMPT_LOOKUP_TOKENS = 10
 
@@ -32,6 +49,7 @@ class Outcome:
     forward_passes: int
     drafted_by_source: dict[str, int] = field(default_factory=dict)
     accepted_by_source: dict[str, int] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(ABC):
@@ -85,38 +103,69 @@ class TransformersGenerate(Method):
         return Outcome(output[0, input_ids.shape[1] :].tolist(), counter.calls)
 
 
-class EngineGenerate(Method):
-    """This package's speculative ``generate`` with a drafter made fresh for each prompt (or kept, if ``persistent``)."""
+#: Engine counters kept per measurement (seconds and token counts of :class:`~sam_decoding.GenerationStats`).
+ENGINE_STATS: tuple[str, ...] = (
+    "steps",
+    "proposed_tokens",
+    "drafted_tokens",
+    "accepted_tokens",
+    "expected_accepted_tokens",
+    "draft_seconds",
+    "policy_seconds",
+    "verify_seconds",
+    "prefill_seconds",
+    "total_seconds",
+)
 
-    def __init__(self, name: str, description: str, make_drafter: Any, *, persistent: bool = False) -> None:
+
+class EngineGenerate(Method):
+    """This package's speculative ``generate`` with a drafter made fresh for each prompt (or kept, if ``persistent``).
+
+    ``policy``: a :class:`~sam_decoding.policy.CostAwarePolicy` of this method's own (it learns
+    acceptance across the run's questions), or ``None`` to verify every drafted node.
+    """
+
+    def __init__(self, name: str, description: str, make_drafter: Any, *, persistent: bool = False, policy: Any = None) -> None:
         self.name = name
         self.description = description
         self._make_drafter = make_drafter
         self._drafter = make_drafter() if persistent else None
+        self.policy = policy
 
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         from sam_decoding.generation import generate
 
         drafter = self._drafter if self._drafter is not None else self._make_drafter()
-        result = generate(model, input_ids, drafter=drafter, max_new_tokens=max_new_tokens, eos_token_id=list(eos))
+        result = generate(
+            model, input_ids, drafter=drafter, max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self.policy
+        )
         stats = result.stats
+        engine = {name: getattr(stats, name) for name in ENGINE_STATS}
+        engine["verified_sizes"] = {str(q): n for q, n in sorted(stats.verified_sizes.items())}
         return Outcome(
             result.new_tokens.tolist(),
             stats.steps,
             dict(stats.drafted_by_source),
             dict(stats.accepted_by_source),
+            engine,
         )
 
 
-def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Method]:
-    """The methods called ``names``, in that order; ``static_corpus`` is needed by ``sam`` and ``sam+tr``.
+def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile: Any = None) -> list[Method]:
+    """The methods called ``names``, in that order; ``static_corpus`` is needed by the ``sam`` methods.
 
     Token Recycling keeps its adjacency table across prompts, as in its paper (one drafter per method
     for the whole run); the SAM drafters are made fresh for each prompt, their dynamic automaton
-    being per request anyway.
+    being per request anyway. Each engine method except the ``-fixed`` ones has a cost-aware policy
+    of its own; ``cost_profile`` (a :class:`~sam_decoding.policy.CostProfile`) replaces the measured
+    cost of this machine for all of them (e.g. a GPU-like profile), else the model's own is used.
     """
     from sam_decoding import StaticAutomaton
     from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
+    from sam_decoding.policy import CostAwarePolicy
+
+    def policy() -> CostAwarePolicy:
+        return CostAwarePolicy(profile=cost_profile)
 
     unknown = [name for name in names if name not in METHOD_NAMES]
     if unknown:
@@ -127,12 +176,14 @@ def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Metho
             raise ValueError("the sam methods need a static corpus")
         automaton = StaticAutomaton.load(static_corpus)
     recycler_for_sam = TokenRecyclingDrafter()
+    fixed_recycler = TokenRecyclingDrafter(max_nodes=FIXED_TR_NODES)
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
     probe = SamDrafter(None)
     sam_parameters = (
         f"l_bias={probe.l_bias}, l_threshold={probe.l_threshold}, max_draft={probe.max_draft}, "
         + (f"static tree of {probe.tree_nodes} nodes" if probe.use_tree else "static chain")
     )
+    policy_note = "cost-aware policy" if cost_profile is None else f"cost-aware policy under the given cost profile `{cost_profile.key}`"
     factories = {
         "vanilla": lambda: TransformersGenerate("vanilla", "transformers `generate`, greedy"),
         "hf-prompt-lookup": lambda: TransformersGenerate(
@@ -142,19 +193,41 @@ def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Metho
         ),
         "pld": lambda: EngineGenerate(
             "pld",
-            f"this engine with `PromptLookupDrafter` ({PROMPT_LOOKUP_TOKENS}-token drafts)",
+            f"this engine with `PromptLookupDrafter` ({PROMPT_LOOKUP_TOKENS}-token drafts), {policy_note}",
             lambda: PromptLookupDrafter(num_tokens=PROMPT_LOOKUP_TOKENS),
+            policy=policy(),
         ),
         "token-recycling": lambda: EngineGenerate(
-            "token-recycling", "this engine with `TokenRecyclingDrafter` alone", TokenRecyclingDrafter, persistent=True
+            "token-recycling",
+            f"this engine with `TokenRecyclingDrafter` alone, {policy_note}",
+            TokenRecyclingDrafter,
+            persistent=True,
+            policy=policy(),
         ),
         "sam": lambda: EngineGenerate(
-            "sam", f"`SamDrafter` ({sam_parameters}): static corpus + dynamic automaton, no fallback", lambda: SamDrafter(automaton)
+            "sam",
+            f"`SamDrafter` ({sam_parameters}): static corpus + dynamic automaton, no fallback, {policy_note}",
+            lambda: SamDrafter(automaton),
+            policy=policy(),
         ),
         "sam+tr": lambda: EngineGenerate(
             "sam+tr",
-            "`SamDrafter` with Token Recycling as the fallback",
+            f"`SamDrafter` with Token Recycling as the fallback, {policy_note}",
             lambda: SamDrafter(automaton, fallback=recycler_for_sam),
+            policy=policy(),
+        ),
+        "sam+tr-fixed": lambda: EngineGenerate(
+            "sam+tr-fixed",
+            f"`SamDrafter` (max_draft={FIXED_SAM_MAX_DRAFT}, static tree of {FIXED_SAM_TREE_NODES} nodes) with a "
+            f"{FIXED_TR_NODES}-node Token Recycling fallback, every drafted node verified (no policy)",
+            lambda: SamDrafter(
+                automaton, fallback=fixed_recycler, max_draft=FIXED_SAM_MAX_DRAFT, tree_nodes=FIXED_SAM_TREE_NODES
+            ),
+        ),
+        "sam-chain8-fixed": lambda: EngineGenerate(
+            "sam-chain8-fixed",
+            "`SamDrafter` chains of at most 8 tokens, no tree, no fallback, every drafted node verified (no policy)",
+            lambda: SamDrafter(automaton, use_tree=False, max_draft=8),
         ),
     }
     return [factories[name]() for name in names]

@@ -32,6 +32,7 @@ class RunInfo:
     static_corpus: str | None = None
     questions_per_category: int | None = None
     notes: list[str] = field(default_factory=list)
+    policies: dict[str, Any] = field(default_factory=dict)
 
 
 def write_json(path: str | os.PathLike[str], info: RunInfo, measurements: Sequence[Measurement], summaries: Sequence[Summary]) -> None:
@@ -64,6 +65,36 @@ def _equal_cell(summary: Summary) -> str:
     return "yes" if summary.all_equal else f"no ({summary.mismatches} of {summary.questions} differ)"
 
 
+def _spread(summary: Summary) -> str:
+    if not summary.speedup_quartiles:
+        return ""
+    low, high = summary.speedup_quartiles
+    return f" ({low:.2f}–{high:.2f})"
+
+
+def _policy_table(methods: Sequence[str], by_key: dict[tuple[str, str], Summary]) -> list[str]:
+    rows = []
+    for method in methods:
+        summary = by_key.get((OVERALL, method))
+        if summary is None or summary.drafted_per_step is None:
+            continue
+        rows.append(
+            f"| {method} | {summary.drafted_per_step:.1f} | {summary.expected_accepted:.2f} | {summary.accepted:.2f} "
+            f"| {100 * summary.overhead_share:.1f}% |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Engine methods per verification step: draft tokens verified, accepted draft tokens the policy "
+        "expected and those accepted, and the share of generation time spent drafting and in the policy:",
+        "",
+        "| method | verified draft tokens | expected accepted | accepted | drafting + policy time |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
     """The Markdown report: run conditions, an overall table per method, a speed-up table per category."""
     methods = list(info.methods) or list(dict.fromkeys(s.method for s in summaries))
@@ -85,7 +116,7 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
     lines += [f"{note}  " for note in info.notes]
     lines += [
         "",
-        "| method | questions | tokens/s | speed-up | median speed-up | CPU-time speed-up | MAT | outputs equal vanilla |",
+        "| method | questions | tokens/s | speed-up | median speed-up (quartiles) | CPU-time speed-up | MAT | outputs equal vanilla |",
         "|---|---:|---:|---:|---:|---:|---:|:---|",
     ]
     for method in methods:
@@ -94,8 +125,10 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
             continue
         lines.append(
             f"| {method} | {summary.questions} | {summary.tokens_per_second:.1f} | {_ratio(summary.speedup)} "
-            f"| {_ratio(summary.median_speedup)} | {_ratio(summary.cpu_speedup)} | {summary.mat:.2f} | {_equal_cell(summary)} |"
+            f"| {_ratio(summary.median_speedup)}{_spread(summary)} | {_ratio(summary.cpu_speedup)} | {summary.mat:.2f} "
+            f"| {_equal_cell(summary)} |"
         )
+    lines += _policy_table(methods, by_key)
     others = [method for method in methods if method != REFERENCE_METHOD]
     if len(groups) > 1:
         header = "| category | n | vanilla tokens/s | " + " | ".join(others) + " | all outputs equal vanilla |"

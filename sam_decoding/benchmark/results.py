@@ -37,6 +37,7 @@ class Measurement:
     first_mismatch: int | None = None
     drafted_by_source: dict[str, int] = field(default_factory=dict)
     accepted_by_source: dict[str, int] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,6 +74,11 @@ class Summary:
     cpu_speedup: float | None
     mat: float
     mismatches: int
+    speedup_quartiles: tuple[float, float] | None = None
+    drafted_per_step: float | None = None
+    expected_accepted: float | None = None
+    accepted: float | None = None
+    overhead_share: float | None = None
 
     @property
     def all_equal(self) -> bool:
@@ -89,7 +95,7 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
     """Summarize ``measurements`` of ``method`` against the ``reference`` (vanilla) ones of the same questions."""
     rate = _pooled_rate(measurements)
     reference_by_question = {m.question_id: m for m in reference}
-    speedup = median_speedup = cpu_speedup = None
+    speedup = median_speedup = cpu_speedup = quartiles = None
     if reference:
         matched = [reference_by_question[m.question_id] for m in measurements if m.question_id in reference_by_question]
         reference_rate = _pooled_rate(matched)
@@ -103,6 +109,7 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
             if m.question_id in reference_by_question and reference_by_question[m.question_id].tokens_per_second > 0
         ]
         median_speedup = statistics.median(ratios) if ratios else None
+        quartiles = _quartiles(ratios)
     passes = sum(m.forward_passes for m in measurements)
     return Summary(
         group=group,
@@ -116,7 +123,33 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
         cpu_speedup=cpu_speedup,
         mat=sum(m.new_tokens for m in measurements) / passes if passes else 0.0,
         mismatches=sum(1 for m in measurements if m.equal_to_reference is False),
+        speedup_quartiles=quartiles,
+        **_engine_summary(measurements),
     )
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float] | None:
+    """First and third quartiles (``None`` for fewer than two values)."""
+    if len(values) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q1, q3)
+
+
+def _engine_summary(measurements: Sequence[Measurement]) -> dict[str, float | None]:
+    """Policy figures pooled over the engine's measurements: verified draft tokens per step, expected vs
+    realized accepted tokens per step, and the share of generation time spent drafting and in the policy."""
+    engine = [m.engine for m in measurements if m.engine]
+    steps = sum(e.get("steps", 0) for e in engine)
+    total = sum(e.get("total_seconds", 0.0) for e in engine)
+    if not steps or not total:
+        return {}
+    return {
+        "drafted_per_step": sum(e.get("drafted_tokens", 0) for e in engine) / steps,
+        "expected_accepted": sum(e.get("expected_accepted_tokens", 0.0) for e in engine) / steps,
+        "accepted": sum(e.get("accepted_tokens", 0) for e in engine) / steps,
+        "overhead_share": sum(e.get("draft_seconds", 0.0) + e.get("policy_seconds", 0.0) for e in engine) / total,
+    }
 
 
 def summarize(measurements: Iterable[Measurement]) -> list[Summary]:

@@ -35,7 +35,7 @@ examples:
 
 def register(commands: Any) -> None:
     """Add the ``bench`` subcommand to ``commands``."""
-    from sam_decoding.benchmark.methods import METHOD_NAMES
+    from sam_decoding.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES
     from sam_decoding.benchmark.suites import SUITE_NAMES
 
     parser = commands.add_parser(
@@ -55,7 +55,16 @@ def register(commands: Any) -> None:
     parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus for the sam methods instead of the suite's own")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens per answer (default: %(default)s)")
     parser.add_argument(
-        "--methods", default=",".join(METHOD_NAMES), metavar="LIST", help="comma-separated methods (default: all: %(default)s)"
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        metavar="LIST",
+        help=f"comma-separated methods (default: %(default)s; all: {','.join(METHOD_NAMES)})",
+    )
+    parser.add_argument(
+        "--cost-profile",
+        type=Path,
+        metavar="FILE",
+        help="verification cost profile (JSON, e.g. measured on a GPU) the policy uses instead of this machine's",
     )
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--limit", type=int, metavar="N", help="first N questions of each category")
@@ -138,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    method_objects = make_methods(methods, corpus_path)
+    cost_profile = _load_cost_profile(args.cost_profile)
+    method_objects = make_methods(methods, corpus_path, cost_profile)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
@@ -173,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         on_question=checkpoint,
     )
     summaries = summarize(measurements)
+    info = dataclasses.replace(info, policies=_policy_reports(method_objects))
     _write_reports(stem, info, measurements, summaries)
     print(render_markdown(info, summaries))
     mismatches = [m for m in measurements if m.equal_to_reference is False]
@@ -184,6 +195,24 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {stem}.json, {stem}.md and {stem}.png", file=sys.stderr)
     return 0
+
+
+def _load_cost_profile(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from sam_decoding.policy import CostProfile
+
+    try:
+        return CostProfile.load(path)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def _policy_reports(methods: list[Any]) -> dict[str, Any]:
+    """Each policy's acceptance calibration and cost table, for the JSON record."""
+    return {
+        method.name: method.policy.report() for method in methods if getattr(method, "policy", None) is not None
+    }
 
 
 def _write_reports(stem: Path, info: Any, measurements: list[Any], summaries: list[Any]) -> None:

@@ -53,7 +53,7 @@ class PromptLookupDrafter(Drafter):
                 starts = starts[context[starts + offset] == pattern[offset]]
             if len(starts):
                 follow = int(starts[-1]) + n
-                return Draft.chain(context[follow : follow + limit].copy(), "prompt_lookup")
+                return Draft.chain(context[follow : follow + limit].copy(), "prompt_lookup", match_length=n)
         return Draft.empty("prompt_lookup")
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:

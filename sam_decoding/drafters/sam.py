@@ -21,14 +21,13 @@ if TYPE_CHECKING:
 
 # Defaults from a greedy sweep with SmolLM2-135M-Instruct on Spec-Bench prompts (3 categories,
 # 48 new tokens, Token Recycling fallback): MAT 1.40 at l_threshold 2, 1.44 at 3 and at 5, so the
-# lowest threshold that is as good as the paper's is used (more steps drafted by retrieval, whose
-# chains are cheaper to verify than a fallback tree). Drafts are capped at 16 tokens rather than
-# the paper's 40 because on CPU a forward pass over 16 tokens costs ~1.4x one token and over 40
-# nearly 2x (a cost model, not a sweep result). l_bias keeps the paper's 5: the sweep had no corpus.
+# lowest threshold that is as good as the paper's is used. l_bias keeps the paper's 5: the sweep
+# had no corpus. Draft sizes are generous (the paper's 40-token depth limit, a 64-node static
+# tree) because the cost-aware policy, not the drafter, decides how much of a draft is verified.
 DEFAULT_L_BIAS = 5
 DEFAULT_L_THRESHOLD = 3
-DEFAULT_MAX_DRAFT = 16
-DEFAULT_TREE_NODES = 32
+DEFAULT_MAX_DRAFT = 40
+DEFAULT_TREE_NODES = 64
 
 
 class SamDrafter(Drafter):
@@ -78,6 +77,7 @@ class SamDrafter(Drafter):
         self._cursor = static.cursor() if static is not None else None
         self._dynamic = DynamicAutomaton()
         self.wants_logits = bool(fallback is not None and fallback.wants_logits)
+        self.wants_hidden_states = bool(fallback is not None and fallback.wants_hidden_states)
         self.proposes_trees = bool((static is not None and use_tree) or (fallback is not None and fallback.proposes_trees))
 
     def begin(self, prompt_ids: np.ndarray) -> None:
@@ -91,13 +91,14 @@ class SamDrafter(Drafter):
 
     def _static_draft(self, limit: int) -> Draft:
         assert self._cursor is not None
+        match = self._cursor.match_length
         if self.use_tree:
             tree = self._cursor.draft_tree(self.tree_nodes, max_depth=limit)
-            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static")
-        return Draft(self._cursor.draft(limit).astype(np.int64), None, "static")
+            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", match_length=match)
+        return Draft.chain(self._cursor.draft(limit), "static", match_length=match)
 
     def _dynamic_draft(self, limit: int) -> Draft:
-        return Draft(self._dynamic.draft(limit).astype(np.int64), None, "dynamic")
+        return Draft.chain(self._dynamic.draft(limit), "dynamic", match_length=self._dynamic.match_length)
 
     def propose(self, max_tokens: int) -> Draft:
         limit = min(self.max_draft, max_tokens)

@@ -75,19 +75,10 @@ class CostAwarePolicy:
         return policy
 
     def prepare(self, model: Any) -> float:
-        """Load or calibrate the cost profile for ``model`` if there is none yet; return calibration seconds (0 if none ran)."""
-        if self.profile is not None and self.profile.is_calibrated:
+        """Give the policy ``model``'s cost profile if it has none; return calibration seconds (0 if none ran)."""
+        if self.profile is not None:
             return 0.0
-        path = profile_path(model)
-        if path is not None and path.is_file():
-            try:
-                self.profile = CostProfile.from_json(_read_json(path), path=path)
-                return 0.0
-            except ValueError:
-                pass  # an older or damaged cache file: measure again and overwrite it
-        self.profile = CostProfile(hardware_key(model), path=path)
-        spent = calibrate(model, self.profile, budget_seconds=self.calibration_budget_seconds)
-        self.profile.save_if_changed()
+        self.profile, spent = model_profile(model, self.calibration_budget_seconds)
         return spent
 
     def select(self, draft: Draft, context_length: int, draft_seconds: float) -> Plan:
@@ -145,6 +136,39 @@ class CostAwarePolicy:
 
 
 _SHARED: weakref.WeakKeyDictionary[Any, CostAwarePolicy] = weakref.WeakKeyDictionary()
+_PROFILES: weakref.WeakKeyDictionary[Any, CostProfile] = weakref.WeakKeyDictionary()
+
+
+def model_profile(model: Any, budget_seconds: float = 2.0) -> tuple[CostProfile, float]:
+    """``model``'s cost profile, shared by every policy that verifies with it, and the seconds spent calibrating.
+
+    Loaded from the on-disk cache when a profile for this model, device, dtype, thread count,
+    torch version and processor exists there; otherwise calibrated (about ``budget_seconds``) and saved.
+    """
+    profile = _PROFILES.get(model)
+    if profile is not None:
+        return profile, 0.0
+    path = profile_path(model)
+    spent = 0.0
+    if path is not None and path.is_file():
+        try:
+            profile = CostProfile.from_json(_read_json(path), path=path)
+        except ValueError:
+            profile = None  # an older or damaged cache file: measure again and overwrite it
+    if profile is None:
+        profile = CostProfile(hardware_key(model), path=path)
+        spent = calibrate(model, profile, budget_seconds=budget_seconds)
+        profile.save_if_changed()
+    _PROFILES[model] = profile
+    return profile, spent
+
+
+def reset_profile(model: Any) -> None:
+    """Forget ``model``'s cost profile, in memory and on disk; the next use calibrates afresh."""
+    _PROFILES.pop(model, None)
+    path = profile_path(model)
+    if path is not None and path.is_file():
+        path.unlink()
 
 
 def _read_json(path: Path) -> Any:
