@@ -1,6 +1,6 @@
 """The Hugging Face way in: ``model.generate(input_ids, custom_generate=custom_generate, drafter=...)``.
 
-transformers (>= 4.56) prepares the generation config, logits processors (including the sampling
+transformers (>= 4.57.1) prepares the generation config, logits processors (including the sampling
 warpers) and stopping criteria (max length, EOS, stop strings, ...) and then calls a callable
 ``custom_generate`` as ``custom_generate(model, input_ids, logits_processor=..., stopping_criteria=...,
 generation_config=..., **model_kwargs)``; keyword arguments of ``generate`` that only this

@@ -78,7 +78,7 @@ def register(commands: Any) -> None:
                           help="tokens subtracted from a corpus match before comparing it with a match in the request's own text (default: 5)")
     drafting.add_argument("--l-threshold", type=int, metavar="N",
                           help="shortest match, in tokens, that drafts by retrieval instead of the fallback (default: 3)")
-    drafting.add_argument("--max-draft", type=int, metavar="N", help="longest retrieval draft, in tokens (default: 16)")
+    drafting.add_argument("--max-draft", type=int, metavar="N", help="longest retrieval draft, in tokens (default: 40)")
     drafting.add_argument("--no-tree", action="store_true", help="draft a single chain from the corpus instead of a tree")
     drafting.add_argument("--fallback", choices=FALLBACKS, default=None,
                           help="drafter when neither automaton matches (default: token-recycling)")
