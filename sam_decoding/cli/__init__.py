@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from sam_decoding.cli import bench, build, distill, generate, info
+from sam_decoding.cli import bench, build, distill, generate, info, train_heads
 from sam_decoding.cli.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser
     )
-    for module in (build, info, generate, distill, bench):
+    for module in (build, info, generate, distill, bench, train_heads):
         module.register(commands)
     return parser
 
