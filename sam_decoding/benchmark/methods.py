@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 #: Every method, in the order reports list them.
-METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
+METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr", "heads", "sam+heads")
 #: Methods that draft from a static corpus and so need one built for the suite.
-STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr"})
+STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+heads"})
+#: Methods that draft with trained heads and so need a heads file for the model.
+HEADS_METHODS: frozenset[str] = frozenset({"heads", "sam+heads"})
 #: Draft length of the prompt-lookup methods, in tokens (transformers' ``prompt_lookup_num_tokens``).
 PROMPT_LOOKUP_TOKENS = 10
 
@@ -108,15 +110,33 @@ class EngineGenerate(Method):
         )
 
 
-def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Method]:
-    """The methods called ``names``, in that order; ``static_corpus`` is needed by ``sam`` and ``sam+tr``.
+class HeadsEngineGenerate(EngineGenerate):
+    """:class:`EngineGenerate` whose drafter uses heads bound to the benchmarked model (read on the first run)."""
+
+    def __init__(self, name: str, description: str, heads_file: Path, make_drafter: Any) -> None:
+        self._heads_file = heads_file
+        self._heads: Any = None
+        super().__init__(name, description, lambda: make_drafter(self._heads))
+
+    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
+        if self._heads is None:
+            from sam_decoding.heads import MedusaHeads
+
+            self._heads = MedusaHeads.load(self._heads_file, model)
+        return super().run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
+
+
+def make_methods(names: Sequence[str], static_corpus: Path | None, *, heads: Path | None = None) -> list[Method]:
+    """The methods called ``names``, in that order; ``static_corpus`` is needed by the ``sam`` methods.
+
+    ``heads`` is the heads file of the ``heads`` methods (default: the one shipped for the default model).
 
     Token Recycling keeps its adjacency table across prompts, as in its paper (one drafter per method
     for the whole run); the SAM drafters are made fresh for each prompt, their dynamic automaton
     being per request anyway.
     """
     from sam_decoding import StaticAutomaton
-    from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
+    from sam_decoding.drafters import HeadsDrafter, PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
 
     unknown = [name for name in names if name not in METHOD_NAMES]
     if unknown:
@@ -126,6 +146,10 @@ def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Metho
         if static_corpus is None:
             raise ValueError("the sam methods need a static corpus")
         automaton = StaticAutomaton.load(static_corpus)
+    if HEADS_METHODS.intersection(names) and heads is None:
+        from sam_decoding.heads.default import default_heads_path
+
+        heads = default_heads_path()
     recycler_for_sam = TokenRecyclingDrafter()
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
     probe = SamDrafter(None)
@@ -155,6 +179,15 @@ def make_methods(names: Sequence[str], static_corpus: Path | None) -> list[Metho
             "sam+tr",
             "`SamDrafter` with Token Recycling as the fallback",
             lambda: SamDrafter(automaton, fallback=recycler_for_sam),
+        ),
+        "heads": lambda: HeadsEngineGenerate(
+            "heads", f"this engine with `HeadsDrafter` alone (Medusa-1 heads `{Path(heads).name}`)", Path(heads), HeadsDrafter
+        ),
+        "sam+heads": lambda: HeadsEngineGenerate(
+            "sam+heads",
+            "`SamDrafter` with `HeadsDrafter` as the fallback",
+            Path(heads),
+            lambda trained: SamDrafter(automaton, fallback=HeadsDrafter(trained)),
         ),
     }
     return [factories[name]() for name in names]

@@ -53,6 +53,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--data", type=Path, metavar="PATH", help="Spec-Bench question.jsonl (default: ../shared/data/spec_bench/ beside the repository)")
     parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus for the sam methods instead of the suite's own")
+    parser.add_argument("--heads", type=Path, metavar="FILE", help="heads file for the heads methods (default: the default model's shipped heads)")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens per answer (default: %(default)s)")
     parser.add_argument(
         "--methods", default=",".join(METHOD_NAMES), metavar="LIST", help="comma-separated methods (default: all: %(default)s)"
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    method_objects = make_methods(methods, corpus_path)
+    method_objects = make_methods(methods, corpus_path, heads=args.heads)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
