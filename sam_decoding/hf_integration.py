@@ -18,9 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from sam_decoding.drafters.base import Drafter
-from sam_decoding.generation import GenerationStats, _eos_set, _speculate
+from sam_decoding.generation import AUTO_POLICY, GenerationStats, _eos_set, speculate
+from sam_decoding.speculation import DecodingSettings
 
 
 def custom_generate(
@@ -35,6 +37,7 @@ def custom_generate(
     generator: torch.Generator | None = None,
     sam_streamer: Any = None,
     stats_callback: Callable[[GenerationStats], None] | None = None,
+    policy: Any = AUTO_POLICY,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Speculative decoding as a ``custom_generate`` callable for ``model.generate``.
@@ -50,6 +53,7 @@ def custom_generate(
         sam_streamer: A streamer to receive each step's new tokens and ``end()`` (the prompt was
             already sent by ``model.generate`` to its own ``streamer`` argument, not to this one).
         stats_callback: Called once with the call's :class:`~sam_decoding.GenerationStats`.
+        policy: The verification policy, as for :func:`~sam_decoding.generate` (default ``"auto"``).
         model_kwargs: ``attention_mask`` (must be all ones: no padding), cache and other inputs
             prepared by transformers; the loop builds its own cache.
 
@@ -78,22 +82,17 @@ def custom_generate(
     if eos is None:
         eos = generation_config.eos_token_id
     out_streamer = sam_streamer if sam_streamer is not None else streamer
-    result = _speculate(
-        model,
-        input_ids,
+    settings = DecodingSettings(
         max_new_tokens=max_new_tokens,
-        drafter=drafter,
         eos=_eos_set(eos if eos is not None else [], model),
         do_sample=bool(generation_config.do_sample),
-        # The prepared logits_processor already holds temperature/top-k/top-p warpers.
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
+        # The prepared logits_processor already holds the temperature/top-k/top-p warpers.
+        processors=logits_processor or LogitsProcessorList(),
         generator=generator,
-        streamer=out_streamer,
-        logits_processor=logits_processor,
         stopping_criteria=stopping_criteria if stopping_criteria else None,
+        streamer=out_streamer,
     )
+    result = speculate(model, input_ids, settings, drafter, policy)
     if stats_callback is not None:
         stats_callback(result.stats)
     return result.sequences

@@ -7,11 +7,26 @@ Only the public layer tensors (``cache.layers[i].keys`` / ``.values``) are touch
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 
 class UnsupportedCacheError(ValueError):
     """The model's cache layout cannot be rolled back exactly (sliding-window, linear or quantized layers)."""
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which ``model.forward`` takes its KV cache: ``"cache"`` (transformers >= 5.24)
+    or the older ``"past_key_values"`` (deprecated in 5.24, removed in 5.40), read from the signature."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_arguments(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """Keyword arguments that hand ``cache`` to ``model.forward`` under the name it expects."""
+    return {cache_keyword(model): cache}
 
 
 def keep_cache_entries(cache, past_length: int, path: list[int]) -> None:

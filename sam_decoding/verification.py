@@ -17,7 +17,7 @@ distribution ordinary decoding would give it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -65,6 +65,12 @@ def validate_draft(draft: Draft, vocab_size: int) -> None:
             np.any(parents < -1) or np.any(parents >= np.arange(len(parents)))
         ):
             raise ValueError("draft parents must satisfy -1 <= parents[i] < i")
+    if draft.probabilities is not None:
+        probabilities = draft.probabilities
+        if not isinstance(probabilities, np.ndarray) or probabilities.shape != tokens.shape:
+            raise ValueError(f"draft probabilities must be a numpy array shaped like its tokens (source {draft.source!r})")
+        if len(probabilities) and not (np.all(probabilities >= 0) and np.all(probabilities <= 1)):
+            raise ValueError(f"draft probabilities must lie in [0, 1] (source {draft.source!r})")
 
 
 def node_depths(parents: np.ndarray) -> np.ndarray:
@@ -80,16 +86,23 @@ def limit_depth(draft: Draft, max_depth: int) -> Draft:
     if len(draft) == 0:
         return draft
     if draft.parents is None:
-        return draft if len(draft) <= max_depth else Draft(draft.tokens[:max_depth], None, draft.source)
+        return draft if len(draft) <= max_depth else subset_draft(draft, np.arange(max_depth))
     depth = node_depths(draft.parents)
     if int(depth.max()) <= max_depth:
         return draft
-    keep = np.flatnonzero(depth <= max_depth)
+    return subset_draft(draft, np.flatnonzero(depth <= max_depth))
+
+
+def subset_draft(draft: Draft, keep: np.ndarray) -> Draft:
+    """The draft made of the nodes ``keep`` (ascending indices, closed under parents), renumbered."""
+    probabilities = None if draft.probabilities is None else draft.probabilities[keep]
+    if draft.parents is None:
+        return replace(draft, tokens=draft.tokens[: len(keep)], probabilities=probabilities)
     remap = np.full(len(draft), -1, dtype=np.int64)
     remap[keep] = np.arange(len(keep))
     kept_parents = draft.parents[keep]
     parents = np.where(kept_parents < 0, -1, remap[np.maximum(kept_parents, 0)]).astype(np.int32)
-    return Draft(draft.tokens[keep], parents, draft.source)
+    return replace(draft, tokens=draft.tokens[keep], parents=parents, probabilities=probabilities)
 
 
 @dataclass

@@ -6,11 +6,15 @@ vocabularies are small (96 tokens) so that random prompts repeat and drafts get 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
+
+# Cost profiles of test models stay in memory: a test run must not write into the user's cache.
+os.environ.setdefault("SAM_DECODING_COST_PROFILE_CACHE", "0")
 
 TINY_VOCAB = 96
 TINY_EOS = 1

@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from sam_decoding.drafters import Draft, Drafter, Verified
 from sam_decoding.generation import generate
-from sam_decoding.kv_cache import keep_cache_entries
+from sam_decoding.kv_cache import cache_arguments, keep_cache_entries
 from sam_decoding.verification import build_step_inputs, walk
 from conftest import TINY_PAD, TINY_VOCAB
 
@@ -38,12 +38,12 @@ def test_continuing_after_a_tree_step_equals_a_fresh_forward(tiny_models, family
     truth = reference[0, prompt.shape[1] :].tolist()
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        model(prompt[:, :-1], past_key_values=cache, use_cache=True)
+        model(prompt[:, :-1], **cache_arguments(model, cache), use_cache=True)
         past = prompt.shape[1] - 1
         inputs = build_step_inputs(int(prompt[0, -1]), _decoy_tree(truth[:4]), past, dtype=torch.float32, device=torch.device("cpu"))
         logits = model(
             input_ids=inputs.input_ids, position_ids=inputs.position_ids, attention_mask=inputs.attention_mask,
-            past_key_values=cache, use_cache=True,
+            **cache_arguments(model, cache), use_cache=True,
         ).logits[0]
         choices = logits.argmax(-1).tolist()
         emitted, path = walk(inputs, choices.__getitem__, lambda token: False)
@@ -54,7 +54,7 @@ def test_continuing_after_a_tree_step_equals_a_fresh_forward(tiny_models, family
 
         # Feed the bonus token and one more: the cache must behave as if only the accepted tokens were ever fed.
         continued = model(
-            input_ids=torch.tensor([[emitted[-1], truth[5]]]), past_key_values=cache, use_cache=True
+            input_ids=torch.tensor([[emitted[-1], truth[5]]]), **cache_arguments(model, cache), use_cache=True
         ).logits[0]
         fresh = model(torch.cat([prompt, torch.tensor([truth[:6]])], dim=1)).logits[0, -2:]
         torch.testing.assert_close(continued, fresh, atol=1e-4, rtol=1e-4)
@@ -85,7 +85,8 @@ def test_many_tree_steps_stay_exact(tiny_models, family: str) -> None:
     prompt = torch.tensor([[11, 4, 90, 23, 23, 60]])
     reference = model.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=TINY_PAD)
     drafter = DecoyTreeDrafter(reference[0, prompt.shape[1] :].tolist())
-    result = generate(model, prompt, max_new_tokens=40, drafter=drafter, eos_token_id=[])
+    # policy=None: every drafted node is verified, so every step exercises the tree pruning.
+    result = generate(model, prompt, max_new_tokens=40, drafter=drafter, eos_token_id=[], policy=None)
     assert torch.equal(result.sequences, reference)
     # Every step accepts the full 5-token true path plus the bonus token.
     assert result.stats.mean_accepted_tokens > 5

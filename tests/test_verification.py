@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from sam_decoding.drafters import Draft
-from sam_decoding.kv_cache import keep_cache_entries
+from sam_decoding.kv_cache import cache_arguments, keep_cache_entries
 from sam_decoding.verification import (
     UnsupportedModelError,
     build_step_inputs,
@@ -139,11 +139,11 @@ def test_tree_pass_equals_each_path_fed_alone(tiny_models, implementation: str) 
         prefix = torch.tensor([[3, 17, 42, 8, 60, 11]])
         with torch.no_grad():
             cache = DynamicCache(config=model.config)
-            model(prefix[:, :-1], past_key_values=cache, use_cache=True)
+            model(prefix[:, :-1], **cache_arguments(model, cache), use_cache=True)
             inputs = build_step_inputs(int(prefix[0, -1]), TREE, 5, dtype=torch.float32, device=torch.device("cpu"))
             tree_logits = model(
                 input_ids=inputs.input_ids, position_ids=inputs.position_ids, attention_mask=inputs.attention_mask,
-                past_key_values=cache, use_cache=True,
+                **cache_arguments(model, cache), use_cache=True,
             ).logits[0]
             parents = TREE.parents.tolist()
             for node in range(len(TREE)):

@@ -35,12 +35,16 @@ class Draft:
             accepts node ``i`` given that its parent was accepted (in ``[0, 1]``). The cost-aware
             policy uses it to decide which nodes are worth verifying; ``None`` lets the policy use
             its own per-source prior by depth.
+        match_length: How long a suffix of the context the drafter matched to find the draft (suffix
+            automata, n-gram lookup), in tokens; 0 where that does not apply. The policy calibrates
+            acceptance per match length.
     """
 
     tokens: np.ndarray
     parents: np.ndarray | None = None
     source: str = "none"
     probabilities: np.ndarray | None = None
+    match_length: int = 0
 
     @classmethod
     def empty(cls, source: str = "none") -> Draft:
@@ -48,10 +52,12 @@ class Draft:
         return cls(_EMPTY_TOKENS, None, source)
 
     @classmethod
-    def chain(cls, tokens: np.ndarray | list[int], source: str, probabilities: np.ndarray | None = None) -> Draft:
+    def chain(
+        cls, tokens: np.ndarray | list[int], source: str, probabilities: np.ndarray | None = None, match_length: int = 0
+    ) -> Draft:
         """A chain draft from any 1-D integer sequence (and optional per-node acceptance estimates)."""
         probs = None if probabilities is None else np.asarray(probabilities, dtype=np.float64).reshape(-1)
-        return cls(np.asarray(tokens, dtype=np.int64).reshape(-1), None, source, probs)
+        return cls(np.asarray(tokens, dtype=np.int64).reshape(-1), None, source, probs, match_length)
 
     @property
     def is_chain(self) -> bool:

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
-from sam_decoding.kv_cache import truncate_cache
+from sam_decoding.kv_cache import cache_arguments, truncate_cache
 
 
 class ModelDrafter(Drafter):
@@ -43,7 +43,7 @@ class ModelDrafter(Drafter):
         ids = torch.tensor([new_tokens], dtype=torch.long, device=self._device)
         positions = torch.arange(start, start + len(new_tokens), device=self._device).unsqueeze(0)
         out = self.model(
-            input_ids=ids, position_ids=positions, past_key_values=self._cache, use_cache=True, logits_to_keep=1
+            input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, **cache_arguments(self.model, self._cache)
         )
         self._cached.extend(new_tokens)
         return int(out.logits[0, -1].argmax())

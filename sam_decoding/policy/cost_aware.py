@@ -1,0 +1,156 @@
+"""The default verification policy: size every step's draft by measured cost and calibrated acceptance."""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sam_decoding.drafters.base import Draft
+from sam_decoding.policy.acceptance import AcceptanceModel, NodeEstimates
+from sam_decoding.policy.cost_profile import CostProfile, calibrate, hardware_key
+from sam_decoding.policy.selection import best_subtree
+from sam_decoding.verification import subset_draft
+
+#: Largest number of draft nodes one step may verify.
+DEFAULT_MAX_NODES = 256
+#: Environment variable: set to ``0`` to keep cost profiles in memory only (no read, no write).
+PROFILE_CACHE_ENV = "SAM_DECODING_COST_PROFILE_CACHE"
+_OVERHEAD_SMOOTHING = 0.1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a step verifies and what the policy expects of it.
+
+    Attributes:
+        draft: The kept nodes (a sub-draft closed under parents; empty for a plain step).
+        estimates: Acceptance estimates of the kept nodes.
+        expected_accepted: Expected accepted draft tokens.
+    """
+
+    draft: Draft
+    estimates: NodeEstimates
+    expected_accepted: float
+
+
+def profile_path(model: Any) -> Path | None:
+    """Where ``model``'s cost profile is cached on disk, or ``None`` if the cache is disabled."""
+    from sam_decoding.models import cache_dir
+
+    if os.environ.get(PROFILE_CACHE_ENV, "1") == "0":
+        return None
+    return cache_dir() / "cost_profiles" / f"{hardware_key(model)}.json"
+
+
+@dataclass
+class CostAwarePolicy:
+    """Keeps, each step, the draft subtree that maximizes expected emitted tokens per second.
+
+    Args:
+        profile: Verification cost ``t(q, L)``; ``None``: load this model's cached profile, or
+            calibrate one (a timed sweep of about two seconds) on first use.
+        acceptance: The acceptance model (learns across calls of this policy).
+        max_nodes: Most draft nodes one step verifies.
+        calibration_budget_seconds: Time the first calibration may take.
+    """
+
+    profile: CostProfile | None = None
+    acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
+    max_nodes: int = DEFAULT_MAX_NODES
+    calibration_budget_seconds: float = 2.0
+    overhead_seconds: float = 0.0
+
+    @classmethod
+    def shared(cls, model: Any) -> CostAwarePolicy:
+        """The policy ``generate(policy="auto")`` uses for ``model``: one per model object, learning across calls."""
+        policy = _SHARED.get(model)
+        if policy is None:
+            policy = _SHARED[model] = cls()
+        return policy
+
+    def prepare(self, model: Any) -> float:
+        """Load or calibrate the cost profile for ``model`` if there is none yet; return calibration seconds (0 if none ran)."""
+        if self.profile is not None and self.profile.is_calibrated:
+            return 0.0
+        path = profile_path(model)
+        if path is not None and path.is_file():
+            try:
+                self.profile = CostProfile.from_json(_read_json(path), path=path)
+                return 0.0
+            except ValueError:
+                pass  # an older or damaged cache file: measure again and overwrite it
+        self.profile = CostProfile(hardware_key(model), path=path)
+        spent = calibrate(model, self.profile, budget_seconds=self.calibration_budget_seconds)
+        self.profile.save_if_changed()
+        return spent
+
+    def select(self, draft: Draft, context_length: int, draft_seconds: float) -> Plan:
+        """The part of ``draft`` worth verifying over a cache of ``context_length - 1`` tokens."""
+        assert self.profile is not None, "prepare(model) first"
+        estimates = self.acceptance.estimate(draft)
+        costs = self.profile.curve(context_length, min(len(draft), self.max_nodes) + 1)
+        choice = best_subtree(estimates.path_probabilities, costs, draft_seconds + self.overhead_seconds)
+        keep = choice.keep
+        if len(keep) == len(draft):
+            kept = draft
+        else:
+            kept = subset_draft(draft, keep)
+            estimates = NodeEstimates(
+                estimates.probabilities[keep], estimates.path_probabilities[keep], estimates.cells[keep]
+            )
+        return Plan(kept, estimates, choice.expected_accepted)
+
+    def observe_cost(self, q: int, cache_length: int, seconds: float) -> None:
+        """Refine the cost profile with one real verification pass."""
+        if self.profile is not None:
+            self.profile.observe(q, cache_length, seconds)
+
+    def observe_overhead(self, seconds: float) -> None:
+        """Track the per-step time outside the forward pass (drafting, walking, bookkeeping)."""
+        self.overhead_seconds += _OVERHEAD_SMOOTHING * (seconds - self.overhead_seconds)
+
+    def learn(self, plan: Plan, path: list[int], last_child: int | None) -> None:
+        """Learn from one step: ``path`` = input indices whose predictions were emitted (root 0 first),
+        ``last_child`` = the input index of the draft node matching the last emitted token, if any."""
+        draft = plan.draft
+        if not len(draft):
+            return
+        on_path = np.zeros(len(draft) + 1, dtype=bool)
+        on_path[path] = True
+        parents = np.arange(len(draft)) - 1 if draft.parents is None else draft.parents.astype(np.int64)
+        judged = on_path[parents + 1]
+        accepted = on_path[1:].copy()
+        if last_child is not None:
+            accepted[last_child - 1] = True
+        self.acceptance.learn(plan.estimates, judged, accepted)
+
+    def finish(self) -> None:
+        """End of a generate call: save the refined cost profile (if it has a file)."""
+        if self.profile is not None:
+            self.profile.save_if_changed()
+
+    def report(self) -> dict[str, Any]:
+        """Calibration (predicted vs observed acceptance) and the cost table, as JSON-friendly values."""
+        return {
+            "acceptance_calibration": self.acceptance.calibration(),
+            "cost_profile": self.profile.table() if self.profile is not None else None,
+            "calibration_seconds": self.profile.calibration_seconds if self.profile is not None else 0.0,
+        }
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, CostAwarePolicy] = weakref.WeakKeyDictionary()
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable cost profile {path}: {error}") from None
