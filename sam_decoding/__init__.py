@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sam_decoding.drafters import (
         Draft,
         Drafter,
+        HeadsDrafter,
         ModelDrafter,
         PromptLookupDrafter,
         SamDrafter,
@@ -33,12 +34,15 @@ if TYPE_CHECKING:
         Verified,
     )
     from sam_decoding.generation import GenerationResult, GenerationStats, generate
+    from sam_decoding.heads import MedusaHeads
     from sam_decoding.hf_integration import custom_generate
 
 _LAZY = {
     "Draft": "sam_decoding.drafters",
     "Drafter": "sam_decoding.drafters",
     "Verified": "sam_decoding.drafters",
+    "HeadsDrafter": "sam_decoding.drafters",
+    "MedusaHeads": "sam_decoding.heads",
     "ModelDrafter": "sam_decoding.drafters",
     "PromptLookupDrafter": "sam_decoding.drafters",
     "SamDrafter": "sam_decoding.drafters",
@@ -59,6 +63,8 @@ __all__ = [
     "FormatError",
     "GenerationResult",
     "GenerationStats",
+    "HeadsDrafter",
+    "MedusaHeads",
     "ModelDrafter",
     "PromptLookupDrafter",
     "SamDrafter",

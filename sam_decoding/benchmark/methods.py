@@ -28,6 +28,8 @@ METHOD_NAMES: tuple[str, ...] = (
     "sam+tr",
     "sam+tr-fixed",
     "sam-chain8-fixed",
+    "heads",
+    "sam+heads",
 )
 #: Methods run when none are named.
 DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
@@ -35,7 +37,9 @@ DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token
 #: baselines and this package's own method.
 QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
-STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed"})
+STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads"})
+#: Methods that draft with trained heads and so need a heads file for the model.
+HEADS_METHODS: frozenset[str] = frozenset({"heads", "sam+heads"})
 #: Fixed draft sizes of the ``-fixed`` methods (the drafters' defaults before the cost-aware policy).
 FIXED_SAM_MAX_DRAFT = 16
 FIXED_SAM_TREE_NODES = 32
@@ -154,8 +158,28 @@ class EngineGenerate(Method):
         )
 
 
-def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile: Any = None) -> list[Method]:
+class HeadsEngineGenerate(EngineGenerate):
+    """:class:`EngineGenerate` whose drafter uses heads bound to the benchmarked model (read on the first run)."""
+
+    def __init__(self, name: str, description: str, heads_file: Path, make_drafter: Any, *, policy: Any = None) -> None:
+        self._heads_file = heads_file
+        self._heads: Any = None
+        super().__init__(name, description, lambda: make_drafter(self._heads), policy=policy)
+
+    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
+        if self._heads is None:
+            from sam_decoding.heads import MedusaHeads
+
+            self._heads = MedusaHeads.load(self._heads_file, model)
+        return super().run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
+
+
+def make_methods(
+    names: Sequence[str], static_corpus: Path | None, cost_profile: Any = None, *, heads: Path | None = None
+) -> list[Method]:
     """The methods called ``names``, in that order; ``static_corpus`` is needed by the ``sam`` methods.
+
+    ``heads`` is the heads file of the ``heads`` methods (default: the one shipped for the default model).
 
     Token Recycling keeps its adjacency table across prompts, as in its paper (one drafter per method
     for the whole run); the SAM drafters are made fresh for each prompt, their dynamic automaton
@@ -163,9 +187,9 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
     of its own; ``cost_profile`` (a :class:`~sam_decoding.policy.CostProfile`) replaces the measured
     cost of this machine for all of them (e.g. a GPU-like profile), else the model's own is used.
     """
-    from sam_decoding.shards import load_corpus
-    from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
+    from sam_decoding.drafters import HeadsDrafter, PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
     from sam_decoding.policy import CostAwarePolicy
+    from sam_decoding.shards import load_corpus
 
     def policy() -> CostAwarePolicy:
         return CostAwarePolicy(profile=cost_profile)
@@ -178,6 +202,10 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
         if static_corpus is None:
             raise ValueError("the sam methods need a static corpus")
         automaton = load_corpus(static_corpus)
+    if HEADS_METHODS.intersection(names) and heads is None:
+        from sam_decoding.heads.default import default_heads_path
+
+        heads = default_heads_path()
     recycler_for_sam = TokenRecyclingDrafter()
     fixed_recycler = TokenRecyclingDrafter(max_nodes=FIXED_TR_NODES)
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
@@ -231,6 +259,20 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
             "sam-chain8-fixed",
             "`SamDrafter` chains of at most 8 tokens, no tree, no fallback, every drafted node verified (no policy)",
             lambda: SamDrafter(automaton, use_tree=False, max_draft=8),
+        ),
+        "heads": lambda: HeadsEngineGenerate(
+            "heads",
+            f"this engine with `HeadsDrafter` alone (Medusa-1 heads `{Path(heads).name}`), {policy_note}",
+            Path(heads),
+            HeadsDrafter,
+            policy=policy(),
+        ),
+        "sam+heads": lambda: HeadsEngineGenerate(
+            "sam+heads",
+            f"`SamDrafter` with `HeadsDrafter` as the fallback, {policy_note}",
+            Path(heads),
+            lambda trained: SamDrafter(automaton, fallback=HeadsDrafter(trained)),
+            policy=policy(),
         ),
     }
     return [factories[name]() for name in names]
