@@ -357,7 +357,8 @@ class ShardWriter:
     ``with`` block) builds the last shard, waits for all and writes ``manifest.json``.
 
     With ``append=True`` the directory's existing manifest is kept and new shards are added after
-    its shards: this is how a corpus grows. Peak memory: about ``jobs`` times a shard build
+    its shards: this is how a corpus grows. Worker processes are spawned, so a script that uses
+    ``jobs > 1`` must do so under ``if __name__ == "__main__":`` (as with any ``multiprocessing``). Peak memory: about ``jobs`` times a shard build
     (see ``bench/results/core``) plus 4 bytes per token of the shard being filled.
     """
 

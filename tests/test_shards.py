@@ -4,12 +4,15 @@ and against the brute-force reference; the shard directory and manifest as untru
 from __future__ import annotations
 
 import json
+import subprocess
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_file_format import run_isolated
 from test_static_automaton import check_stream, corpus_and_stream
 
 from sam_decoding import (
@@ -315,3 +318,56 @@ def test_shard_writer_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="no tokens"):
         with ShardWriter(tmp_path / "c", shard_tokens=10) as writer:
             writer.add([])
+
+
+CORRUPTED_SHARD_QUERIES = textwrap.dedent(
+    """
+    import random, shutil, sys
+    from pathlib import Path
+    import numpy as np
+    from sam_decoding import FormatError, ShardedAutomaton
+
+    source, seed, cases = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    rng = random.Random(seed)
+    target = source.parent / "corrupted"
+    outcomes = {"worked": 0, "refused": 0}
+    for case in range(cases):
+        print("case", case, flush=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        shards = sorted(target.glob("*.sam"))
+        for _ in range(rng.randint(1, 6)):
+            path = rng.choice(shards)
+            data = bytearray(path.read_bytes())
+            offset = rng.randrange(512, len(data) - 4)
+            value = rng.choice([0xFFFFFFFF, 0x7FFFFFFF, 0, 1, rng.getrandbits(32), rng.randrange(0, 300)])
+            data[offset:offset + 4] = value.to_bytes(4, "little")
+            path.write_bytes(data)
+        try:
+            corpus = ShardedAutomaton.load(target)
+            for _ in range(10):
+                cursor = corpus.cursor()
+                cursor.feed(np.array([rng.randrange(0, 30) for _ in range(rng.randint(1, 60))]))
+                cursor.draft(rng.randint(0, 50))
+                cursor.draft_with_counts(rng.randint(0, 50))
+                cursor.draft_tree(rng.randint(0, 40), max_depth=rng.randint(1, 10))
+            outcomes["worked"] += 1
+        except FormatError:
+            outcomes["refused"] += 1
+    print(outcomes, flush=True)
+    """
+)
+
+
+def test_corrupted_shards_never_crash_unverified_queries(shard_directory):
+    """Sharded matching and drafting read several (possibly corrupted) files at once: a bad index
+    must raise FormatError, never crash or hang. In a child process, as for single files."""
+    try:
+        result = run_isolated(CORRUPTED_SHARD_QUERIES, str(shard_directory), "11", "150", timeout=120)
+    except subprocess.TimeoutExpired as timeout:
+        last = (timeout.stdout or b"").decode().strip().splitlines()[-1:]
+        pytest.fail(f"queries on corrupted shards hung at {last}")
+    assert result.returncode == 0, (
+        f"crashed with {result.returncode} after {result.stdout.strip().splitlines()[-1:]}: {result.stderr[-2000:]}"
+    )
+    assert "refused" in result.stdout
