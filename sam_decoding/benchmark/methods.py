@@ -60,14 +60,27 @@ class Outcome:
 
 
 class Method(ABC):
-    """A way to generate greedily; ``run`` is what the runner times."""
+    """A way to generate greedily; ``run`` is what the runner times.
+
+    ``reference_profile``: when set (a :class:`~sam_decoding.policy.CostProfile`, e.g. a quiet
+    machine's or a GPU's), methods that know their verification sizes also report
+    ``engine["modelled_seconds"]``: the time their forward passes would take under that profile,
+    plus their measured drafting and policy time. It is independent of other load on the machine.
+    """
 
     name: str = ""
     description: str = ""
+    reference_profile: Any = None
 
     @abstractmethod
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (``[1, length]``)."""
+
+
+def modelled_seconds(profile: Any, prompt_tokens: int, new_tokens: int, verified_sizes: dict[int, int]) -> float:
+    """Seconds the verification passes ``{q: count}`` take under ``profile``, at the generation's mean cache length."""
+    cache_length = prompt_tokens + new_tokens // 2
+    return sum(count * profile.seconds(q, cache_length) for q, count in verified_sizes.items())
 
 
 class _ForwardCounter:
@@ -107,7 +120,12 @@ class TransformersGenerate(Method):
                 )
         finally:
             counter.close()
-        return Outcome(output[0, input_ids.shape[1] :].tolist(), counter.calls)
+        tokens = output[0, input_ids.shape[1] :].tolist()
+        engine = {}
+        if self.reference_profile is not None and not self.options:
+            # Plain decoding: one pass of a single token per new token.
+            engine["modelled_seconds"] = modelled_seconds(self.reference_profile, input_ids.shape[1], len(tokens), {1: len(tokens)})
+        return Outcome(tokens, counter.calls, engine=engine)
 
 
 #: Engine counters kept per measurement (seconds and token counts of :class:`~sam_decoding.GenerationStats`).
@@ -149,6 +167,10 @@ class EngineGenerate(Method):
         stats = result.stats
         engine = {name: getattr(stats, name) for name in ENGINE_STATS}
         engine["verified_sizes"] = {str(q): n for q, n in sorted(stats.verified_sizes.items())}
+        if self.reference_profile is not None:
+            engine["modelled_seconds"] = modelled_seconds(
+                self.reference_profile, stats.prompt_tokens, stats.new_tokens, stats.verified_sizes
+            ) + stats.draft_seconds + stats.policy_seconds
         return Outcome(
             result.new_tokens.tolist(),
             stats.steps,
@@ -175,11 +197,17 @@ class HeadsEngineGenerate(EngineGenerate):
 
 
 def make_methods(
-    names: Sequence[str], static_corpus: Path | None, cost_profile: Any = None, *, heads: Path | None = None
+    names: Sequence[str],
+    static_corpus: Path | None,
+    cost_profile: Any = None,
+    *,
+    heads: Path | None = None,
+    reference_profile: Any = None,
 ) -> list[Method]:
     """The methods called ``names``, in that order; ``static_corpus`` is needed by the ``sam`` methods.
 
     ``heads`` is the heads file of the ``heads`` methods (default: the one shipped for the default model).
+    ``reference_profile`` (default: ``cost_profile``) is the profile modelled times are computed under.
 
     Token Recycling keeps its adjacency table across prompts, as in its paper (one drafter per method
     for the whole run); the SAM drafters are made fresh for each prompt, their dynamic automaton
@@ -193,6 +221,9 @@ def make_methods(
 
     def policy() -> CostAwarePolicy:
         return CostAwarePolicy(profile=cost_profile)
+
+    if reference_profile is None:
+        reference_profile = cost_profile
 
     unknown = [name for name in names if name not in METHOD_NAMES]
     if unknown:
@@ -275,4 +306,7 @@ def make_methods(
             policy=policy(),
         ),
     }
-    return [factories[name]() for name in names]
+    methods = [factories[name]() for name in names]
+    for method in methods:
+        method.reference_profile = reference_profile
+    return methods

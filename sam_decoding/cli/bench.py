@@ -82,6 +82,13 @@ def register(commands: Any) -> None:
         f"all: {','.join(METHOD_NAMES)})",
     )
     parser.add_argument(
+        "--reference-profile",
+        type=Path,
+        metavar="FILE",
+        help="cost profile (JSON) under which to also report modelled speed-ups, independent of machine load "
+        "(default: --cost-profile's)",
+    )
+    parser.add_argument(
         "--cost-profile",
         type=Path,
         metavar="FILE",
@@ -181,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cost_profile = _load_cost_profile(args.cost_profile)
-    method_objects = make_methods(methods, corpus_path, cost_profile, heads=args.heads)
+    reference_profile = _load_cost_profile(args.reference_profile)
+    method_objects = make_methods(methods, corpus_path, cost_profile, heads=args.heads, reference_profile=reference_profile)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
