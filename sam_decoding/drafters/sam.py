@@ -34,6 +34,12 @@ DEFAULT_MIN_MATCH = 1
 COUNT_SMOOTHING = 1.0
 
 
+def _match_confidence(match_length: int) -> float:
+    """How far a corpus continuation after a match of ``match_length`` tokens predicts the model:
+    a short match says little about the request (``m / (m + 2)``: 1 -> 0.33, 8 -> 0.8)."""
+    return match_length / (match_length + 2.0)
+
+
 class SamDrafter(Drafter):
     """Drafts from suffix automata, falling back to another drafter when neither matches well.
 
@@ -106,10 +112,10 @@ class SamDrafter(Drafter):
         if self.use_tree:
             tree = self._cursor.draft_tree(self.tree_nodes, max_depth=limit)
             state_counts = tree.counts / np.maximum(tree.probabilities, 1e-12)
-            probabilities = tree.counts / (state_counts + COUNT_SMOOTHING)
+            probabilities = tree.counts / (state_counts + COUNT_SMOOTHING) * _match_confidence(match)
             return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", probabilities, match)
         chain = self._cursor.draft_with_counts(limit)
-        probabilities = chain.counts / (chain.state_counts + COUNT_SMOOTHING)
+        probabilities = chain.counts / (chain.state_counts + COUNT_SMOOTHING) * _match_confidence(match)
         return Draft.chain(chain.tokens, "static", probabilities, match)
 
     def _dynamic_draft(self, limit: int) -> Draft:

@@ -25,14 +25,14 @@ import numpy as np
 from sam_decoding.drafters.base import Draft
 
 #: Pseudo-observations given to the prior in each cell (how fast evidence overrides it).
-PRIOR_STRENGTH = 4.0
+PRIOR_STRENGTH = 3.0
 #: Prior for sources that give no estimates: a first child without a match (e.g. Token Recycling)
 #: at depth 1, decaying with depth; later siblings; and first children of a retrieval match of
 #: ``m`` tokens, ``m / (m + MATCH_PRIOR_OFFSET)`` (longer matches predict better).
 FIRST_CHILD_PRIOR = 0.35
 DEPTH_DECAY = 0.9
 SIBLING_PRIOR = 0.08
-MATCH_PRIOR_OFFSET = 1.0
+MATCH_PRIOR_OFFSET = 2.0
 MATCH_DEPTH_DECAY = 0.97
 _MAX_PROBABILITY = 0.995
 _MAX_SOURCES = 16
