@@ -9,17 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from sam_decoding.cli.errors import CliError
-from sam_decoding.distillation import DEFAULT_BATCH_SIZE
 from sam_decoding.cli.loading import load_model_and_tokenizer
+from sam_decoding.distillation import DEFAULT_BATCH_SIZE
 
 _EPILOG = """\
 The output is chat JSONL ({"id", "messages": [user, assistant]} per line), ready for 'build'.
 Answers come from plain greedy decoding, so they are the text the model itself tends to write.
 Prompts are answered --batch-size at a time (left padded), grouped by length, and each answer is
-appended to the output as its batch finishes: the file's order is not the input's. Run the same
-command again after an interruption and it answers only the prompts whose ids are not in the
-output yet (keep --model and --max-new-tokens the same). On 2 CPU cores SmolLM2-135M answers
-a few hundred Spec-Bench questions at 64 tokens in a few minutes.
+appended to the output as its batch finishes: the file's order is not the input's. A batched
+answer equals the one-at-a-time answer except, rarely, where the two likeliest tokens are so
+close that the batch's different rounding flips them (--batch-size 1 for bit-exact answers).
+Run the same command again after an interruption and it answers only the prompts whose ids are
+not in the output yet (keep --model and --max-new-tokens the same). On 2 CPU cores SmolLM2-135M
+answers 200 short Spec-Bench questions at 64 tokens in a few minutes.
 
 examples:
   sam-decoding distill questions.jsonl -o answers.jsonl --limit 100
