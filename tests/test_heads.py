@@ -521,3 +521,31 @@ def test_sampling_with_heads_is_exact_and_the_test_rejects_typical_acceptance(ti
         for _ in range(runs)
     )
     assert chi_square_pvalue(wrong, expected) < 1e-6
+
+
+def test_cli_defaults_agree_with_the_library() -> None:
+    from sam_decoding.cli.train_heads import _DEFAULTS
+    from sam_decoding.heads import DEFAULT_NUM_HEADS
+
+    settings = TrainingSettings()
+    assert _DEFAULTS == {
+        "num_heads": DEFAULT_NUM_HEADS,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "held_out_fraction": settings.held_out_fraction,
+    }
+
+
+def test_bench_heads_method_loads_its_file_and_matches_vanilla(tiny_models, tiny_heads, tmp_path) -> None:
+    from sam_decoding.benchmark.methods import make_methods
+
+    model = tiny_models[("llama", "sdpa")]
+    path = tmp_path / "heads.safetensors"
+    tiny_heads["llama"].save(path)
+    (method,) = make_methods(["heads"], None, heads=path)
+    prompt = PROMPTS["random1"]
+    outcome = method.run(model, prompt, max_new_tokens=24, eos=[])
+    assert outcome.tokens == _vanilla(model, prompt, [], new_tokens=24)[0, prompt.shape[1] :].tolist()
+    with pytest.raises(ValueError, match="static corpus"):
+        make_methods(["sam+heads"], None, heads=path)
