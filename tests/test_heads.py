@@ -20,7 +20,7 @@ from sam_decoding.drafters.heads import best_first_tree
 from sam_decoding.heads import HeadsFormatError, HeadsMismatchError, MedusaHeads
 from sam_decoding.heads.features import FeatureCacheError, FeatureStore
 from sam_decoding.heads.file_format import read_heads_file
-from sam_decoding.heads.self_distillation import EncodedPrompt, generate_features, greedy_batch, length_batches
+from sam_decoding.heads.self_distillation import EncodedPrompt, extract_features, generate_features, greedy_batch, length_batches
 from sam_decoding.generation import generate
 from sam_decoding.heads.training import TrainingSettings, draft_vocabulary, head_targets, train
 from conftest import TINY_PAD, TINY_VOCAB, _tiny_model
@@ -470,14 +470,40 @@ def _typical_acceptance(model: torch.nn.Module, drafter: HeadsDrafter, prompt: t
     return tuple(out[:count])
 
 
-def test_sampling_with_heads_is_exact_and_the_test_rejects_typical_acceptance(tiny_models, tiny_heads) -> None:
+@pytest.fixture(scope="module")
+def sampling_heads(tiny_models, tmp_path_factory) -> MedusaHeads:
+    """Heads trained on the tiny llama's own *sampled* continuations of the sampling test's prompt.
+
+    Greedy-trained tiny heads rarely match what sampling draws from a near-flat tiny model, and the
+    test needs drafts that are accepted often; these learn exactly the distribution under test.
+    """
+    model = tiny_models[("llama", "sdpa")]
+    torch.manual_seed(5)
+    samples = model.generate(
+        PROMPT, max_new_tokens=12, do_sample=True, temperature=TEMPERATURE, top_k=TOP_K,
+        num_return_sequences=300, pad_token_id=TINY_PAD,
+    )
+    directory = tmp_path_factory.mktemp("sampling")
+    store = FeatureStore.open_for_writing(directory, {"hidden_size": model.config.hidden_size})
+    extract_features(model, [(str(i), row, PROMPT.shape[1]) for i, row in enumerate(samples)], store)
+    heads = MedusaHeads.create(model, 2)
+    train(heads, store, TrainingSettings(epochs=6, batch_size=256, learning_rate=3e-2, held_out_fraction=0.0))
+    return heads
+
+
+def test_sampling_with_heads_is_exact_and_the_test_rejects_typical_acceptance(tiny_models, sampling_heads) -> None:
     from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 
     model = tiny_models[("llama", "sdpa")]
+    tiny_heads = {"llama": sampling_heads}
     count, runs = 3, 400
     expected = _exact_first_tokens(model, count)
     generator = torch.Generator().manual_seed(99)
-    for name, make in (("tree", lambda: HeadsDrafter(tiny_heads["llama"])), ("chain", lambda: HeadsDrafter(tiny_heads["llama"], use_tree=False))):
+    # A chain offers one token per depth (a tree three), so it is accepted less often.
+    for name, make, least in (
+        ("tree", lambda: HeadsDrafter(tiny_heads["llama"]), runs // 4),
+        ("chain", lambda: HeadsDrafter(tiny_heads["llama"], use_tree=False), runs // 10),
+    ):
         observed: Counter = Counter()
         accepted = 0
         for _ in range(runs):
@@ -487,7 +513,7 @@ def test_sampling_with_heads_is_exact_and_the_test_rejects_typical_acceptance(ti
             )
             observed[tuple(result.new_tokens.tolist())] += 1
             accepted += result.stats.accepted_tokens
-        assert accepted > runs // 4, f"{name}: drafts must actually be accepted for this test to mean anything"
+        assert accepted > least, f"{name}: drafts must actually be accepted for this test to mean anything"
         assert chi_square_pvalue(observed, expected) > 1e-3, name
     warpers = LogitsProcessorList([TemperatureLogitsWarper(TEMPERATURE), TopKLogitsWarper(TOP_K)])
     wrong = Counter(
@@ -495,3 +521,31 @@ def test_sampling_with_heads_is_exact_and_the_test_rejects_typical_acceptance(ti
         for _ in range(runs)
     )
     assert chi_square_pvalue(wrong, expected) < 1e-6
+
+
+def test_cli_defaults_agree_with_the_library() -> None:
+    from sam_decoding.cli.train_heads import _DEFAULTS
+    from sam_decoding.heads import DEFAULT_NUM_HEADS
+
+    settings = TrainingSettings()
+    assert _DEFAULTS == {
+        "num_heads": DEFAULT_NUM_HEADS,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "held_out_fraction": settings.held_out_fraction,
+    }
+
+
+def test_bench_heads_method_loads_its_file_and_matches_vanilla(tiny_models, tiny_heads, tmp_path) -> None:
+    from sam_decoding.benchmark.methods import make_methods
+
+    model = tiny_models[("llama", "sdpa")]
+    path = tmp_path / "heads.safetensors"
+    tiny_heads["llama"].save(path)
+    (method,) = make_methods(["heads"], None, heads=path)
+    prompt = PROMPTS["random1"]
+    outcome = method.run(model, prompt, max_new_tokens=24, eos=[])
+    assert outcome.tokens == _vanilla(model, prompt, [], new_tokens=24)[0, prompt.shape[1] :].tolist()
+    with pytest.raises(ValueError, match="static corpus"):
+        make_methods(["sam+heads"], None, heads=path)
