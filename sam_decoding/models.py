@@ -41,10 +41,20 @@ def gguf_path() -> Path:
     return path
 
 
+def _converted_model_dir() -> Path:
+    return cache_dir() / "SmolLM2-135M-Instruct"
+
+
+def default_model_is_converted() -> bool:
+    """Whether the default model is already cached as safetensors (else loading it converts the GGUF file, ~30 s)."""
+    target = _converted_model_dir()
+    return (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
+
+
 def default_model_dir() -> Path:
     """Directory holding the default model as safetensors and its tokenizer, converted on first use."""
-    target = cache_dir() / "SmolLM2-135M-Instruct"
-    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+    target = _converted_model_dir()
+    if default_model_is_converted():
         return target
     source = gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,15 +11,18 @@ import pytest
 from sam_decoding.benchmark.chart import write_speedup_chart
 from sam_decoding.benchmark.report import RunInfo, read_json, render_markdown, write_json, write_markdown
 from sam_decoding.benchmark.results import OVERALL, Measurement, summarize
-from sam_decoding.benchmark.runner import first_difference
-from sam_decoding.benchmark.static_corpus import distillation_prompt_records
+from sam_decoding.benchmark.runner import busy_machine_note, first_difference
+import sam_decoding
+from sam_decoding.benchmark.static_corpus import FULL_DISTILLATION, QUICK_DISTILLATION, distillation_prompt_records
 from sam_decoding.benchmark.suites import (
     MT_BENCH_CATEGORIES,
     SPEC_BENCH_SAMPLED_CATEGORIES,
     SuiteError,
+    find_spec_bench_data,
     load_humaneval,
     load_questions_file,
     load_spec_bench_mini,
+    read_spec_bench,
 )
 
 
@@ -84,6 +88,18 @@ def test_summaries_report_spread_and_policy_figures() -> None:
     assert "| sam | 4.0 | 1.20 | 1.00 | 5.0% |" in text.splitlines()
 
 
+def test_modelled_speedup_uses_modelled_seconds_of_both_methods() -> None:
+    measurements = [
+        Measurement("1", "c", "vanilla", 100, 9.0, 100, engine={"modelled_seconds": 6.5}),
+        Measurement("1", "c", "sam", 100, 1.0, 50, engine={"modelled_seconds": 3.25}),
+        Measurement("1", "c", "hf", 100, 1.0, 50),
+    ]
+    summaries = {(s.group, s.method): s for s in summarize(measurements)}
+    assert summaries[(OVERALL, "sam")].modelled_speedup == pytest.approx(2.0)
+    assert summaries[(OVERALL, "sam")].speedup == pytest.approx(9.0)
+    assert summaries[(OVERALL, "hf")].modelled_speedup is None
+
+
 def test_markdown_report_has_overall_and_category_tables() -> None:
     text = render_markdown(INFO, summarize(synthetic_measurements()))
     lines = text.splitlines()
@@ -137,8 +153,44 @@ def test_spec_bench_mini_selection() -> None:
     assert sorted(interleaved.questions, key=lambda q: q.question_id) == sorted(suite.limited(2).questions, key=lambda q: q.question_id)
     # The distillation prompts for the static corpus are disjoint from the evaluated questions.
     evaluated = {q.question_id for q in suite.questions}
-    distilled = {str(r["question_id"]) for r in distillation_prompt_records(None)}
+    distilled = {str(r["question_id"]) for r in distillation_prompt_records(None, FULL_DISTILLATION)}
     assert len(distilled) == 60 and not evaluated & distilled
+
+
+def test_quick_distillation_takes_short_prompts_only() -> None:
+    from sam_decoding.models import load_tokenizer
+    from sam_decoding.prompts import chat_prompt_ids
+
+    tokenizer = load_tokenizer()
+    records = distillation_prompt_records(None, QUICK_DISTILLATION, tokenizer)
+    lengths = [chat_prompt_ids(tokenizer, r["turns"][0]).shape[1] for r in records]
+    assert 150 <= len(records) <= 300 and max(lengths) <= QUICK_DISTILLATION.max_prompt_tokens
+    counts = {c: sum(r["category"] == c for r in records) for c in SPEC_BENCH_SAMPLED_CATEGORIES}
+    assert max(counts.values()) == QUICK_DISTILLATION.per_category and counts["rag"] == 0
+    evaluated = {q.question_id for q in load_spec_bench_mini().questions}
+    assert not evaluated & {str(r["question_id"]) for r in records}
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        distillation_prompt_records(None, QUICK_DISTILLATION)
+
+
+def test_spec_bench_ships_with_the_package_and_its_notice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # found from the package, wherever the command runs
+    path = find_spec_bench_data()
+    assert path.parent == Path(sam_decoding.__file__).resolve().parent / "data" / "spec_bench"
+    assert len(read_spec_bench(path)) == 480
+    notice = (path.parent / "NOTICE").read_text(encoding="utf-8")
+    assert "hemingkx/Spec-Bench" in notice and "data/spec_bench/question.jsonl" in notice and "Apache License" in notice
+    assert f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}" in notice
+    assert "Apache License\n                           Version 2.0" in (path.parent / "LICENSE").read_text(encoding="utf-8")
+    with pytest.raises(SuiteError, match="nope.jsonl: no such file"):
+        find_spec_bench_data(tmp_path / "nope.jsonl")
+
+
+def test_busy_machine_note() -> None:
+    note = busy_machine_note(2, load=3.5, cores=2)
+    assert note is not None and "load average 3.5 on 2 cores" in note and "--threads 1" in note
+    assert busy_machine_note(2, load=1.5, cores=2) is None
+    assert busy_machine_note(1, load=9.0, cores=2) is None
 
 
 def test_humaneval_suite() -> None:

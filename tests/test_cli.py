@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES
 from sam_decoding.cli import main
+from sam_decoding.cli.bench import QUICK_MAX_NEW_TOKENS
 
 CHAT = [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "Seven is a prime number."}]
 
@@ -120,6 +122,43 @@ def test_generate_with_corpus_equals_plain_decoding(capsys, tiny_model_dir, corp
     assert speculative == plain
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sharded_build_info_and_generate(capsys, tmp_path, inputs, tiny_model_dir, jobs) -> None:
+    output = tmp_path / "shards"
+    sources = [inputs["tree"], inputs["articles"], inputs["chats"], inputs["text"]]
+    code, out, err = run_cli(capsys, "build", *sources, "--text-field", "body", "--glob", "**/*.py",
+                             "--shard-tokens", "40", "--jobs", jobs, "-o", output, "--no-progress")
+    if code != 0 and "no field 'body'" in err:  # the chats have no "body": build them separately
+        code, out, err = run_cli(capsys, "build", inputs["tree"], inputs["text"], "--glob", "**/*.py",
+                                 "--shard-tokens", "40", "--jobs", jobs, "-o", output, "--no-progress")
+    assert code == 0, err
+    assert "shards" in out and "bytes/token" in out
+    single = tmp_path / "single.sam"
+    assert run_cli(capsys, "build", inputs["tree"], inputs["text"], "--glob", "**/*.py", "-o", single,
+                   "--no-progress")[0] == 0
+    facts = info_json(capsys, output)
+    assert facts["shards"] > 1
+    assert facts["tokens"] == info_json(capsys, single)["tokens"] == facts["build"]["tokens"]
+    assert facts["documents"] == 3 and facts["build"]["shard_tokens"] == 40
+    assert info_json(capsys, output / "manifest.json")["tokens"] == facts["tokens"]
+    code, out, err = run_cli(capsys, "info", output, "--verify")
+    assert code == 0 and "verified" in out, err
+    common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "16"]
+    code, speculative, err = run_cli(capsys, *common, "--corpus", output)
+    assert code == 0, err
+    assert speculative == run_cli(capsys, *common, "--no-speculation")[1]
+    # A second build into the same, now non-empty, directory is refused.
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--shard-tokens", "40", "-o", output)
+    assert code == 1 and "empty directory" in err
+
+
+def test_jobs_without_shards_is_refused(capsys, tmp_path, inputs) -> None:
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--jobs", "2", "-o", tmp_path / "x.sam")
+    assert code == 1 and "--shard-tokens" in err
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--shard-tokens", "0", "-o", tmp_path / "x")
+    assert code == 2
+
+
 def test_generate_streams_and_samples(capsys, tiny_model_dir) -> None:
     common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "12"]
     sampled = [run_cli(capsys, *common, "--do-sample", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7") for _ in range(2)]
@@ -212,6 +251,58 @@ def test_distill_writes_a_chat_corpus_that_builds(capsys, tmp_path, tiny_model_d
     assert code == 0, err
 
 
+def test_distill_resumes_an_interrupted_output(capsys, tmp_path, tiny_model_dir) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["Hello?", "Why is the sky blue? Explain it to a child in a few words.", "Name a prime.", "Count to three."]
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    answers = tmp_path / "answers.jsonl"
+    options = ["--model", tiny_model_dir, "--max-new-tokens", "12"]
+    code, _, err = run_cli(capsys, "distill", prompts, "-o", answers, "--limit", "3", *options)
+    assert code == 0, err
+    # A run killed while writing its third record leaves a cut last line.
+    lines = answers.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert len(lines) == 3
+    answers.write_text("".join(lines[:2]) + lines[2][:15], encoding="utf-8")
+    code, out, err = run_cli(capsys, "distill", prompts, "-o", answers, *options)
+    assert code == 0, err
+    assert "resuming" in err and "2 of 4 prompts already answered" in err and "wrote 2 conversations" in out
+    records = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in records) == ["p0", "p1", "p2", "p3"]
+    # Batched answers (in two runs) equal one-at-a-time ones.
+    alone = tmp_path / "alone.jsonl"
+    code, _, err = run_cli(capsys, "distill", prompts, "-o", alone, "--batch-size", "1", *options)
+    assert code == 0, err
+    expected = {r["id"]: r for r in map(json.loads, alone.read_text(encoding="utf-8").splitlines())}
+    assert {r["id"]: r for r in records} == expected
+    before = answers.read_bytes()
+    code, out, err = run_cli(capsys, "distill", prompts, "-o", answers, *options)
+    assert code == 0 and "all 4 prompts already answered" in out and answers.read_bytes() == before
+
+
+def test_bench_distilled_corpus_is_cached_and_resumed(tmp_path, tiny_model_dir) -> None:
+    from sam_decoding.benchmark.static_corpus import DistillationPlan, distilled_corpus
+    from sam_decoding.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    plan = DistillationPlan(per_category=2, max_new_tokens=4)
+    cache = tmp_path / "cache"
+    messages: list[str] = []
+    first = distilled_corpus(model, tokenizer, "tiny", cache, plan, progress=False, log=messages.append)
+    assert any(m.startswith("distilling the static corpus") for m in messages)
+    answers = first.path.with_suffix(".jsonl")
+    assert len(answers.read_text(encoding="utf-8").splitlines()) == 10  # 2 per sampled category
+    # Cached: a second run needs no model at all.
+    messages.clear()
+    second = distilled_corpus(None, tokenizer, "tiny", cache, plan, progress=False, log=messages.append)
+    assert second == first and messages == []
+    # Interrupted after 7 answers, the eighth cut short: only the 3 missing ones are distilled.
+    lines = answers.read_text(encoding="utf-8").splitlines(keepends=True)
+    answers.write_text("".join(lines[:7]) + lines[7][:9], encoding="utf-8")
+    third = distilled_corpus(model, tokenizer, "tiny", cache, plan, progress=False, log=messages.append)
+    assert third.path == first.path and "resuming after 7" in messages[0] and "distilled 3 answers" in messages[-1]
+    assert sorted(answers.read_text(encoding="utf-8").splitlines()) == sorted(line.rstrip("\n") for line in lines)
+
+
 def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None:
     questions = tmp_path / "questions.jsonl"
     questions.write_text(
@@ -223,12 +314,12 @@ def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None
     out_dir = tmp_path / "report"
     code, out, err = run_cli(
         capsys, "bench", "--questions", questions, "--model", tiny_model_dir, "--corpus", corpus,
-        "--max-new-tokens", "8", "--quick", "--out", out_dir,
+        "--max-new-tokens", "8", "--quick", "--methods", ",".join(DEFAULT_METHODS), "--out", out_dir,
     )
     assert code == 0, err
     assert "| method |" in out and "sam+tr" in out
     record = json.loads((out_dir / "questions.json").read_text(encoding="utf-8"))
-    assert {m["method"] for m in record["measurements"]} == {"vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr"}
+    assert {m["method"] for m in record["measurements"]} == set(DEFAULT_METHODS)
     assert len({m["question_id"] for m in record["measurements"]}) == 2  # --quick: one per category
     assert all(m["equal_to_reference"] is not None for m in record["measurements"] if m["method"] != "vanilla")
     assert (out_dir / "questions.md").read_text(encoding="utf-8").startswith("### questions")
@@ -237,6 +328,18 @@ def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None
     assert code == 0, err
     assert "redrawn from `questions.json`: 2 questions measured" in out
     assert (tmp_path / "redrawn" / "questions.png").is_file()
+
+
+def test_bench_quick_defaults(capsys, tmp_path, tiny_model_dir, corpus) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "category": "cats", "turns": ["The cat sat"]}) + "\n", encoding="utf-8")
+    code, out, err = run_cli(
+        capsys, "bench", "--questions", questions, "--model", tiny_model_dir, "--corpus", corpus, "--quick", "--out", tmp_path
+    )
+    assert code == 0, err
+    run = json.loads((tmp_path / "questions.json").read_text(encoding="utf-8"))["run"]
+    assert list(run["methods"]) == list(QUICK_METHOD_NAMES) and run["max_new_tokens"] == QUICK_MAX_NEW_TOKENS
+    assert all(f"| {name} |" in out for name in QUICK_METHOD_NAMES)
 
 
 def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | Path]]:
@@ -254,6 +357,8 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
     not_a_model.mkdir(exist_ok=True)
     no_prompts = root / "noprompts.jsonl"
     no_prompts.write_text('{"answer": "x"}\n', encoding="utf-8")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hi?"}\n', encoding="utf-8")
     (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     return {
         "build-missing-input": ["build", root / "nope.txt", "-o", root / "x.sam"],
@@ -288,6 +393,8 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "generate-two-prompts": ["generate", "--prompt", "hi", "--chat-file", empty],
         "distill-missing-prompts": ["distill", root / "nope.jsonl", "-o", root / "a.jsonl"],
         "distill-no-prompt-field": ["distill", no_prompts, "-o", root / "a.jsonl", "--model", model],
+        "distill-zero-batch": ["distill", prompts, "-o", root / "a.jsonl", "--batch-size", "0"],
+        "distill-resume-foreign-output": ["distill", prompts, "-o", no_prompts, "--model", model],
         "bench-unknown-method": ["bench", "--methods", "vanilla,medusa"],
         "bench-missing-questions": ["bench", "--questions", root / "nope.jsonl"],
         "bench-missing-data": ["bench", "--data", root / "nope.jsonl"],
@@ -310,6 +417,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "generate-missing-prompt-file", "generate-directory-prompt-file", "generate-binary-prompt-file",
         "generate-empty-prompt-file", "generate-system-without-chat", "generate-stream-and-json",
         "generate-draft-flag-without-speculation", "generate-two-prompts", "distill-missing-prompts", "distill-no-prompt-field",
+        "distill-zero-batch", "distill-resume-foreign-output",
         "bench-unknown-method", "bench-missing-questions", "bench-missing-data", "bench-sam-without-corpus",
         "usage-missing-output", "usage-unknown-command", "usage-bad-integer",
     ],

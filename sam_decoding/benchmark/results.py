@@ -19,7 +19,7 @@ class Measurement:
 
     ``seconds`` is the wall time of the generation call alone (prompt already tokenized) and
     ``cpu_seconds`` the CPU time this process spent in it: with one torch thread the latter is what
-    the wall time would be on an idle machine, so it is the figure to trust on a shared one;
+    the wall time would be on an idle machine, so it is the figure to trust on a busy one;
     ``forward_passes`` counts the target model's forward calls, prefill included, so
     ``new_tokens / forward_passes`` is the mean accepted tokens per step (MAT).
     ``equal_to_reference`` compares the new tokens with vanilla's (``None`` for vanilla itself);
@@ -79,6 +79,7 @@ class Summary:
     expected_accepted: float | None = None
     accepted: float | None = None
     overhead_share: float | None = None
+    modelled_speedup: float | None = None
 
     @property
     def all_equal(self) -> bool:
@@ -124,8 +125,21 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
         mat=sum(m.new_tokens for m in measurements) / passes if passes else 0.0,
         mismatches=sum(1 for m in measurements if m.equal_to_reference is False),
         speedup_quartiles=quartiles,
+        modelled_speedup=_modelled_speedup(measurements, reference),
         **_engine_summary(measurements),
     )
+
+
+def _modelled_speedup(measurements: Sequence[Measurement], reference: Sequence[Measurement]) -> float | None:
+    """Pooled tokens per modelled second over vanilla's on the same questions (``None`` without modelled times)."""
+    by_question = {m.question_id: m for m in reference if "modelled_seconds" in m.engine}
+    mine = [m for m in measurements if "modelled_seconds" in m.engine and m.question_id in by_question]
+    if not mine or len(mine) != len(measurements):
+        return None
+    theirs = [by_question[m.question_id] for m in mine]
+    rate = sum(m.new_tokens for m in mine) / sum(m.engine["modelled_seconds"] for m in mine)
+    reference_rate = sum(m.new_tokens for m in theirs) / sum(m.engine["modelled_seconds"] for m in theirs)
+    return rate / reference_rate
 
 
 def _quartiles(values: Sequence[float]) -> tuple[float, float] | None:

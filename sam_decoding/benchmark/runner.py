@@ -52,8 +52,26 @@ def machine_description() -> str:
     except OSError:
         pass
     return (
-        f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+        f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"load average {os.getloadavg()[0]:.1f} at start; "
         f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+
+
+def busy_machine_note(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when other processes already keep every core busy (1-minute ``load`` >= ``cores``)
+    and torch runs several ``threads``, else ``None``.
+
+    Torch's threads then keep waiting for one another at every operation: on 2 shared cores, a batch
+    took 5 times longer with 2 threads than with 1.
+    """
+    load = os.getloadavg()[0] if load is None else load
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if threads < 2 or load < cores:
+        return None
+    return (
+        f"note: this machine is busy (load average {load:.1f} on {cores} cores): with {threads} torch threads "
+        f"it runs several times slower than with --threads 1, and timings are noisy"
     )
 
 
@@ -118,6 +136,7 @@ def run_suite(
                 first_mismatch=difference,
                 drafted_by_source=outcome.drafted_by_source,
                 accepted_by_source=outcome.accepted_by_source,
+                engine=outcome.engine,
             )
             measured.append(measurement)
         measurements += measured

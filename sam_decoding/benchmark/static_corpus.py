@@ -5,10 +5,12 @@
   It needs no generation and shares no text with the HumanEval problems by construction.
 * ``spec-bench-mini``: the target model's own greedy answers (distillation, as in the SAM-Decoding
   paper) to Spec-Bench questions *outside* the evaluated subset: the next questions of each
-  sampled category, disjoint by question id from the ones measured.
+  sampled category, disjoint by question id from the ones measured. A :class:`DistillationPlan`
+  says how many and how long; ``--quick`` uses a cheaper one than a full run.
 
 Corpora are cached under ``<cache>/bench/`` keyed by the tokenizer fingerprint and the build
-parameters, so a later run reuses them.
+parameters, so a later run reuses them. Distilled answers are appended to the cache as each batch
+finishes, so an interrupted first run goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -30,10 +32,6 @@ from sam_decoding.benchmark.suites import (
     spec_bench_mini_ids,
 )
 
-#: Distilled prompts per sampled Spec-Bench category (5 categories: 60 answers, ~10 minutes on 2 CPU cores).
-DISTILL_PER_CATEGORY = 12
-#: Length cap of each distilled answer, in tokens.
-DISTILL_MAX_NEW_TOKENS = 256
 #: Paths under the standard library directory left out of the stdlib corpus (third-party code).
 STDLIB_EXCLUDES: tuple[str, ...] = ("site-packages/*", "dist-packages/*")
 
@@ -42,6 +40,30 @@ Log = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class DistillationPlan:
+    """Which Spec-Bench questions the spec-bench-mini corpus answers, and how long the answers are.
+
+    Per sampled category, the first ``per_category`` questions that spec-bench-mini does not
+    evaluate, leaving out those whose chat-rendered prompt is longer than ``max_prompt_tokens``
+    tokens, if set: prefill dominates the cost of long prompts (summarization and rag average ~770
+    tokens) and batching does not amortize it as it does decoding; SAM drafts those categories
+    mostly from the prompt itself anyway. Answers hold at most ``max_new_tokens`` tokens.
+    """
+
+    per_category: int
+    max_new_tokens: int
+    max_prompt_tokens: int | None = None
+
+
+#: A full run's corpus: 12 answers of up to 256 tokens per sampled category (60 answers).
+FULL_DISTILLATION = DistillationPlan(per_category=12, max_new_tokens=256)
+#: ``--quick``'s corpus: up to 64 answers of up to 64 tokens per sampled category, prompts of at most
+#: 320 tokens (196 answers: translation, qa, math_reasoning and 4 summarization ones; about 1-2
+#: minutes in batches on 2 CPU cores).
+QUICK_DISTILLATION = DistillationPlan(per_category=64, max_new_tokens=64, max_prompt_tokens=320)
 
 
 @dataclass(frozen=True)
@@ -112,18 +134,26 @@ def stdlib_corpus(tokenizer: Any, cache: Path, log: Log = _stderr) -> CorpusChoi
     )
 
 
-def distillation_prompt_records(data: Path | None, per_category: int = DISTILL_PER_CATEGORY) -> list[dict]:
-    """Spec-Bench questions for distillation: the first ``per_category`` of each sampled category
-    that spec-bench-mini does not evaluate."""
+def distillation_prompt_records(data: Path | None, plan: DistillationPlan, tokenizer: Any = None) -> list[dict]:
+    """The Spec-Bench questions ``plan`` distills, in file order (``tokenizer`` is needed for a prompt length cap)."""
+    from sam_decoding.prompts import chat_prompt_ids
+
+    if plan.max_prompt_tokens is not None and tokenizer is None:
+        raise ValueError("a distillation plan with a prompt length cap needs the tokenizer")
     records = read_spec_bench(find_spec_bench_data(data))
     evaluated = spec_bench_mini_ids(records)
-    chosen, counts = [], {}
+    chosen = []
+    counts: dict[str, int] = {}
     for record in records:
         category = record["category"]
-        if category in SPEC_BENCH_SAMPLED_CATEGORIES and str(record["question_id"]) not in evaluated:
-            if counts.get(category, 0) < per_category:
-                counts[category] = counts.get(category, 0) + 1
-                chosen.append(record)
+        if category not in SPEC_BENCH_SAMPLED_CATEGORIES or str(record["question_id"]) in evaluated:
+            continue
+        if counts.get(category, 0) >= plan.per_category:
+            continue
+        if plan.max_prompt_tokens is not None and chat_prompt_ids(tokenizer, record["turns"][0]).shape[1] > plan.max_prompt_tokens:
+            continue
+        counts[category] = counts.get(category, 0) + 1
+        chosen.append(record)
     return chosen
 
 
@@ -132,35 +162,69 @@ def distilled_corpus(
     tokenizer: Any,
     model_name: str,
     cache: Path,
+    plan: DistillationPlan,
     *,
     data: Path | None = None,
-    per_category: int = DISTILL_PER_CATEGORY,
-    max_new_tokens: int = DISTILL_MAX_NEW_TOKENS,
+    progress: bool | None = None,
     log: Log = _stderr,
 ) -> CorpusChoice:
-    """The model's greedy answers to Spec-Bench questions disjoint from spec-bench-mini's, as a static corpus."""
+    """The model's greedy answers to Spec-Bench questions disjoint from spec-bench-mini's, as a static corpus.
+
+    Distilled (in batches) on first use and cached; a partly distilled cache from an interrupted
+    run is completed, not redone. ``progress``: ``None`` shows a bar on a terminal only.
+    """
+    import torch
     from tqdm import tqdm
 
-    from sam_decoding.distillation import Prompt, distill, write_jsonl_atomically
+    from sam_decoding.distillation import DEFAULT_BATCH_SIZE, Prompt, append_jsonl, distill, resume_distill_output
     from sam_decoding.models import tokenizer_fingerprint
 
-    records = distillation_prompt_records(data, per_category)
+    records = distillation_prompt_records(data, plan, tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
-    key = _key(model_name, fingerprint, [r["question_id"] for r in records], max_new_tokens)
+    key = _key(model_name, fingerprint, [r["question_id"] for r in records], plan.max_new_tokens)
     answers = cache / f"spec-bench-distilled-{key}.jsonl"
     path = cache / f"spec-bench-distilled-{key}.sam"
-    if not answers.is_file():
+    cache.mkdir(parents=True, exist_ok=True)
+    done = resume_distill_output(answers)
+    missing = [Prompt(str(r["question_id"]), r["turns"][0]) for r in records if str(r["question_id"]) not in done]
+    if missing:
+        resuming = f", resuming after {len(records) - len(missing)}" if done else ""
         log(
-            f"distilling the static corpus: {len(records)} greedy answers of {model_name} to Spec-Bench questions "
-            f"outside the evaluated subset, {max_new_tokens} tokens each (once; cached at {answers})"
+            f"distilling the static corpus (once, cached in {cache}): greedy answers of {model_name} to "
+            f"{len(records)} Spec-Bench questions outside the evaluated ones, up to {plan.max_new_tokens} tokens each{resuming}"
         )
-        cache.mkdir(parents=True, exist_ok=True)
-        prompts = [Prompt(str(r["question_id"]), r["turns"][0]) for r in records]
-        with tqdm(total=len(prompts), unit=" answers", file=sys.stderr) as progress:
-            write_jsonl_atomically(
-                distill(model, tokenizer, prompts, max_new_tokens=max_new_tokens, on_answer=lambda p, a: progress.update(1)),
+        started, cpu_started = time.perf_counter(), time.process_time()
+        bar = tqdm(total=len(missing), unit=" answers", file=sys.stderr, disable=not progress if progress is not None else None)
+        # Off a terminal (a log file, CI) the bar is off; a line per batch shows progress instead.
+        log_batches = bar.disable and progress is not False
+
+        count = 0
+
+        def answered(prompt: Prompt, answer: str) -> None:
+            nonlocal count
+            count += 1
+            bar.update(1)
+            if log_batches and (count % DEFAULT_BATCH_SIZE == 0 or count == len(missing)):
+                log(f"distilled {count}/{len(missing)} answers ({time.perf_counter() - started:.0f} s)")
+
+        with bar:
+            append_jsonl(
+                distill(
+                    model,
+                    tokenizer,
+                    missing,
+                    max_new_tokens=plan.max_new_tokens,
+                    batch_size=DEFAULT_BATCH_SIZE,
+                    on_answer=answered,
+                    on_step=lambda step: bar.set_postfix_str(f"batch at token {step}/{plan.max_new_tokens}", refresh=False),
+                ),
                 answers,
             )
+        log(
+            f"distilled {len(missing)} answers in {time.perf_counter() - started:.0f} s "
+            f"({time.process_time() - cpu_started:.0f} s of CPU time, {torch.get_num_threads()} torch threads)"
+        )
+        path.unlink(missing_ok=True)
     if not _usable(path, log):
         build_corpus_file([str(answers)], path, tokenizer, metadata={"corpus": "spec-bench-distilled", "model": model_name})
     from sam_decoding import StaticAutomaton
@@ -169,7 +233,6 @@ def distilled_corpus(
     ids = [int(r["question_id"]) for r in records]
     return CorpusChoice(
         path,
-        f"the model's own greedy answers ({max_new_tokens} tokens max) to {len(records)} Spec-Bench questions "
-        f"disjoint from the evaluated ones ({per_category} per sampled category, ids {min(ids)}-{max(ids)}; "
-        f"{automaton.num_tokens:,} tokens)",
+        f"the model's own greedy answers ({plan.max_new_tokens} tokens max) to {len(records)} Spec-Bench questions "
+        f"disjoint from the evaluated ones (ids {min(ids)}-{max(ids)}; {automaton.num_tokens:,} tokens)",
     )

@@ -38,7 +38,8 @@ MT_BENCH_CATEGORIES: tuple[str, ...] = (
 )
 #: Questions per sampled category in spec-bench-mini.
 SPEC_BENCH_MINI_PER_CATEGORY = 10
-SPEC_BENCH_RELATIVE_PATH = Path("shared") / "data" / "spec_bench" / "question.jsonl"
+#: Spec-Bench's 480 questions, shipped with the package (Apache-2.0; NOTICE and LICENSE beside it).
+SPEC_BENCH_DATA = Path(__file__).resolve().parent.parent / "data" / "spec_bench" / "question.jsonl"
 HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with the code only."
 SUITE_NAMES: tuple[str, ...] = ("spec-bench-mini", "humaneval")
 
@@ -95,26 +96,13 @@ class Suite:
 
 
 def find_spec_bench_data(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Spec-Bench's ``question.jsonl``: ``explicit``, else ``../shared/data/...`` beside the repository.
-
-    The repository root is searched from this file and from the current directory upward, so a
-    source checkout and a CI clone with ``shared/`` beside it both work.
-    """
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise SuiteError(f"{path}: no such file")
-        return path
-    starts = [Path(__file__).resolve().parent, Path.cwd().resolve()]
-    for start in starts:
-        for directory in (start, *start.parents):
-            candidate = directory / SPEC_BENCH_RELATIVE_PATH
-            if candidate.is_file():
-                return candidate
-    raise SuiteError(
-        "cannot find Spec-Bench's question.jsonl (looked for ../shared/data/spec_bench/question.jsonl "
-        "beside the repository); pass --data PATH"
-    )
+    """Spec-Bench's ``question.jsonl``: ``explicit`` if given, else the copy shipped in this package."""
+    path = Path(explicit) if explicit is not None else SPEC_BENCH_DATA
+    if not path.is_file():
+        if explicit is None:
+            raise SuiteError(f"the packaged Spec-Bench questions are missing ({path}); reinstall sam-decoding or pass --data PATH")
+        raise SuiteError(f"{path}: no such file")
+    return path
 
 
 def read_spec_bench(path: str | os.PathLike[str]) -> list[dict]:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,49 +17,76 @@ _EPILOG = """\
 suites:
   spec-bench-mini  10 questions per Spec-Bench category translation, summarization, qa,
                    math_reasoning, rag + the first turn of the 80 MT-bench questions (130);
+                   the questions ship with sam-decoding (Spec-Bench, Apache-2.0).
                    SAM's static corpus: the model's greedy answers to 60 other Spec-Bench
-                   questions (distilled once, ~10 minutes on 2 CPU cores, then cached)
+                   questions (distilled once in batches, a few minutes on 2 CPU cores, then cached)
   humaneval        the 164 HumanEval problems; SAM's static corpus: the Python stdlib source
                    (built once, ~30 s, then cached)
   --questions FILE your JSONL (Spec-Bench 'turns' or --prompt-field); SAM needs --corpus
 
-methods: vanilla, hf-prompt-lookup, pld, token-recycling, sam, sam+tr (all greedy; every
-output is compared with vanilla's token for token). Writes SUITE.json (every measurement),
-SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
+--quick: 1 question per category, {quick_tokens} new tokens, methods {quick_methods} (each
+unless given), and a cheaper static corpus (~200 answers of up to {quick_distill} tokens to short
+questions, about 1-2 minutes to distill on 2 CPU cores, cached). On 2 CPU cores a first run takes about 5 minutes
+(model conversion and distillation included), a second one about 2. On a machine whose cores
+other jobs already keep busy, pass --threads 1: torch's threads would wait on each other (bench
+says so when the load average is at least the number of cores).
+
+methods: {methods} (all greedy; every output is compared with vanilla's token for token).
+Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
 
 examples:
   sam-decoding bench --quick
   sam-decoding bench --suite spec-bench-mini --limit 3 --out bench/out
   sam-decoding bench --suite humaneval --methods vanilla,sam,sam+tr
   sam-decoding bench --questions my.jsonl --prompt-field question --corpus docs.sam"""
+#: Tokens per answer of a ``--quick`` run and of a full one, unless ``--max-new-tokens`` is given.
+QUICK_MAX_NEW_TOKENS = 64
+MAX_NEW_TOKENS = 128
 
 
 def register(commands: Any) -> None:
     """Add the ``bench`` subcommand to ``commands``."""
-    from sam_decoding.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES
+    from sam_decoding.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, QUICK_METHOD_NAMES
+    from sam_decoding.benchmark.static_corpus import QUICK_DISTILLATION
     from sam_decoding.benchmark.suites import SUITE_NAMES
 
+    epilog = _EPILOG.format(
+        quick_tokens=QUICK_MAX_NEW_TOKENS,
+        quick_methods=", ".join(QUICK_METHOD_NAMES),
+        quick_distill=QUICK_DISTILLATION.max_new_tokens,
+        methods=", ".join(METHOD_NAMES),
+    )
     parser = commands.add_parser(
         "bench",
         help="compare decoding methods end to end (speed-up, MAT, equality with vanilla)",
         description="Run vanilla generate, transformers' prompt lookup, PLD, Token Recycling, SAM and "
         "SAM + Token Recycling on a suite of questions and write JSON, Markdown and PNG reports.",
-        epilog=_EPILOG,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--suite", choices=SUITE_NAMES, default="spec-bench-mini", help="built-in suite (default: %(default)s)")
     source.add_argument("--questions", type=Path, metavar="FILE", help="your own JSONL of questions instead of a suite")
     parser.add_argument("--prompt-field", metavar="NAME", help="field of --questions holding the prompt")
-    parser.add_argument("--data", type=Path, metavar="PATH", help="Spec-Bench question.jsonl (default: ../shared/data/spec_bench/ beside the repository)")
+    parser.add_argument("--data", type=Path, metavar="PATH", help="Spec-Bench question.jsonl (default: the copy shipped with sam-decoding)")
     parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus for the sam methods instead of the suite's own")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens per answer (default: %(default)s)")
+    parser.add_argument("--heads", type=Path, metavar="FILE", help="heads file for the heads methods (default: the default model's shipped heads)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, metavar="N", help=f"tokens per answer (default: {MAX_NEW_TOKENS}; {QUICK_MAX_NEW_TOKENS} with --quick)"
+    )
     parser.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
         metavar="LIST",
-        help=f"comma-separated methods (default: %(default)s; all: {','.join(METHOD_NAMES)})",
+        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; with --quick: {','.join(QUICK_METHOD_NAMES)}; "
+        f"all: {','.join(METHOD_NAMES)})",
+    )
+    parser.add_argument(
+        "--reference-profile",
+        type=Path,
+        metavar="FILE",
+        help="cost profile (JSON) under which to also report modelled speed-ups, independent of machine load "
+        "(default: --cost-profile's)",
     )
     parser.add_argument(
         "--cost-profile",
@@ -68,7 +96,9 @@ def register(commands: Any) -> None:
     )
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--limit", type=int, metavar="N", help="first N questions of each category")
-    limit.add_argument("--quick", action="store_true", help="smoke run: 1 question per category")
+    limit.add_argument(
+        "--quick", action="store_true", help="a first look in minutes: 1 question per category, shorter answers, fewer methods, a smaller corpus"
+    )
     parser.add_argument("--out", type=Path, default=Path("sam-decoding-bench"), metavar="DIR", help="report directory (default: %(default)s)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="where suite corpora are cached (default: <sam-decoding cache>/bench)")
@@ -94,11 +124,16 @@ def _parse_methods(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its reports. Returns the exit code."""
-    from sam_decoding.benchmark.methods import STATIC_CORPUS_METHODS, make_methods
+    from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES, STATIC_CORPUS_METHODS, make_methods
     from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
 
     if args.from_json is not None:
         return _rewrite_reports(args.from_json, args.out)
+    started = time.perf_counter()
+    if args.methods is None:
+        args.methods = ",".join(QUICK_METHOD_NAMES if args.quick else DEFAULT_METHODS)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = QUICK_MAX_NEW_TOKENS if args.quick else MAX_NEW_TOKENS
     methods = _parse_methods(args.methods)
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
@@ -128,12 +163,17 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json
     from sam_decoding.benchmark.results import summarize
-    from sam_decoding.benchmark.runner import machine_description, run_suite
+    from sam_decoding.benchmark.runner import busy_machine_note, machine_description, run_suite
     from sam_decoding.cli.loading import load_model_and_tokenizer, open_corpus_for_tokenizer
-    from sam_decoding.models import DEFAULT_MODEL, cache_dir
+    from sam_decoding.models import DEFAULT_MODEL, cache_dir, default_model_is_converted
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    busy = busy_machine_note(torch.get_num_threads())
+    if busy:
+        print(busy, file=sys.stderr, flush=True)
+    if args.model is None and not default_model_is_converted():
+        print("converting the default model from its GGUF file (once, about 30 s; cached)", file=sys.stderr, flush=True)
     model, tokenizer = load_model_and_tokenizer(args.model)
     model_name = args.model or DEFAULT_MODEL
     corpus_path = corpus_description = None
@@ -148,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cost_profile = _load_cost_profile(args.cost_profile)
-    method_objects = make_methods(methods, corpus_path, cost_profile)
+    reference_profile = _load_cost_profile(args.reference_profile)
+    method_objects = make_methods(methods, corpus_path, cost_profile, heads=args.heads, reference_profile=reference_profile)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
@@ -193,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             f"at new token {mismatch.first_mismatch}",
             file=sys.stderr,
         )
-    print(f"wrote {stem}.json, {stem}.md and {stem}.png", file=sys.stderr)
+    print(f"wrote {stem}.json, {stem}.md and {stem}.png ({time.perf_counter() - started:.0f} s in all)", file=sys.stderr)
     return 0
 
 
@@ -257,8 +298,11 @@ def _log_question(number: int, total: int, measured: list[Any]) -> None:
 
 
 def _suite_corpus(args: argparse.Namespace, model: Any, tokenizer: Any, model_name: str, cache: Path) -> Any:
-    from sam_decoding.benchmark.static_corpus import distilled_corpus, stdlib_corpus
+    from sam_decoding.benchmark.static_corpus import FULL_DISTILLATION, QUICK_DISTILLATION, distilled_corpus, stdlib_corpus
 
     if args.suite == "humaneval":
         return stdlib_corpus(tokenizer, cache)
-    return distilled_corpus(model, tokenizer, model_name, cache, data=args.data)
+    plan = QUICK_DISTILLATION if args.quick else FULL_DISTILLATION
+    return distilled_corpus(
+        model, tokenizer, model_name, cache, plan, data=args.data, progress=False if args.no_progress else None
+    )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sam_decoding.cli.errors import CliError
 
 if TYPE_CHECKING:
-    from sam_decoding import StaticAutomaton
+    from sam_decoding import ShardedAutomaton, StaticAutomaton
 
 
 _MODEL_FILES = ("config.json",)
@@ -99,22 +99,23 @@ def _check_local_path(name_or_path: str | None, what: str) -> None:
             )
 
 
-def open_corpus(path: str | os.PathLike[str], *, verify: bool = False) -> StaticAutomaton:
-    """Load a static corpus automaton file; ``verify`` also checks its full checksum."""
-    from sam_decoding import StaticAutomaton
+def open_corpus(path: str | os.PathLike[str], *, verify: bool = False) -> StaticAutomaton | ShardedAutomaton:
+    """Load a corpus: an automaton file, or a sharded corpus (a directory of shards or its
+    ``manifest.json``); ``verify`` also checks every full checksum."""
+    from sam_decoding.shards import load_corpus
 
     file = Path(path)
     if not file.exists():
-        raise CliError(f"{file}: no such file")
-    if file.is_dir():
-        raise CliError(f"{file}: is a directory, not a corpus file")
+        raise CliError(f"{file}: no such file or directory")
     try:
-        return StaticAutomaton.load(file, verify=verify)
-    except ValueError as error:  # FormatError: truncated, foreign or corrupt file
+        return load_corpus(file, verify=verify)
+    except (ValueError, FileNotFoundError) as error:  # FormatError: truncated, foreign or corrupt
         raise CliError(f"{file}: {error}") from None
 
 
-def open_corpus_for_tokenizer(path: str | os.PathLike[str], tokenizer: Any) -> StaticAutomaton:
+def open_corpus_for_tokenizer(
+    path: str | os.PathLike[str], tokenizer: Any
+) -> StaticAutomaton | ShardedAutomaton:
     """The corpus at ``path``, refused unless it was built with ``tokenizer`` (same fingerprint)."""
     from sam_decoding.models import tokenizer_fingerprint
 
