@@ -12,6 +12,9 @@ writes it, with the raw figures as JSON, to bench/out/.
 
     python bench/bench_core.py            # full size (the 100M build needs ~10 GiB; run alone)
     python bench/bench_core.py --quick    # small corpora, for a smoke test
+    python bench/bench_core.py --sharded --zipf-tokens 20000000 --shard-tokens 5000000 --jobs 2
+        # one file vs shards built 1 and 2 at a time from tokens streamed off disk; peak RSS per
+        # shard token; writes bench/results/core/sharded_build.{json,md}
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ print("RESULT " + json.dumps(result))
 def run_child(spec: dict) -> dict:
     completed = subprocess.run(
         [sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent), json.dumps(spec)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, cwd=OUT,  # not the checkout: its sam_decoding has no _core
     )
     if completed.returncode != 0:
         raise RuntimeError(f"build child failed ({completed.returncode}): {completed.stderr[-3000:]}")
@@ -288,6 +291,190 @@ def draft_quality(tokens: np.ndarray, ends: np.ndarray, max_tokens: int, min_mat
     }
 
 
+# ---- sharded builds: bounded memory, parallel shards ---------------------------------------------
+
+SHARDED_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import bench_core
+spec = json.loads(sys.argv[2])
+import sam_decoding, pydivsufsort  # imported before the baseline is taken
+result = {"rss_before": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+started = time.perf_counter()
+if spec["kind"] == "sharded":
+    from sam_decoding import ShardWriter, ShardedAutomaton
+    with ShardWriter(spec["out"], shard_tokens=spec["shard_tokens"], jobs=spec["jobs"]) as writer:
+        for document in bench_core.stream_documents(spec["tokens_path"], bench_core.ZIPF_DOCUMENT):
+            writer.add(document)
+    result["build_s"] = time.perf_counter() - started
+    corpus = ShardedAutomaton.load(spec["out"])
+    result.update(tokens=corpus.num_tokens, shards=corpus.num_shards, nbytes=corpus.nbytes,
+                  states=corpus.num_states, edges=corpus.num_edges)
+elif spec["kind"] == "single":
+    from sam_decoding import StaticAutomaton
+    documents = list(bench_core.stream_documents(spec["tokens_path"], bench_core.ZIPF_DOCUMENT))
+    automaton = StaticAutomaton.build(documents)
+    result["build_s"] = time.perf_counter() - started
+    result.update(tokens=automaton.num_tokens, shards=1, nbytes=automaton.nbytes,
+                  states=automaton.num_states, edges=automaton.num_edges)
+elif spec["kind"] == "shard_memory":
+    # One shard built from its token file, as a ShardWriter worker does, with the peak-RSS mark
+    # reset first (Linux clear_refs), so the growth measured is the build's own.
+    from sam_decoding import _core
+    tokens = np.load(spec["tokens_path"], mmap_mode="r")[: spec["shard_tokens"]]
+    ends = np.arange(bench_core.ZIPF_DOCUMENT, tokens.size + bench_core.ZIPF_DOCUMENT,
+                     bench_core.ZIPF_DOCUMENT).clip(max=tokens.size)
+    def status(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    result["rss_before"] = status("VmRSS:")
+    started = time.perf_counter()
+    native = _core.StaticAutomaton.build(tokens, ends, "", "{}")
+    result["build_s"] = time.perf_counter() - started
+    result["peak_rss_build"] = status("VmHWM:")
+    result.update(tokens=int(tokens.size), shards=1, nbytes=native.nbytes, states=native.num_states,
+                  edges=native.num_edges)
+else:
+    import pydivsufsort
+    tokens = np.load(spec["tokens_path"])
+    started = time.perf_counter()
+    pydivsufsort.divsufsort(tokens)
+    result["build_s"] = time.perf_counter() - started
+    result.update(tokens=int(tokens.size), nbytes=int(tokens.size) * 8)
+result["peak_rss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+result["peak_rss_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print("RESULT " + json.dumps(result))
+"""
+
+
+def stream_documents(tokens_path: str, document: int, chunk: int = 1 << 20):
+    """Documents of ``document`` tokens read from a .npy file in chunks of ``chunk`` tokens
+    (plain reads into fresh arrays: the file is never mapped or held whole in memory)."""
+    with open(tokens_path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+        remaining = int(shape[0])
+        step = max(document, chunk - chunk % document)
+        while remaining:
+            block = np.fromfile(handle, dtype=dtype, count=min(step, remaining))
+            remaining -= block.size
+            for start in range(0, block.size, document):
+                yield block[start : start + document]
+
+
+def run_sharded_child(spec: dict) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-c", SHARDED_CHILD, str(Path(__file__).resolve().parent), json.dumps(spec)],
+        capture_output=True, text=True, check=False, cwd=OUT,  # not the checkout: its sam_decoding has no _core
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"child failed ({completed.returncode}): {completed.stderr[-3000:]}")
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def sharded_benchmark(args: argparse.Namespace) -> None:
+    """Zipf tokens on disk, built (a) as one file, (b) as shards with 1 and ``--jobs`` jobs,
+    (c) as a suffix array; query costs on the sharded corpus. Writes bench/results/core/."""
+    import shutil
+
+    from sam_decoding import ShardedAutomaton
+
+    size = args.zipf_tokens or 20_000_000
+    tokens_path = OUT / f"zipf_{size}.tokens.npy"
+    if not tokens_path.is_file():
+        np.save(tokens_path, zipf_tokens(size, seed=1))
+    load = os.getloadavg()
+    runs: dict = {"tokens": size, "shard_tokens": args.shard_tokens, "load_average_before": load}
+    if not args.skip_single:
+        print(f"one file over {size:,} tokens ...", file=sys.stderr)
+        runs["single"] = run_sharded_child({"kind": "single", "tokens_path": str(tokens_path)})
+    for jobs in [args.jobs] if args.only_jobs else sorted({1, args.jobs}):
+        out = OUT / f"zipf_shards_{jobs}"
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"shards of {args.shard_tokens:,} tokens, {jobs} job(s) ...", file=sys.stderr)
+        runs[f"sharded_jobs{jobs}"] = run_sharded_child({"kind": "sharded", "tokens_path": str(tokens_path),
+                                                          "out": str(out), "shard_tokens": args.shard_tokens,
+                                                          "jobs": jobs})
+    print("one shard's build memory ...", file=sys.stderr)
+    runs["shard_memory"] = run_sharded_child({"kind": "shard_memory", "tokens_path": str(tokens_path),
+                                              "shard_tokens": args.shard_tokens})
+    print("suffix array ...", file=sys.stderr)
+    runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path)})
+    corpus_dir = OUT / f"zipf_shards_{args.jobs}"
+    loads = []
+    for _ in range(9):
+        started = time.perf_counter()
+        ShardedAutomaton.load(corpus_dir)
+        loads.append(time.perf_counter() - started)
+    corpus = ShardedAutomaton.load(corpus_dir)
+    query = zipf_tokens(200_000, seed=2)
+    cursor = corpus.cursor()
+    started = time.perf_counter_ns()
+    cursor.feed(query)
+    feed_ns = (time.perf_counter_ns() - started) / query.size
+    cursors, cursor = [], corpus.cursor()
+    for position, token in enumerate(query[:20_000].tolist()):
+        cursor.feed(token)
+        if position % 10 == 9:
+            cursors.append(cursor.copy())
+    runs["queries"] = {
+        "load_ms": statistics.median(loads) * 1e3,
+        "feed_ns_per_token": feed_ns,
+        "draft40_ns": median_ns([lambda c=c: c.draft(40) for c in cursors], repeat=5),
+        "tree64_ns": median_ns([lambda c=c: c.draft_tree(64) for c in cursors], repeat=3),
+        "shards": corpus.num_shards,
+    }
+    runs["load_average_after"] = os.getloadavg()
+    command = " ".join(["python bench/bench_core.py"] + sys.argv[1:])
+    runs["command"] = command
+    table = sharded_report(runs)
+    print(table)
+    results = Path(__file__).resolve().parent / "results" / "core"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{args.result_name}.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (results / f"{args.result_name}.md").write_text(table + "\n")
+
+
+def sharded_report(runs: dict) -> str:
+    lines = ["| build | tokens | shards | wall s | tokens/s | peak RSS, one process (GiB) | "
+             "peak RSS / shard token (bytes) | (peak RSS - interpreter) / shard token (bytes) | file bytes / token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in [key for key in runs if key in ("single", "suffix_array") or key.startswith("sharded_")]:
+        run = runs[name]
+        peak = max(run["peak_rss_self"], run["peak_rss_children"])
+        per_shard = runs["shard_tokens"] if name.startswith("sharded_") else run["tokens"]
+        lines.append(
+            f"| {name} | {run['tokens']:,} | {run.get('shards', '-')} | {run['build_s']:.1f} | "
+            f"{run['tokens'] / run['build_s']:,.0f} | {peak / 2**30:.2f} | {peak / per_shard:.0f} | "
+            f"{(peak - run['rss_before']) / per_shard:.0f} | {run['nbytes'] / run['tokens']:.1f} |"
+        )
+    queries = runs["queries"]
+    memory = runs["shard_memory"]
+    lines += [
+        "",
+        f"Build memory of one shard ({memory['tokens']:,} tokens, token file memory-mapped as a worker reads it; "
+        f"peak-RSS mark reset just before the build): peak RSS {memory['peak_rss_build'] / 2**30:.2f} GiB = "
+        f"**{memory['peak_rss_build'] / memory['tokens']:.0f} bytes/token** including the process; growth over the "
+        f"RSS before the build {(memory['peak_rss_build'] - memory['rss_before']) / memory['tokens']:.0f} bytes/token "
+        f"({memory['tokens'] / memory['build_s']:,.0f} tokens/s).",
+        f"Queries on the {queries['shards']}-shard corpus: load {queries['load_ms']:.2f} ms (median of 9), "
+        f"feed {queries['feed_ns_per_token']:.0f} ns/token (one call, 200k Zipf tokens), "
+        f"draft(40) {queries['draft40_ns']:,.0f} ns, draft_tree(64) {queries['tree64_ns']:,.0f} ns (medians, via Python).",
+        "Peak RSS is the largest of the building process and its worker processes (ru_maxrss); the "
+        "interpreter baseline (Python, NumPy, sam_decoding imported) is the building process's RSS before "
+        "the build. Parallel jobs hold one shard build each: total memory is about jobs times the per-shard peak.",
+        f"Load average before / after: {runs['load_average_before']} / {runs['load_average_after']} "
+        f"({os.cpu_count()} CPUs, shared). Command: `{runs['command']}`",
+    ]
+    return "\n".join(lines)
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 
@@ -377,7 +564,18 @@ def main() -> None:
     parser.add_argument("--zipf-tokens", type=int, help="synthetic corpus size (default 100M)")
     parser.add_argument("--skip-zipf", action="store_true", help="only the real-text corpus")
     parser.add_argument("--samples", type=int, default=2000, help="cursor positions timed for drafts")
+    parser.add_argument("--sharded", action="store_true",
+                        help="instead: sharded builds of a Zipf corpus streamed from disk (default 20M tokens)")
+    parser.add_argument("--shard-tokens", type=int, default=5_000_000, help="with --sharded: tokens per shard")
+    parser.add_argument("--jobs", type=int, default=2, help="with --sharded: parallel shard builds")
+    parser.add_argument("--skip-single", action="store_true", help="with --sharded: no one-file build")
+    parser.add_argument("--only-jobs", action="store_true", help="with --sharded: no 1-job run besides --jobs")
+    parser.add_argument("--result-name", default="sharded_build", help="with --sharded: bench/results/core/NAME.{json,md}")
     args = parser.parse_args()
+    if args.sharded:
+        OUT.mkdir(parents=True, exist_ok=True)
+        sharded_benchmark(args)
+        return
     stdlib_size = args.stdlib_tokens or (300_000 if args.quick else 10_000_000)
     zipf_size = args.zipf_tokens or (2_000_000 if args.quick else 100_000_000)
     quality_walk = 30_000 if args.quick else 400_000

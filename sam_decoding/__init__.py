@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sam_decoding._core import __version__
 from sam_decoding.automaton import (
     FORMAT_VERSION,
+    DraftChain,
     DraftTree,
     DynamicAutomaton,
     FormatError,
@@ -19,11 +20,13 @@ from sam_decoding.automaton import (
     StaticCursor,
     TokenizerMismatchError,
 )
+from sam_decoding.shards import ShardedAutomaton, ShardWriter, load_corpus
 
 if TYPE_CHECKING:
     from sam_decoding.drafters import (
         Draft,
         Drafter,
+        HeadsDrafter,
         ModelDrafter,
         PromptLookupDrafter,
         SamDrafter,
@@ -31,12 +34,15 @@ if TYPE_CHECKING:
         Verified,
     )
     from sam_decoding.generation import GenerationResult, GenerationStats, generate
+    from sam_decoding.heads import MedusaHeads
     from sam_decoding.hf_integration import custom_generate
 
 _LAZY = {
     "Draft": "sam_decoding.drafters",
     "Drafter": "sam_decoding.drafters",
     "Verified": "sam_decoding.drafters",
+    "HeadsDrafter": "sam_decoding.drafters",
+    "MedusaHeads": "sam_decoding.heads",
     "ModelDrafter": "sam_decoding.drafters",
     "PromptLookupDrafter": "sam_decoding.drafters",
     "SamDrafter": "sam_decoding.drafters",
@@ -50,15 +56,20 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION",
     "Draft",
+    "DraftChain",
     "DraftTree",
     "Drafter",
     "DynamicAutomaton",
     "FormatError",
     "GenerationResult",
     "GenerationStats",
+    "HeadsDrafter",
+    "MedusaHeads",
     "ModelDrafter",
     "PromptLookupDrafter",
     "SamDrafter",
+    "ShardWriter",
+    "ShardedAutomaton",
     "StaticAutomaton",
     "StaticCursor",
     "TokenRecyclingDrafter",
@@ -67,6 +78,7 @@ __all__ = [
     "__version__",
     "custom_generate",
     "generate",
+    "load_corpus",
 ]
 
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from sam_decoding.atomic_file import replacing_atomically
 
 FORMAT_VERSION: int = _core.FORMAT_VERSION
 MAX_TOKEN_ID: int = _core.MAX_TOKEN
+#: Most tokens plus document separators one automaton (one shard) is built over: below it every
+#: state id and transition offset fits 32 bits. Larger corpora are split into shards.
+MAX_BUILD_TEXT_LENGTH: int = _core.MAX_BUILD_TEXT_LENGTH
 
 FormatError = _core.FormatError
 FormatError.__doc__ = "An automaton file is truncated, corrupted, foreign or of a newer format version."
@@ -65,11 +68,13 @@ def as_token_array(tokens: TokenSequence | int) -> np.ndarray:
 class DraftTree:
     """Frequency-ranked continuations of the current match, as a tree of ``len(self)`` nodes.
 
-    Node ``i`` is token ``tokens[i]`` following node ``parents[i]`` (``-1``: following the
-    matched context); ``parents[i] < i``. ``counts[i]`` is the number of corpus occurrences of
-    the matched suffix followed by the path to node ``i``; ``probabilities[i]`` is that count
-    divided by the occurrences of the matched suffix (the chance, by corpus frequency, that the
-    whole path is the continuation).
+    Node ``i`` is token ``tokens[i]`` (int32) following node ``parents[i]`` (int32; ``-1``:
+    following the matched context); ``parents[i] < i``. ``counts[i]`` (int64) is the number of
+    corpus occurrences of the matched context followed by the path to node ``i``.
+    ``probabilities[i]`` (float64) is ``counts[i]`` over the same count of its parent (of the
+    context for ``parents[i] == -1``): the corpus frequency of the node's token after its
+    parent's path, an estimate of the chance that a model accepts node ``i`` given that it
+    accepted its parent. :meth:`path_probabilities` gives the chance of the whole path.
     """
 
     tokens: np.ndarray
@@ -86,6 +91,37 @@ class DraftTree:
         for index, parent in enumerate(self.parents.tolist()):
             depth[index] = 1 if parent < 0 else depth[parent] + 1
         return depth
+
+    def path_probabilities(self) -> np.ndarray:
+        """float64 ``[len(self)]``: the product of ``probabilities`` from the context down to each
+        node, i.e. node ``i``'s path count over the context's count."""
+        path = np.empty(len(self), dtype=np.float64)
+        for index, parent in enumerate(self.parents.tolist()):
+            path[index] = self.probabilities[index] * (path[parent] if parent >= 0 else 1.0)
+        return path
+
+
+class DraftChain(NamedTuple):
+    """A chain draft with its corpus counts; unpacks as ``tokens, counts, state_counts``.
+
+    ``tokens`` (int32 ``[k]``) continue the matched context. ``counts[i]`` (int64) is the number
+    of corpus occurrences of the context followed by ``tokens[:i + 1]``, and ``state_counts[i]``
+    that of the context followed by ``tokens[:i]`` (the context alone for ``i == 0``).
+    """
+
+    tokens: np.ndarray
+    counts: np.ndarray
+    state_counts: np.ndarray
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """float64 ``[k]``: ``counts / state_counts``, the corpus frequency of each token after
+        the tokens before it (an estimate of its acceptance given the previous ones). A path that
+        occurs once is followed along its text with probability 1.0 at each step."""
+        return self.counts / np.maximum(self.state_counts, 1).astype(np.float64)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
 
 
 def _check_token(token: int) -> int:
@@ -128,14 +164,25 @@ class StaticCursor:
     def draft(self, n: int) -> np.ndarray:
         """Up to ``n`` tokens (int32) that followed an occurrence of the matched suffix.
 
-        While the suffix occurs more than once, each step takes the most frequent next token;
-        a draft never crosses a document end. When every occurrence of the match ends a
+        While the suffix occurs more than once, each step takes the most frequent next token
+        (the smaller id on a tie), however many distinct continuations there are; while it
+        occurs once, the text after that occurrence. A draft never crosses a document end. When every occurrence of the match ends a
         document, a shorter suffix with a continuation is used; empty only if none has one.
         """
         return self._native.draft(_check_count("n", n))
 
+    def draft_with_counts(self, n: int) -> DraftChain:
+        """The chain :meth:`draft` returns, with the corpus counts behind each step (see
+        :class:`DraftChain`; its ``probabilities`` are per-token acceptance estimates)."""
+        return DraftChain(*self._native.draft_with_counts(_check_count("n", n)))
+
     def draft_tree(self, max_nodes: int, *, max_depth: int | None = None) -> DraftTree:
-        """The ``max_nodes`` most frequent continuation paths of the match, best first."""
+        """The ``max_nodes`` most frequent continuation paths of the match, best first.
+
+        At most ``max_depth`` deep (default: ``max_nodes``). A call reads at most 32,768
+        transitions: a node whose continuations would exceed that budget stays a leaf, which
+        bounds the call to a few milliseconds even at states with thousands of continuations.
+        """
         max_nodes = _check_count("max_nodes", max_nodes)
         depth = max_nodes if max_depth is None else _check_count("max_depth", max_depth)
         tokens, parents, probabilities, counts = self._native.draft_tree(max_nodes, depth)
@@ -175,7 +222,8 @@ class StaticAutomaton:
 
         A match never spans two documents; empty documents are skipped. ``metadata`` is any
         JSON-serializable dict stored in the file (e.g. the build parameters). Releases the GIL
-        while building. Raises ``ValueError`` if there are no tokens at all.
+        while building. Raises ``ValueError`` if there are no tokens at all, or, before building
+        anything, if tokens plus one separator per document exceed ``MAX_BUILD_TEXT_LENGTH``.
         """
         if isinstance(documents, np.ndarray) and documents.ndim == 1:
             raise TypeError("documents must be an iterable of token sequences; wrap one array in a list")
@@ -183,6 +231,12 @@ class StaticAutomaton:
         ends = np.cumsum([array.shape[0] for array in arrays], dtype=np.int64)
         if len(arrays) == 0 or ends[-1] == 0:
             raise ValueError("the corpus has no tokens (no documents, or all are empty)")
+        text_length = int(ends[-1]) + sum(1 for array in arrays if array.shape[0])
+        if text_length > MAX_BUILD_TEXT_LENGTH:
+            raise ValueError(
+                f"corpus too large for one automaton: {text_length:,} tokens and document separators, "
+                f"at most {MAX_BUILD_TEXT_LENGTH:,}; split it into shards (sam_decoding.ShardedAutomaton)"
+            )
         tokens = _concatenate_as_uint32(arrays)
         metadata_json = json.dumps(metadata or {}, sort_keys=True)
         native = _core.StaticAutomaton.build(tokens, ends, str(tokenizer_fingerprint), metadata_json)
@@ -292,7 +346,13 @@ class StaticAutomaton:
 
 
 class DynamicAutomaton:
-    """A suffix automaton over one growing token sequence (prompt + generated text)."""
+    """A suffix automaton over one growing token sequence (prompt + generated text).
+
+    Safe to use from several threads at once: a lock in the native object serializes the calls,
+    so a :meth:`draft` never sees arrays that a concurrent :meth:`extend` is growing. Long
+    extends (4096 tokens or more) run without the GIL; a call from another thread then waits
+    for them to finish.
+    """
 
     __slots__ = ("_native",)
 

@@ -1,8 +1,8 @@
 """``generate``: speculative decoding with the interface of ``model.generate``, exactly as the model alone would decode.
 
-This module resolves what the caller asked for (prompt, stopping, sampling, processors, drafter,
-verification policy) into :class:`~sam_decoding.speculation.DecodingSettings`; the loop itself
-lives in :mod:`sam_decoding.speculation`.
+This module checks the prompt, resolves the decoding options as ``model.generate`` does (with
+:mod:`sam_decoding.generation_config`) into :class:`~sam_decoding.speculation.DecodingSettings`,
+and picks the drafter and verification policy; the loop itself lives in :mod:`sam_decoding.speculation`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import GenerationConfig
 
 from sam_decoding.drafters.base import Drafter
 from sam_decoding.drafters.sam import SamDrafter
 from sam_decoding.drafters.token_recycling import TokenRecyclingDrafter
-from sam_decoding.verification import check_tree_support
+from sam_decoding.generation_config import decoding_settings, resolve_generation_config
 from sam_decoding.speculation import DecodingSettings, SpeculativeRun, StoppingCriterion
+from sam_decoding.verification import check_tree_support
 from sam_decoding.stats import GenerationResult, GenerationStats
 
 __all__ = ["GenerationResult", "GenerationStats", "default_drafter", "generate"]
@@ -35,19 +31,6 @@ AUTO_POLICY = "auto"
 def default_drafter() -> SamDrafter:
     """The engine's default: dynamic SAM retrieval with a Token Recycling fallback (no corpus)."""
     return SamDrafter(None, fallback=TokenRecyclingDrafter())
-
-
-def _eos_set(eos_token_id: int | Iterable[int] | torch.Tensor | None, model: torch.nn.Module) -> frozenset[int]:
-    if eos_token_id is None:
-        config = getattr(model, "generation_config", None)
-        eos_token_id = getattr(config, "eos_token_id", None)
-        if eos_token_id is None:
-            return frozenset()
-    if isinstance(eos_token_id, torch.Tensor):
-        return frozenset(int(t) for t in eos_token_id.reshape(-1).tolist())
-    if isinstance(eos_token_id, (int, np.integer)):
-        return frozenset({int(eos_token_id)})
-    return frozenset(int(t) for t in eos_token_id)
 
 
 def _as_prompt(input_ids: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
@@ -77,90 +60,71 @@ def _as_prompt(input_ids: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor
     return input_ids.long()
 
 
-def _check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not do_sample:
-        return
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-
-
-def _sampling_warpers(temperature: float, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
-    # The same warpers, in the same order, that transformers' generate applies for sampling, so the
-    # processed distribution is ordinary sampling's by construction.
-    warpers = LogitsProcessorList()
-    if temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(temperature))
-    if top_k is not None and top_k != 0:
-        warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-    if top_p is not None and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-    return warpers
-
-
 def generate(
     model: torch.nn.Module,
     input_ids: torch.Tensor | np.ndarray | list[int],
+    generation_config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int,
     drafter: Drafter | None = None,
-    eos_token_id: int | Iterable[int] | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    policy: Any = AUTO_POLICY,
     generator: torch.Generator | None = None,
     streamer: Any | None = None,
-    logits_processor: LogitsProcessorList | None = None,
+    logits_processor: Iterable[Any] | None = None,
     stopping_criteria: StoppingCriterion | None = None,
-    policy: Any = AUTO_POLICY,
+    **kwargs: Any,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` tokens with speculative decoding, exactly as the model alone would.
+    """Generate with speculative decoding, exactly as ``model.generate`` would with the same arguments.
+
+    The decoding options are resolved as ``model.generate`` resolves them: a copy of
+    ``model.generation_config``, updated with the fields ``generation_config`` sets, then with
+    ``kwargs``; the same logits processors and sampling warpers are applied in the same order
+    (see :mod:`sam_decoding.generation_config`), including transformers' default ``top_k=50``
+    when sampling (``top_k=0`` disables it).
 
     Args:
         model: A Hugging Face causal LM (``eager`` or ``sdpa`` attention for tree drafts).
-        input_ids: The prompt, ``[1, length]`` or ``[length]`` token ids. Batch size must be 1.
-        max_new_tokens: Most tokens to generate (>= 0).
+        input_ids: The prompt, ``[1, length]`` or ``[length]`` token ids (or a tokenizer's
+            ``BatchEncoding``). Batch size must be 1.
+        generation_config: A ``transformers.GenerationConfig`` whose set fields override the model's.
         drafter: Proposes the drafts; default: :func:`default_drafter` (a new one per call; pass your
             own instance to keep Token Recycling's table across requests).
-        eos_token_id: Token id(s) that end generation (emitted, then stop); ``None``: the model's
-            ``generation_config.eos_token_id``; an empty list: never stop early.
-        do_sample: Sample instead of greedy argmax.
-        temperature, top_k, top_p: Sampling parameters, with transformers' meaning and order.
-        generator: Random source for sampling (for reproducible runs).
-        streamer: A transformers streamer; receives the prompt, then each step's new tokens, then ``end()``.
-        logits_processor: Extra transformers logits processors, applied before the sampling warpers
-            to each position's scores with the sequence up to that position (as in ``model.generate``).
-        stopping_criteria: Called after every emitted token on the growing sequence (e.g. a
-            ``StoppingCriteriaList``); generation ends after the token for which it returns true.
         policy: Which draft nodes each step verifies. ``"auto"`` (default): the model's shared
             :class:`~sam_decoding.policy.CostAwarePolicy`, which keeps the subtree that maximizes
             expected tokens per second under this hardware's measured verification cost; a
             ``CostAwarePolicy`` of your own; or ``None`` to verify every drafted node (fixed-size drafting).
+        generator: Random source for sampling (for reproducible runs); ``None``: torch's global one.
+        streamer: A transformers streamer; receives the prompt, then each step's new tokens, then ``end()``.
+        logits_processor: Extra transformers logits processors, merged into the built ones as
+            ``model.generate`` merges them (after the processors, before the sampling warpers) and
+            applied to each position's scores with the sequence up to that position.
+        stopping_criteria: Called after every emitted token on the growing sequence (e.g. a
+            ``StoppingCriteriaList``); generation ends after the token for which it returns true.
+        kwargs: ``GenerationConfig`` fields, as for ``model.generate``: ``max_new_tokens`` (tokens,
+            >= 0; default: ``max_length``, else 20), ``max_length`` (tokens, prompt included),
+            ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``,
+            ``no_repeat_ngram_size``, ``eos_token_id`` (an id or list of ids; ``[]`` or ``None``: never
+            stop early), ``min_new_tokens``, ``bad_words_ids``, ``stop_strings``, ``max_time``
+            (seconds), ...; and the ``model.generate`` arguments ``attention_mask`` (all ones),
+            ``tokenizer`` (for ``stop_strings``) and ``prefix_allowed_tokens_fn``. Anything else is a
+            ``TypeError``; beam search, contrastive search, guidance and watermarking are refused.
 
     Returns:
         The prompt plus generated tokens and a :class:`GenerationStats`.
     """
     prompt = _as_prompt(input_ids)
-    _check_max_new_tokens(max_new_tokens)
-    _check_sampling(do_sample, temperature, top_k, top_p)
-    if streamer is not None:
-        streamer.put(prompt.cpu())
-    processors = LogitsProcessorList(logits_processor or [])
-    if do_sample:
-        processors.extend(_sampling_warpers(temperature, top_k, top_p))
-    settings = DecodingSettings(
-        max_new_tokens=int(max_new_tokens),
-        eos=_eos_set(eos_token_id, model),
-        do_sample=do_sample,
-        processors=processors,
-        generator=generator,
+    config, extra = resolve_generation_config(model, generation_config, kwargs)
+    settings = decoding_settings(
+        model,
+        prompt,
+        config,
+        extra,
+        logits_processor=logits_processor,
         stopping_criteria=stopping_criteria,
+        generator=generator,
         streamer=streamer,
     )
+    if streamer is not None:
+        streamer.put(prompt.cpu())
     return speculate(model, prompt, settings, drafter, policy)
 
 
@@ -191,10 +155,3 @@ def resolve_policy(policy: Any, model: torch.nn.Module) -> Any:
     if not isinstance(policy, CostAwarePolicy):
         raise TypeError(f"policy must be 'auto', None or a CostAwarePolicy, got {type(policy).__name__}")
     return policy
-
-
-def _check_max_new_tokens(max_new_tokens: Any) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

@@ -1,6 +1,6 @@
 """The Hugging Face way in: ``model.generate(input_ids, custom_generate=custom_generate, drafter=...)``.
 
-transformers (>= 4.56) prepares the generation config, logits processors (including the sampling
+transformers (>= 4.57.1) prepares the generation config, logits processors (including the sampling
 warpers) and stopping criteria (max length, EOS, stop strings, ...) and then calls a callable
 ``custom_generate`` as ``custom_generate(model, input_ids, logits_processor=..., stopping_criteria=...,
 generation_config=..., **model_kwargs)``; keyword arguments of ``generate`` that only this
@@ -21,7 +21,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from sam_decoding.drafters.base import Drafter
-from sam_decoding.generation import AUTO_POLICY, GenerationStats, _eos_set, speculate
+from sam_decoding.generation import AUTO_POLICY, GenerationStats, speculate
+from sam_decoding.generation_config import eos_token_set
 from sam_decoding.speculation import DecodingSettings
 
 
@@ -84,7 +85,7 @@ def custom_generate(
     out_streamer = sam_streamer if sam_streamer is not None else streamer
     settings = DecodingSettings(
         max_new_tokens=max_new_tokens,
-        eos=_eos_set(eos if eos is not None else [], model),
+        eos=eos_token_set(eos),
         do_sample=bool(generation_config.do_sample),
         # The prepared logits_processor already holds the temperature/top-k/top-p warpers.
         processors=logits_processor or LogitsProcessorList(),

@@ -7,13 +7,15 @@ from typing import Any
 import torch
 
 
-def chat_prompt_ids(tokenizer: Any, message: str) -> torch.Tensor:
-    """``message`` as a single user turn, rendered with the chat template and the assistant's
-    generation prompt; int64 ``[1, length]``. Raises ``ValueError`` if the tokenizer has no template."""
+def chat_prompt_ids(tokenizer: Any, message: str, *, system: str | None = None) -> torch.Tensor:
+    """``message`` as a single user turn (after a ``system`` turn, if given), rendered with the chat
+    template and the assistant's generation prompt; int64 ``[1, length]``. Raises ``ValueError`` if
+    the tokenizer has no template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template; use a raw prompt instead")
+    messages = [{"role": "system", "content": system}] if system is not None else []
     encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": message}],
+        messages + [{"role": "user", "content": message}],
         add_generation_prompt=True,
         return_tensors="pt",
         return_dict=True,

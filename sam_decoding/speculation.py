@@ -171,17 +171,24 @@ class SpeculativeRun:
         self.model(input_ids=self.prompt[:, :-1], use_cache=True, **self.cache_kwargs, **extra)
         self.stats.prefill_seconds = time.perf_counter() - tick
 
-    def _propose(self) -> Draft:
+    def _propose(self) -> list[Draft]:
+        """The drafter's proposal (or, under a policy, its alternative proposals), checked and depth-limited."""
         remaining = self.stop_at - self.length
         # The target adds one token of its own per step, so deeper draft tokens could never be used.
         if remaining <= 1:
-            return Draft.empty("none")
-        draft = self.drafter.propose(remaining - 1)
-        validate_draft(draft, self.vocab_size)
-        draft = limit_depth(draft, remaining - 1)
-        if draft.parents is not None and not self.tree_capable:
-            check_tree_support(self.model)
-        return draft
+            return [Draft.empty("none")]
+        if self.policy is not None:
+            drafts = self.drafter.propose_candidates(remaining - 1)
+        else:
+            drafts = [self.drafter.propose(remaining - 1)]
+        checked = []
+        for draft in drafts:
+            validate_draft(draft, self.vocab_size)
+            draft = limit_depth(draft, remaining - 1)
+            if draft.parents is not None and not self.tree_capable:
+                check_tree_support(self.model)
+            checked.append(draft)
+        return checked or [Draft.empty("none")]
 
     def _forward(self, inputs: StepInputs) -> tuple[Any, float]:
         tick = time.perf_counter()
@@ -201,12 +208,12 @@ class SpeculativeRun:
         """Run one draft-select-verify-walk-prune step; return whether generation is finished."""
         stats = self.stats
         tick = time.perf_counter()
-        proposal = self._propose()
+        proposals = self._propose()
         drafted = time.perf_counter()
         plan: Plan | None = None
-        draft = proposal
-        if self.policy is not None and len(proposal):
-            plan = self.policy.select(proposal, self.past_length + 1, drafted - tick)
+        draft = proposals[0]
+        if self.policy is not None:
+            plan = self.policy.choose(proposals, self.past_length + 1, drafted - tick)
             draft = plan.draft
         selected = time.perf_counter()
 
@@ -238,7 +245,7 @@ class SpeculativeRun:
                 feedback = Verified(inputs.input_ids[0].cpu(), logits, tuple(path), hidden)
             self.drafter.accept(np.asarray(emitted, dtype=np.int64), feedback)
             self.last_token = emitted[-1]
-        stats.proposed_tokens += len(proposal)
+        stats.proposed_tokens += sum(len(proposal) for proposal in proposals)
         stats.count_step(draft.source, len(draft), accepted, expected)
         if self.settings.streamer is not None:
             self.settings.streamer.put(self.sequence[0, step_start : self.length].cpu())

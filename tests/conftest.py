@@ -12,9 +12,27 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 # Cost profiles of test models stay in memory: a test run must not write into the user's cache.
 os.environ.setdefault("SAM_DECODING_COST_PROFILE_CACHE", "0")
+
+# Hypothesis in CI: the same examples on every run (derandomized, no example database carried
+# between runs), no per-example deadline (model runs vary with machine load), and a bounded number
+# of examples for tests that take theirs from the profile (see tests/test_lossless_property.py).
+# Selected by HYPOTHESIS_PROFILE=ci, or automatically when the CI environment variable is set.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=30,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else None)
+if _PROFILE:
+    settings.load_profile(_PROFILE)
 
 TINY_VOCAB = 96
 TINY_EOS = 1

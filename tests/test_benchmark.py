@@ -88,6 +88,18 @@ def test_summaries_report_spread_and_policy_figures() -> None:
     assert "| sam | 4.0 | 1.20 | 1.00 | 5.0% |" in text.splitlines()
 
 
+def test_modelled_speedup_uses_modelled_seconds_of_both_methods() -> None:
+    measurements = [
+        Measurement("1", "c", "vanilla", 100, 9.0, 100, engine={"modelled_seconds": 6.5}),
+        Measurement("1", "c", "sam", 100, 1.0, 50, engine={"modelled_seconds": 3.25}),
+        Measurement("1", "c", "hf", 100, 1.0, 50),
+    ]
+    summaries = {(s.group, s.method): s for s in summarize(measurements)}
+    assert summaries[(OVERALL, "sam")].modelled_speedup == pytest.approx(2.0)
+    assert summaries[(OVERALL, "sam")].speedup == pytest.approx(9.0)
+    assert summaries[(OVERALL, "hf")].modelled_speedup is None
+
+
 def test_markdown_report_has_overall_and_category_tables() -> None:
     text = render_markdown(INFO, summarize(synthetic_measurements()))
     lines = text.splitlines()

@@ -122,6 +122,43 @@ def test_generate_with_corpus_equals_plain_decoding(capsys, tiny_model_dir, corp
     assert speculative == plain
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sharded_build_info_and_generate(capsys, tmp_path, inputs, tiny_model_dir, jobs) -> None:
+    output = tmp_path / "shards"
+    sources = [inputs["tree"], inputs["articles"], inputs["chats"], inputs["text"]]
+    code, out, err = run_cli(capsys, "build", *sources, "--text-field", "body", "--glob", "**/*.py",
+                             "--shard-tokens", "40", "--jobs", jobs, "-o", output, "--no-progress")
+    if code != 0 and "no field 'body'" in err:  # the chats have no "body": build them separately
+        code, out, err = run_cli(capsys, "build", inputs["tree"], inputs["text"], "--glob", "**/*.py",
+                                 "--shard-tokens", "40", "--jobs", jobs, "-o", output, "--no-progress")
+    assert code == 0, err
+    assert "shards" in out and "bytes/token" in out
+    single = tmp_path / "single.sam"
+    assert run_cli(capsys, "build", inputs["tree"], inputs["text"], "--glob", "**/*.py", "-o", single,
+                   "--no-progress")[0] == 0
+    facts = info_json(capsys, output)
+    assert facts["shards"] > 1
+    assert facts["tokens"] == info_json(capsys, single)["tokens"] == facts["build"]["tokens"]
+    assert facts["documents"] == 3 and facts["build"]["shard_tokens"] == 40
+    assert info_json(capsys, output / "manifest.json")["tokens"] == facts["tokens"]
+    code, out, err = run_cli(capsys, "info", output, "--verify")
+    assert code == 0 and "verified" in out, err
+    common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "16"]
+    code, speculative, err = run_cli(capsys, *common, "--corpus", output)
+    assert code == 0, err
+    assert speculative == run_cli(capsys, *common, "--no-speculation")[1]
+    # A second build into the same, now non-empty, directory is refused.
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--shard-tokens", "40", "-o", output)
+    assert code == 1 and "empty directory" in err
+
+
+def test_jobs_without_shards_is_refused(capsys, tmp_path, inputs) -> None:
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--jobs", "2", "-o", tmp_path / "x.sam")
+    assert code == 1 and "--shard-tokens" in err
+    code, _, err = run_cli(capsys, "build", inputs["text"], "--shard-tokens", "0", "-o", tmp_path / "x")
+    assert code == 2
+
+
 def test_generate_streams_and_samples(capsys, tiny_model_dir) -> None:
     common = ["generate", "--model", tiny_model_dir, "--prompt", "def add(a, b):", "--max-new-tokens", "12"]
     sampled = [run_cli(capsys, *common, "--do-sample", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7") for _ in range(2)]
@@ -129,6 +166,60 @@ def test_generate_streams_and_samples(capsys, tiny_model_dir) -> None:
     code, out, err = run_cli(capsys, *common, "--stream", "--no-fallback")
     assert code == 0, err
     assert out.strip()
+
+
+def test_generate_json_from_a_file_with_system_and_draft_settings(capsys, tmp_path, tiny_model_dir, corpus) -> None:
+    question = tmp_path / "question.txt"
+    question.write_text("The cat sat\n", encoding="utf-8")
+    common = ["generate", "--model", tiny_model_dir, "--chat-file", question, "--system", "Be brief.", "--max-new-tokens", "16",
+              "--json", "--dtype", "float32", "--device", "cpu"]
+    code, out, err = run_cli(
+        capsys, *common, "--corpus", corpus, "--fallback", "prompt-lookup", "--no-tree", "--max-draft", "4",
+        "--l-threshold", "2", "--l-bias", "0", "--no-policy",
+    )
+    assert code == 0, err
+    assert err == "" and len(out.splitlines()) == 1
+    record = json.loads(out)
+    assert record["speculation"] is True and record["stats"]["new_tokens"] == len(record["new_token_ids"]) > 0
+    assert {"steps", "mean_accepted_tokens", "tokens_per_second", "accepted_by_source"} <= set(record["stats"])
+    assert "static" not in record["stats"]["drafts_by_source"] or record["stats"]["drafted_tokens"] <= 4 * record["stats"]["steps"]
+    code, plain, err = run_cli(capsys, *common, "--no-speculation")
+    assert code == 0, err
+    plain_record = json.loads(plain)
+    assert plain_record["speculation"] is False
+    assert plain_record["new_token_ids"] == record["new_token_ids"] and plain_record["text"] == record["text"]
+    # The system message is part of the prompt (SmolLM2's template otherwise inserts its own, longer one).
+    code, out, err = run_cli(capsys, "generate", "--model", tiny_model_dir, "--chat-file", question, "--max-new-tokens", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["prompt_tokens"] != record["prompt_tokens"]
+
+
+def test_generate_reads_the_prompt_from_stdin(capsys, monkeypatch, tmp_path, tiny_model_dir) -> None:
+    import io
+
+    text = "def add(a, b):\n    return"
+    prompt_file = tmp_path / "prompt.py"
+    prompt_file.write_text(text, encoding="utf-8")
+    common = ["generate", "--model", tiny_model_dir, "--max-new-tokens", "8", "--json"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    code, from_stdin, err = run_cli(capsys, *common, "--prompt-file", "-")
+    assert code == 0, err
+    code, from_file, err = run_cli(capsys, *common, "--prompt-file", prompt_file)
+    assert code == 0, err
+    code, from_flag, err = run_cli(capsys, *common, "--prompt", text)
+    assert code == 0, err
+    ids = [json.loads(out)["new_token_ids"] for out in (from_stdin, from_file, from_flag)]
+    assert ids[0] == ids[1] == ids[2]
+
+
+def test_generate_help_names_the_drafters_defaults(capsys) -> None:
+    from sam_decoding.drafters.sam import DEFAULT_L_BIAS, DEFAULT_L_THRESHOLD, DEFAULT_MAX_DRAFT
+
+    code, out, _ = run_cli(capsys, "generate", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for flag, default in (("--l-bias", DEFAULT_L_BIAS), ("--l-threshold", DEFAULT_L_THRESHOLD), ("--max-draft", DEFAULT_MAX_DRAFT)):
+        assert f"(default: {default})" in flat.split(flag + " N", 2)[-1].split("--", 1)[0], flag
 
 
 def test_generate_refuses_a_corpus_of_another_tokenizer(capsys, tmp_path, tiny_model_dir) -> None:
@@ -268,6 +359,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
     no_prompts.write_text('{"answer": "x"}\n', encoding="utf-8")
     prompts = root / "prompts.jsonl"
     prompts.write_text('{"prompt": "Hi?"}\n', encoding="utf-8")
+    (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     return {
         "build-missing-input": ["build", root / "nope.txt", "-o", root / "x.sam"],
         "build-missing-output-dir": ["build", empty, "-o", root / "no" / "dir" / "x.sam"],
@@ -284,6 +376,21 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "generate-not-a-model": ["generate", "--model", not_a_model, "--prompt", "hi"],
         "generate-corrupt-corpus": ["generate", "--model", model, "--corpus", junk, "--prompt", "hi"],
         "generate-zero-tokens": ["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "0"],
+        "generate-bad-l-threshold": ["generate", "--model", model, "--prompt", "hi", "--l-threshold", "0"],
+        "generate-bad-max-draft": ["generate", "--model", model, "--prompt", "hi", "--max-draft", "-2"],
+        "generate-bad-top-k": ["generate", "--model", model, "--prompt", "hi", "--do-sample", "--top-k", "-1"],
+        "generate-bad-fallback": ["generate", "--model", model, "--prompt", "hi", "--fallback", "medusa"],
+        "generate-bad-dtype": ["generate", "--model", model, "--prompt", "hi", "--dtype", "int8"],
+        "generate-bad-device": ["generate", "--model", model, "--prompt", "hi", "--device", "warp9"],
+        "generate-missing-cuda": ["generate", "--model", model, "--prompt", "hi", "--device", "cuda:7"],
+        "generate-missing-prompt-file": ["generate", "--model", model, "--prompt-file", root / "nope.txt"],
+        "generate-directory-prompt-file": ["generate", "--model", model, "--chat-file", root],
+        "generate-binary-prompt-file": ["generate", "--model", model, "--prompt-file", root / "latin1.txt"],
+        "generate-empty-prompt-file": ["generate", "--model", model, "--chat-file", empty],
+        "generate-system-without-chat": ["generate", "--model", model, "--prompt", "hi", "--system", "Be brief."],
+        "generate-stream-and-json": ["generate", "--model", model, "--prompt", "hi", "--stream", "--json"],
+        "generate-draft-flag-without-speculation": ["generate", "--model", model, "--prompt", "hi", "--no-speculation", "--no-tree"],
+        "generate-two-prompts": ["generate", "--prompt", "hi", "--chat-file", empty],
         "distill-missing-prompts": ["distill", root / "nope.jsonl", "-o", root / "a.jsonl"],
         "distill-no-prompt-field": ["distill", no_prompts, "-o", root / "a.jsonl", "--model", model],
         "distill-zero-batch": ["distill", prompts, "-o", root / "a.jsonl", "--batch-size", "0"],
@@ -305,7 +412,11 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "build-missing-input", "build-missing-output-dir", "build-empty-input", "build-binary-input",
         "build-undetectable-jsonl", "build-missing-tokenizer", "build-tokenizer-not-a-model", "info-missing",
         "info-junk", "info-truncated", "info-directory", "generate-missing-model", "generate-not-a-model",
-        "generate-corrupt-corpus", "generate-zero-tokens", "distill-missing-prompts", "distill-no-prompt-field",
+        "generate-corrupt-corpus", "generate-zero-tokens", "generate-bad-l-threshold", "generate-bad-max-draft",
+        "generate-bad-top-k", "generate-bad-fallback", "generate-bad-dtype", "generate-bad-device", "generate-missing-cuda",
+        "generate-missing-prompt-file", "generate-directory-prompt-file", "generate-binary-prompt-file",
+        "generate-empty-prompt-file", "generate-system-without-chat", "generate-stream-and-json",
+        "generate-draft-flag-without-speculation", "generate-two-prompts", "distill-missing-prompts", "distill-no-prompt-field",
         "distill-zero-batch", "distill-resume-foreign-output",
         "bench-unknown-method", "bench-missing-questions", "bench-missing-data", "bench-sam-without-corpus",
         "usage-missing-output", "usage-unknown-command", "usage-bad-integer",

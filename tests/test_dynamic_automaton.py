@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
+import textwrap
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -165,3 +170,65 @@ def test_extend_in_chunks_after_reset(first, second):
     automaton.reset()
     automaton.extend(np.array(second, dtype=np.int64))
     check_text(automaton, second)
+
+
+def test_single_token_extends_grow_memory_geometrically():
+    """A generation appends one token per step: memory must grow by doubling (amortized O(1)
+    per token), not be reallocated, and the whole text copied, on every call."""
+    automaton = DynamicAutomaton()
+    sizes = set()
+    for token in range(20_000):
+        automaton.extend(token % 5)
+        sizes.add(automaton.nbytes)
+    assert len(sizes) <= 60
+
+
+CONCURRENT_USE = textwrap.dedent(
+    """
+    import threading
+    import numpy as np
+    from sam_decoding import DynamicAutomaton
+
+    automaton = DynamicAutomaton()
+    done = threading.Event()
+    bad = []
+
+    def read():
+        while not done.is_set():
+            draft = automaton.draft(64)
+            if draft.size and (int(draft.min()) < 0 or int(draft.max()) > 3):
+                bad.append(draft.tolist())
+            automaton.match_length, automaton.num_tokens, automaton.nbytes
+
+    def write(seed):
+        rng = np.random.default_rng(seed)
+        for round in range(60):
+            # Long inputs: extend releases the GIL while it grows (and reallocates) its arrays.
+            automaton.extend(rng.integers(0, 4, size=int(rng.integers(5_000, 60_000))))
+            automaton.extend(int(rng.integers(0, 4)))
+            if round % 15 == 14:
+                automaton.reset()
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(seed,)) for seed in range(2)]
+    for thread in readers + writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    for thread in readers:
+        thread.join()
+    assert not bad, bad[:3]
+    print("done", automaton.num_tokens)
+    """
+)
+
+
+def test_concurrent_extend_and_draft_from_several_threads():
+    """extend() releases the GIL on long inputs; draft() and the properties from other threads
+    must never see the arrays half-grown. In a child process: a use-after-free would crash it."""
+    with tempfile.TemporaryDirectory() as elsewhere:
+        result = subprocess.run([sys.executable, "-c", CONCURRENT_USE], capture_output=True,
+                                text=True, timeout=300, check=False, cwd=elsewhere)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.startswith("done")

@@ -620,6 +620,101 @@ def test_a_suffix_link_cycle_is_refused_not_followed_forever(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# ---- several header fields forged together -----------------------------------------------------
+
+# Forges the size fields of a valid file in ways that keep every relation the loader checks true
+# modulo 2^64 (e.g. text_length + 2^62 makes text_length * 4 unchanged), reseals the header
+# checksum, and loads. Only checked arithmetic and bounds on each field can refuse these. Runs in
+# a child process: a forgery that loads and then reads out of bounds would crash the test runner.
+HEADER_FUZZ = textwrap.dedent(
+    """
+    import struct, sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from test_file_format import (FIELD_NAMES, HEADER_FIELDS, SECTION, SECTION_NAMES,
+                                  parse_header, reseal_header)
+    from sam_decoding import FormatError, StaticAutomaton
+
+    path, examples = sys.argv[2], int(sys.argv[3])
+    data = open(path, "rb").read()
+    fields, sections = parse_header(data)
+    MASK = (1 << 64) - 1
+    SIZES = ["num_tokens", "num_documents", "text_length", "num_states", "num_clones", "num_edges",
+             "num_count_overflows", "vocab_bound"]
+    WIDTH32 = {"num_count_overflows", "vocab_bound"}
+    # Fields whose value decides where the loader reads; a forgery of any of them must be refused.
+    LAYOUT = ["text_length", "num_states", "num_clones", "num_edges", "num_count_overflows"]
+    SECTION_OF = {"text": ("text_length", 4), "link": ("num_states", 4), "count": ("num_states", 2),
+                  "count_overflow": ("num_count_overflows", 8), "clone_length": ("num_clones", 4),
+                  "clone_end": ("num_clones", 4), "edge_offset": ("num_states", 4),
+                  "edge_token": ("num_edges", 4), "edge_target": ("num_edges", 4)}
+    change = st.one_of(
+        st.integers(1, 3).map(lambda k: ("add", k << 62)),
+        st.just(("add", 1 << 63)),
+        st.integers(1, 3).map(lambda k: ("add", (-(k << 62)) & MASK)),
+        st.integers(-3, 3).filter(bool).map(lambda d: ("add", d & MASK)),
+        st.integers(1 << 32, MASK).map(lambda v: ("set", v)),
+        st.sampled_from([0, 1, 2**32 - 1, 2**32, 2**32 + 1, 2**63, MASK]).map(lambda v: ("set", v)))
+
+    @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(st.sampled_from(SIZES), change, min_size=1, max_size=5),
+           st.booleans(), st.booleans(), st.integers(0, 200))
+    def forge(changes, keep_sums, keep_sections, query):
+        forged_fields = dict(fields)
+        for name, (how, value) in changes.items():
+            mask = 0xFFFFFFFF if name in WIDTH32 else MASK
+            forged_fields[name] = ((forged_fields[name] + value) if how == "add" else value) & mask
+        if keep_sums:
+            if "num_states" not in changes:
+                forged_fields["num_states"] = (forged_fields["text_length"] + 1 + forged_fields["num_clones"]) & MASK
+            if "num_tokens" not in changes:
+                forged_fields["num_tokens"] = (forged_fields["text_length"] - forged_fields["num_documents"]) & MASK
+        forged = bytearray(data)
+        HEADER_FIELDS.pack_into(forged, 0, *[forged_fields[name] for name in FIELD_NAMES])
+        if keep_sections:
+            for index, name in enumerate(SECTION_NAMES):
+                if name in SECTION_OF:
+                    field, width = SECTION_OF[name]
+                    extra = 1 if name == "edge_offset" else 0
+                    offset, _ = sections[index]
+                    SECTION.pack_into(forged, HEADER_FIELDS.size + SECTION.size * index, offset,
+                                      ((forged_fields[field] + extra) * width) & MASK)
+        reseal_header(forged)
+        target = path + ".forged"
+        open(target, "wb").write(forged)
+        print("forged", {k: forged_fields[k] for k in SIZES}, flush=True)
+        try:
+            automaton = StaticAutomaton.load(target)
+        except FormatError:
+            return
+        changed = [name for name in LAYOUT if forged_fields[name] != fields[name]]
+        assert not changed, f"a forged header was accepted: {changed}"
+        # Harmless forgeries (e.g. num_tokens traded for num_documents) must still answer safely.
+        cursor = automaton.cursor()
+        cursor.feed(np.arange(query % 5, dtype=np.int32))
+        cursor.draft(1000)
+        cursor.draft_tree(64)
+
+    forge()
+    print("done", flush=True)
+    """
+)
+
+
+def test_headers_with_several_fields_forged_consistently_are_refused(tmp_path):
+    path, _ = small_file(tmp_path)
+    try:
+        result = run_isolated(HEADER_FUZZ, str(Path(__file__).parent), str(path), "400", timeout=120)
+    except subprocess.TimeoutExpired as timeout:
+        last = (timeout.stdout or b"").decode().strip().splitlines()[-1:]
+        pytest.fail(f"loading a forged header hung at {last}")
+    last = result.stdout.strip().splitlines()[-1:]
+    assert result.returncode == 0, f"exit {result.returncode} after {last}: {result.stderr[-3000:]}"
+    assert last == ["done"]
+
+
 # ---- atomic saves -----------------------------------------------------------------------------
 
 

@@ -59,11 +59,39 @@ def test_float_prompt(model) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"temperature": 0.0}, {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}]
+    "kwargs",
+    [{"temperature": 0.0}, {"temperature": -1.0}, {"top_k": -1}, {"top_k": 2.5}, {"top_p": 0.0}, {"top_p": 1.5}, {"min_p": 1.5}],
 )
 def test_bad_sampling_parameters(model, kwargs) -> None:
     with pytest.raises(ValueError):
         generate(model, PROMPT, max_new_tokens=2, do_sample=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"repetition_penalty": 0.0}, {"no_repeat_ngram_size": -1}, {"max_length": 3}, {"num_beams": 2}, {"guidance_scale": 1.5}],
+)
+def test_bad_or_unsupported_generation_options(model, kwargs) -> None:
+    with pytest.raises(ValueError):
+        generate(model, PROMPT, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_new_token": 4}, {"top_q": 0.5}, {"use_model_defaults": True, "foo": 1}])
+def test_unknown_keyword_arguments_are_a_type_error(model, kwargs) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        generate(model, PROMPT, **kwargs)
+
+
+def test_generation_config_must_be_a_generation_config(model) -> None:
+    with pytest.raises(TypeError, match="GenerationConfig"):
+        generate(model, PROMPT, {"max_new_tokens": 4})
+
+
+def test_padded_attention_mask_is_refused(model) -> None:
+    mask = torch.ones_like(PROMPT)
+    mask[0, 0] = 0
+    with pytest.raises(ValueError, match="padded"):
+        generate(model, PROMPT, attention_mask=mask, max_new_tokens=2)
 
 
 def test_not_a_drafter(model) -> None:

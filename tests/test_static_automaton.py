@@ -92,9 +92,12 @@ def check_tree(documents, context: list[int], tree: DraftTree, max_nodes: int, m
         assert -1 <= parent < index
         assert len(path) <= max_depth
         assert int(tree.counts[index]) == occurrences(documents, context + path) >= 1
-        assert tree.probabilities[index] == pytest.approx(tree.counts[index] / total, rel=1e-6)
+        parent_count = int(tree.counts[parent]) if parent >= 0 else total
+        assert tree.probabilities[index] == pytest.approx(tree.counts[index] / parent_count, rel=1e-12)
         if parent >= 0:
             assert tree.counts[index] <= tree.counts[parent]
+    assert tree.probabilities.dtype == np.float64
+    assert tree.path_probabilities() == pytest.approx(tree.counts / max(total, 1), rel=1e-12)
     assert len({tuple(path) for path in paths}) == size, "a path appears twice"
     # Best-first: no candidate left out (a root child or a child of a chosen node, within the
     # depth limit) is more frequent than the least frequent chosen node.
@@ -125,6 +128,11 @@ def check_stream(automaton: StaticAutomaton, documents, stream: list[int], draft
                 assert draft == []
                 continue
             greedy_draft_is_valid(documents, context, draft, size)
+            chain = cursor.draft_with_counts(size)
+            assert chain.tokens.tolist() == draft
+            assert chain.counts.tolist() == [occurrences(documents, context + draft[: i + 1]) for i in range(len(draft))]
+            assert chain.state_counts.tolist() == [occurrences(documents, context + draft[:i]) for i in range(len(draft))]
+            assert chain.probabilities == pytest.approx(chain.counts / chain.state_counts, rel=1e-12)
         tree = cursor.draft_tree(12)
         if context is None:
             assert len(tree) == 0
@@ -182,7 +190,10 @@ def test_draft_falls_back_to_a_shorter_suffix_with_a_continuation():
     tree = cursor.draft_tree(4)
     assert tree.tokens.tolist() == [5, 2, 6]
     assert tree.counts.tolist() == [1, 1, 1]
-    assert tree.probabilities.tolist() == pytest.approx([0.5, 0.5, 0.5])
+    # "1 2" occurs twice (once ending document one): 5 follows it in half of its occurrences,
+    # and then 2 and 6 follow always.
+    assert tree.probabilities.tolist() == pytest.approx([0.5, 1.0, 1.0])
+    assert tree.path_probabilities().tolist() == pytest.approx([0.5, 0.5, 0.5])
 
 
 def test_draft_prefers_the_most_frequent_continuation():
@@ -190,11 +201,56 @@ def test_draft_prefers_the_most_frequent_continuation():
     cursor = StaticAutomaton.build(documents).cursor()
     cursor.feed([5, 1])
     assert cursor.draft(1).tolist() == [3]
+    chain = cursor.draft_with_counts(3)
+    tokens, counts, state_counts = chain
+    assert tokens.tolist() == [3, 1, 3]
+    assert counts.tolist() == [3, 2, 2] and state_counts.tolist() == [4, 3, 2]
+    assert chain.probabilities.tolist() == pytest.approx([3 / 4, 2 / 3, 1.0])
     tree = cursor.draft_tree(2, max_depth=1)
     assert tree.tokens.tolist() == [3, 2]
     assert tree.counts.tolist() == [3, 1]
     assert tree.probabilities.tolist() == pytest.approx([0.75, 0.25])
     assert tree.depths().tolist() == [1, 1]
+
+
+def test_draft_takes_the_most_frequent_continuation_at_any_degree():
+    """3000 distinct tokens follow 7 once each and 5 follows it three times: the draft takes 5,
+    not the text after 7's earliest occurrence, however many continuations there are."""
+    rng = np.random.default_rng(5)
+    documents = [[7, int(token), 8] for token in rng.permutation(np.arange(100, 3100))]
+    documents[1000:1000] = [[7, 5, 6]] * 3
+    cursor = StaticAutomaton.build(documents).cursor()
+    cursor.feed([1, 7])
+    assert cursor.draft(4).tolist() == [5, 6]
+    greedy_draft_is_valid(documents, [7], [5, 6], 4)
+    assert cursor.draft_tree(3, max_depth=1).tokens.tolist()[0] == 5
+
+
+@st.composite
+def large_vocabulary_corpus(draw):
+    """Documents over thousands of token ids around a few frequent hub tokens, so that states
+    with hundreds of distinct continuations are common."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    hubs = rng.integers(0, 5000, size=2)
+    documents = []
+    for _ in range(draw(st.integers(100, 200))):
+        size = int(rng.integers(2, 14))
+        rare = rng.integers(0, 5000, size=size)
+        # Rare tokens drawn from a skewed distribution: some continuations repeat, most do not.
+        rare = np.where(rng.random(size) < 0.3, rng.integers(0, 4, size=size), rare)
+        document = np.where(np.arange(size) % 2 == 0, rng.choice(hubs, size=size), rare)
+        documents.append(document.tolist())
+    source = documents[draw(st.integers(0, len(documents) - 1))]
+    stream = [int(hubs[0])] + source[draw(st.integers(0, len(source) - 1)):]
+    return documents, stream
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(large_vocabulary_corpus())
+def test_large_vocabulary_queries_match_brute_force(case):
+    documents, stream = case
+    check_stream(StaticAutomaton.build(documents), documents, stream, draft_sizes=(1, 8))
 
 
 def test_unmatched_stream_drafts_nothing():
@@ -281,6 +337,16 @@ def test_properties_and_repr():
     assert automaton.nbytes > 0
     assert automaton.format_version == 1
     assert "num_tokens=4" in repr(automaton)
+
+
+def test_a_corpus_too_large_for_one_automaton_is_refused_before_building():
+    from sam_decoding.automaton import MAX_BUILD_TEXT_LENGTH
+
+    # Zero-stride views: 1.6G tokens in a few bytes, refused from their lengths alone.
+    half = np.broadcast_to(np.int32(1), (800_000_000,))
+    assert 2 * half.shape[0] + 2 > MAX_BUILD_TEXT_LENGTH
+    with pytest.raises(ValueError, match="too large for one automaton.*shards"):
+        StaticAutomaton.build([half, half])
 
 
 def test_documents_may_be_a_generator_of_arrays():

@@ -28,6 +28,8 @@ METHOD_NAMES: tuple[str, ...] = (
     "sam+tr",
     "sam+tr-fixed",
     "sam-chain8-fixed",
+    "heads",
+    "sam+heads",
 )
 #: Methods run when none are named.
 DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
@@ -35,7 +37,9 @@ DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token
 #: baselines and this package's own method.
 QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
-STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed"})
+STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads"})
+#: Methods that draft with trained heads and so need a heads file for the model.
+HEADS_METHODS: frozenset[str] = frozenset({"heads", "sam+heads"})
 #: Fixed draft sizes of the ``-fixed`` methods (the drafters' defaults before the cost-aware policy).
 FIXED_SAM_MAX_DRAFT = 16
 FIXED_SAM_TREE_NODES = 32
@@ -56,14 +60,27 @@ class Outcome:
 
 
 class Method(ABC):
-    """A way to generate greedily; ``run`` is what the runner times."""
+    """A way to generate greedily; ``run`` is what the runner times.
+
+    ``reference_profile``: when set (a :class:`~sam_decoding.policy.CostProfile`, e.g. a quiet
+    machine's or a GPU's), methods that know their verification sizes also report
+    ``engine["modelled_seconds"]``: the time their forward passes would take under that profile,
+    plus their measured drafting and policy time. It is independent of other load on the machine.
+    """
 
     name: str = ""
     description: str = ""
+    reference_profile: Any = None
 
     @abstractmethod
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (``[1, length]``)."""
+
+
+def modelled_seconds(profile: Any, prompt_tokens: int, new_tokens: int, verified_sizes: dict[int, int]) -> float:
+    """Seconds the verification passes ``{q: count}`` take under ``profile``, at the generation's mean cache length."""
+    cache_length = prompt_tokens + new_tokens // 2
+    return sum(count * profile.seconds(q, cache_length) for q, count in verified_sizes.items())
 
 
 class _ForwardCounter:
@@ -103,7 +120,12 @@ class TransformersGenerate(Method):
                 )
         finally:
             counter.close()
-        return Outcome(output[0, input_ids.shape[1] :].tolist(), counter.calls)
+        tokens = output[0, input_ids.shape[1] :].tolist()
+        engine = {}
+        if self.reference_profile is not None and not self.options:
+            # Plain decoding: one pass of a single token per new token.
+            engine["modelled_seconds"] = modelled_seconds(self.reference_profile, input_ids.shape[1], len(tokens), {1: len(tokens)})
+        return Outcome(tokens, counter.calls, engine=engine)
 
 
 #: Engine counters kept per measurement (seconds and token counts of :class:`~sam_decoding.GenerationStats`).
@@ -145,6 +167,10 @@ class EngineGenerate(Method):
         stats = result.stats
         engine = {name: getattr(stats, name) for name in ENGINE_STATS}
         engine["verified_sizes"] = {str(q): n for q, n in sorted(stats.verified_sizes.items())}
+        if self.reference_profile is not None:
+            engine["modelled_seconds"] = modelled_seconds(
+                self.reference_profile, stats.prompt_tokens, stats.new_tokens, stats.verified_sizes
+            ) + stats.draft_seconds + stats.policy_seconds
         return Outcome(
             result.new_tokens.tolist(),
             stats.steps,
@@ -154,8 +180,34 @@ class EngineGenerate(Method):
         )
 
 
-def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile: Any = None) -> list[Method]:
+class HeadsEngineGenerate(EngineGenerate):
+    """:class:`EngineGenerate` whose drafter uses heads bound to the benchmarked model (read on the first run)."""
+
+    def __init__(self, name: str, description: str, heads_file: Path, make_drafter: Any, *, policy: Any = None) -> None:
+        self._heads_file = heads_file
+        self._heads: Any = None
+        super().__init__(name, description, lambda: make_drafter(self._heads), policy=policy)
+
+    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
+        if self._heads is None:
+            from sam_decoding.heads import MedusaHeads
+
+            self._heads = MedusaHeads.load(self._heads_file, model)
+        return super().run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
+
+
+def make_methods(
+    names: Sequence[str],
+    static_corpus: Path | None,
+    cost_profile: Any = None,
+    *,
+    heads: Path | None = None,
+    reference_profile: Any = None,
+) -> list[Method]:
     """The methods called ``names``, in that order; ``static_corpus`` is needed by the ``sam`` methods.
+
+    ``heads`` is the heads file of the ``heads`` methods (default: the one shipped for the default model).
+    ``reference_profile`` (default: ``cost_profile``) is the profile modelled times are computed under.
 
     Token Recycling keeps its adjacency table across prompts, as in its paper (one drafter per method
     for the whole run); the SAM drafters are made fresh for each prompt, their dynamic automaton
@@ -163,12 +215,15 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
     of its own; ``cost_profile`` (a :class:`~sam_decoding.policy.CostProfile`) replaces the measured
     cost of this machine for all of them (e.g. a GPU-like profile), else the model's own is used.
     """
-    from sam_decoding import StaticAutomaton
-    from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
+    from sam_decoding.drafters import HeadsDrafter, PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
     from sam_decoding.policy import CostAwarePolicy
+    from sam_decoding.shards import load_corpus
 
     def policy() -> CostAwarePolicy:
         return CostAwarePolicy(profile=cost_profile)
+
+    if reference_profile is None:
+        reference_profile = cost_profile
 
     unknown = [name for name in names if name not in METHOD_NAMES]
     if unknown:
@@ -177,7 +232,11 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
     if STATIC_CORPUS_METHODS.intersection(names):
         if static_corpus is None:
             raise ValueError("the sam methods need a static corpus")
-        automaton = StaticAutomaton.load(static_corpus)
+        automaton = load_corpus(static_corpus)
+    if HEADS_METHODS.intersection(names) and heads is None:
+        from sam_decoding.heads.default import default_heads_path
+
+        heads = default_heads_path()
     recycler_for_sam = TokenRecyclingDrafter()
     fixed_recycler = TokenRecyclingDrafter(max_nodes=FIXED_TR_NODES)
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
@@ -232,5 +291,22 @@ def make_methods(names: Sequence[str], static_corpus: Path | None, cost_profile:
             "`SamDrafter` chains of at most 8 tokens, no tree, no fallback, every drafted node verified (no policy)",
             lambda: SamDrafter(automaton, use_tree=False, max_draft=8),
         ),
+        "heads": lambda: HeadsEngineGenerate(
+            "heads",
+            f"this engine with `HeadsDrafter` alone (Medusa-1 heads `{Path(heads).name}`), {policy_note}",
+            Path(heads),
+            HeadsDrafter,
+            policy=policy(),
+        ),
+        "sam+heads": lambda: HeadsEngineGenerate(
+            "sam+heads",
+            f"`SamDrafter` with `HeadsDrafter` as the fallback, {policy_note}",
+            Path(heads),
+            lambda trained: SamDrafter(automaton, fallback=HeadsDrafter(trained)),
+            policy=policy(),
+        ),
     }
-    return [factories[name]() for name in names]
+    methods = [factories[name]() for name in names]
+    for method in methods:
+        method.reference_profile = reference_profile
+    return methods

@@ -84,7 +84,12 @@ def _policy_table(methods: Sequence[str], by_key: dict[tuple[str, str], Summary]
         )
     if not rows:
         return []
-    return [
+    modelled = [
+        f"| {method} | {_ratio(by_key[(OVERALL, method)].modelled_speedup)} |"
+        for method in methods
+        if (OVERALL, method) in by_key and by_key[(OVERALL, method)].modelled_speedup is not None
+    ]
+    lines = [
         "",
         "Engine methods per verification step: draft tokens verified, accepted draft tokens the policy "
         "expected and those accepted, and the share of generation time spent drafting and in the policy:",
@@ -93,6 +98,17 @@ def _policy_table(methods: Sequence[str], by_key: dict[tuple[str, str], Summary]
         "|---|---:|---:|---:|---:|",
         *rows,
     ]
+    if modelled:
+        lines += [
+            "",
+            "Modelled speed-up: each method's verification passes timed by the reference cost profile "
+            "(not by this machine's clock, so other load does not move it), plus its measured drafting and policy time:",
+            "",
+            "| method | modelled speed-up |",
+            "|---|---:|",
+            *modelled,
+        ]
+    return lines
 
 
 def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:

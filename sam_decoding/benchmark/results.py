@@ -79,6 +79,7 @@ class Summary:
     expected_accepted: float | None = None
     accepted: float | None = None
     overhead_share: float | None = None
+    modelled_speedup: float | None = None
 
     @property
     def all_equal(self) -> bool:
@@ -124,8 +125,21 @@ def summarize_group(group: str, method: str, measurements: Sequence[Measurement]
         mat=sum(m.new_tokens for m in measurements) / passes if passes else 0.0,
         mismatches=sum(1 for m in measurements if m.equal_to_reference is False),
         speedup_quartiles=quartiles,
+        modelled_speedup=_modelled_speedup(measurements, reference),
         **_engine_summary(measurements),
     )
+
+
+def _modelled_speedup(measurements: Sequence[Measurement], reference: Sequence[Measurement]) -> float | None:
+    """Pooled tokens per modelled second over vanilla's on the same questions (``None`` without modelled times)."""
+    by_question = {m.question_id: m for m in reference if "modelled_seconds" in m.engine}
+    mine = [m for m in measurements if "modelled_seconds" in m.engine and m.question_id in by_question]
+    if not mine or len(mine) != len(measurements):
+        return None
+    theirs = [by_question[m.question_id] for m in mine]
+    rate = sum(m.new_tokens for m in mine) / sum(m.engine["modelled_seconds"] for m in mine)
+    reference_rate = sum(m.new_tokens for m in theirs) / sum(m.engine["modelled_seconds"] for m in theirs)
+    return rate / reference_rate
 
 
 def _quartiles(values: Sequence[float]) -> tuple[float, float] | None:

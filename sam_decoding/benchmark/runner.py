@@ -136,6 +136,7 @@ def run_suite(
                 first_mismatch=difference,
                 drafted_by_source=outcome.drafted_by_source,
                 accepted_by_source=outcome.accepted_by_source,
+                engine=outcome.engine,
             )
             measured.append(measurement)
         measurements += measured

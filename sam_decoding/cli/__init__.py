@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from sam_decoding.cli import bench, build, distill, generate, info, profile
+from sam_decoding.cli import bench, build, distill, generate, info, profile, train_heads
 from sam_decoding.cli.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser
     )
-    for module in (build, info, generate, distill, bench, profile):
+    for module in (build, info, generate, distill, bench, profile, train_heads):
         module.register(commands)
     return parser
 

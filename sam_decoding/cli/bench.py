@@ -71,6 +71,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--data", type=Path, metavar="PATH", help="Spec-Bench question.jsonl (default: the copy shipped with sam-decoding)")
     parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus for the sam methods instead of the suite's own")
+    parser.add_argument("--heads", type=Path, metavar="FILE", help="heads file for the heads methods (default: the default model's shipped heads)")
     parser.add_argument(
         "--max-new-tokens", type=int, metavar="N", help=f"tokens per answer (default: {MAX_NEW_TOKENS}; {QUICK_MAX_NEW_TOKENS} with --quick)"
     )
@@ -79,6 +80,13 @@ def register(commands: Any) -> None:
         metavar="LIST",
         help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; with --quick: {','.join(QUICK_METHOD_NAMES)}; "
         f"all: {','.join(METHOD_NAMES)})",
+    )
+    parser.add_argument(
+        "--reference-profile",
+        type=Path,
+        metavar="FILE",
+        help="cost profile (JSON) under which to also report modelled speed-ups, independent of machine load "
+        "(default: --cost-profile's)",
     )
     parser.add_argument(
         "--cost-profile",
@@ -180,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cost_profile = _load_cost_profile(args.cost_profile)
-    method_objects = make_methods(methods, corpus_path, cost_profile)
+    reference_profile = _load_cost_profile(args.reference_profile)
+    method_objects = make_methods(methods, corpus_path, cost_profile, heads=args.heads, reference_profile=reference_profile)
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,

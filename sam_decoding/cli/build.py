@@ -25,7 +25,10 @@ examples:
   sam-decoding build notes.md manual.txt -o notes.sam
   sam-decoding build ~/src/project --glob '**/*.py' --exclude 'tests/*' -o project.sam
   sam-decoding build articles.jsonl --text-field body -o articles.sam
-  sam-decoding build chats.jsonl --chat-field messages --tokenizer ./my-model -o chats.sam"""
+  sam-decoding build chats.jsonl --chat-field messages --tokenizer ./my-model -o chats.sam
+  sam-decoding build ~/corpus --shard-tokens 50000000 --jobs 2 -o corpus-shards/
+      (a sharded corpus: a directory of shards of at most 50M tokens each, built two at a time,
+       and its manifest.json; 'info' and 'generate --corpus' take the directory)"""
 
 
 def register(commands: Any) -> None:
@@ -40,7 +43,26 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories to read")
     parser.add_argument(
-        "-o", "--output", required=True, type=Path, metavar="FILE", help="corpus file to write"
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="corpus file to write (with --shard-tokens: a new or empty directory)",
+    )
+    parser.add_argument(
+        "--shard-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="write a sharded corpus: shards of at most N tokens each, split between documents "
+        "(only one shard's tokens are held in memory)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="with --shard-tokens, build up to N shards at once in worker processes (default: 1)",
     )
     parser.add_argument(
         "--glob", default="**/*", help="files to take inside directories (default: %(default)s)"
@@ -67,10 +89,26 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _check_paths(inputs: list[str], output: Path) -> None:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_paths(inputs: list[str], output: Path, sharded: bool) -> None:
     for raw in inputs:
         if not Path(raw).exists():
             raise CliError(f"{raw}: no such file or directory")
+    if sharded:
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            raise CliError(f"{output}: must be a new or empty directory for a sharded corpus")
+        if not output.parent.is_dir():
+            raise CliError(f"{output.parent}: output directory does not exist")
+        return
     if output.is_dir():
         raise CliError(f"{output}: is a directory; give a file name with -o")
     if not output.parent.is_dir():
@@ -79,7 +117,10 @@ def _check_paths(inputs: list[str], output: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build and save the automaton; print a summary line. Returns the exit code."""
-    _check_paths(args.inputs, args.output)
+    sharded = args.shard_tokens is not None
+    if args.jobs > 1 and not sharded:
+        raise CliError("--jobs needs --shard-tokens (a single file is built in one process)")
+    _check_paths(args.inputs, args.output, sharded)
     options = ReadOptions(
         glob=args.glob,
         exclude=tuple(args.exclude),
@@ -89,10 +130,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sam_decoding import StaticAutomaton
-    from sam_decoding.models import DEFAULT_MODEL, tokenizer_fingerprint
+    from sam_decoding.models import tokenizer_fingerprint
 
     tokenizer = load_tokenizer_only(args.tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
+
+    if sharded:
+        return _build_sharded(args, options, tokenizer, fingerprint)
 
     tally = ReadTally()
     started = time.perf_counter()
@@ -118,20 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if not documents:
         raise CliError("the inputs hold no text to build a corpus from")
 
-    metadata = {
-        "inputs": [str(Path(raw).resolve()) for raw in args.inputs],
-        "glob": args.glob,
-        "exclude": list(args.exclude),
-        "text_field": args.text_field,
-        "chat_field": args.chat_field,
-        "tokenizer": args.tokenizer or DEFAULT_MODEL,
-        "files": tally.files,
-        "skipped_files": len(tally.skipped_files),
-        "documents": len(documents),
-        "chat_documents": tally.chat_documents,
-        "tokens": num_tokens,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    metadata = _build_parameters(args, tally, len(documents), num_tokens)
     if not args.no_progress:
         print(f"building the automaton over {num_tokens:,} tokens...", file=sys.stderr)
     started = time.perf_counter()
@@ -151,5 +182,58 @@ def run(args: argparse.Namespace) -> int:
         f"({file_bytes / max(automaton.num_tokens, 1):.1f} bytes/token); "
         f"{tokenize_seconds:.1f} s tokenizing ({num_tokens / max(tokenize_seconds, 1e-9):,.0f} tokens/s), "
         f"{build_seconds:.1f} s building, {save_seconds:.1f} s saving"
+    )
+    return 0
+
+
+def _build_parameters(args: argparse.Namespace, tally: ReadTally, documents: int, tokens: int) -> dict[str, Any]:
+    """The build parameters stored in the corpus (file metadata or shard manifest)."""
+    from sam_decoding.models import DEFAULT_MODEL
+
+    return {
+        "inputs": [str(Path(raw).resolve()) for raw in args.inputs],
+        "glob": args.glob,
+        "exclude": list(args.exclude),
+        "text_field": args.text_field,
+        "chat_field": args.chat_field,
+        "tokenizer": args.tokenizer or DEFAULT_MODEL,
+        "files": tally.files,
+        "skipped_files": len(tally.skipped_files),
+        "documents": documents,
+        "chat_documents": tally.chat_documents,
+        "tokens": tokens,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _build_sharded(args: argparse.Namespace, options: ReadOptions, tokenizer: Any, fingerprint: str) -> int:
+    """Tokenize the inputs straight into shards (one shard's tokens in memory), building up to
+    ``--jobs`` shards at once, then write the manifest; print a summary line."""
+    from tqdm import tqdm
+
+    from sam_decoding.shards import ShardedAutomaton, ShardWriter
+
+    tally = ReadTally()
+    started = time.perf_counter()
+    progress = tqdm(desc="tokenizing", unit=" docs", file=sys.stderr,
+                    disable=True if args.no_progress else None, dynamic_ncols=True)
+    documents = 0
+    with progress, ShardWriter(args.output, shard_tokens=args.shard_tokens, jobs=args.jobs,
+                               tokenizer_fingerprint=fingerprint) as writer:
+        for tokens in tokenize_documents(read_documents(args.inputs, options, tally), tokenizer, tally=tally):
+            writer.add(tokens)
+            documents += 1
+            progress.update(1)
+        if not documents:
+            raise CliError("the inputs hold no text to build a corpus from")
+        writer.metadata.update(_build_parameters(args, tally, documents, tally.tokens))
+    seconds = time.perf_counter() - started
+    corpus = ShardedAutomaton.load(args.output)
+    skipped = f", {len(tally.skipped_files)} binary/undecodable files skipped" if tally.skipped_files else ""
+    print(
+        f"wrote {args.output}/: {corpus.num_tokens:,} tokens in {corpus.num_documents:,} documents{skipped}, "
+        f"{corpus.num_shards} shards, {corpus.num_states:,} states, {corpus.nbytes:,} bytes "
+        f"({corpus.nbytes / max(corpus.num_tokens, 1):.1f} bytes/token); {seconds:.1f} s tokenizing and "
+        f"building with {args.jobs} job(s) ({corpus.num_tokens / max(seconds, 1e-9):,.0f} tokens/s)"
     )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,18 +16,31 @@ _EPILOG = """\
 The output is exactly what the model alone would write (greedy: token for token; sampling: the
 same distribution); the drafts only decide how many tokens each forward pass verifies.
 Drafting: the static corpus automaton (--corpus) and a dynamic one over prompt + answer,
-with Token Recycling as the fallback when neither matches.
+with a fallback drafter (Token Recycling by default) when neither matches.
+Decoding options the flags leave unset come from the model's generation_config, as with
+model.generate (e.g. its temperature, top_p or repetition_penalty when sampling).
+
+--json prints one JSON object on stdout and nothing else there: "text" (the answer), "new_token_ids",
+"prompt_tokens", "model", "speculation" and "stats" (every counter and timing of the call:
+new_tokens, steps, mean_accepted_tokens, tokens_per_second, accepted_by_source, *_seconds, ...).
 
 examples:
   sam-decoding generate --chat 'Write a haiku about autumn.'
   sam-decoding generate --corpus docs.sam --chat 'How do I install the package?' --stream
   sam-decoding generate --model ./my-llama --prompt 'def fibonacci(n):' --max-new-tokens 64
+  sam-decoding generate --chat-file question.txt --system 'Answer in one sentence.' --json
+  git diff | sam-decoding generate --chat-file - --system 'Review this patch.' --dtype bfloat16
   sam-decoding generate --chat 'Tell me a story.' --do-sample --temperature 0.7 --top-p 0.9 --seed 1
+  sam-decoding generate --chat 'Count to 20.' --fallback prompt-lookup --no-tree --max-draft 8 --no-policy
   sam-decoding generate --chat 'Tell me a story.' --no-speculation"""
+
+FALLBACKS = ("token-recycling", "prompt-lookup", "none")
 
 
 def register(commands: Any) -> None:
     """Add the ``generate`` subcommand to ``commands``."""
+    from sam_decoding.cli.loading import DTYPES
+
     parser = commands.add_parser(
         "generate",
         help="generate an answer with lossless speculative decoding",
@@ -38,31 +52,139 @@ def register(commands: Any) -> None:
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--prompt", metavar="TEXT", help="raw text to continue")
     text.add_argument("--chat", metavar="TEXT", help="a user message, rendered with the chat template")
-    parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus automaton built by 'build'")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens to generate (default: %(default)s)")
-    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens")
-    parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, help="random seed for sampling")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
-    parser.add_argument("--no-speculation", action="store_true", help="plain decoding with the model's own generate (for comparison)")
-    parser.add_argument("--no-fallback", action="store_true", help="no Token Recycling drafts when the automata do not match")
+    text.add_argument("--prompt-file", metavar="PATH", help="raw text to continue, read from a UTF-8 file ('-': stdin), verbatim")
+    text.add_argument("--chat-file", metavar="PATH", help="a user message read from a UTF-8 file ('-': stdin), outer whitespace stripped")
+    parser.add_argument("--system", metavar="TEXT", help="a system message before the user message (with --chat or --chat-file)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="MODEL", help="local Hugging Face model directory or hub id (default: SmolLM2-135M-Instruct)")
+    model.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: float32)")
+    model.add_argument("--device", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+
+    decoding = parser.add_argument_group("decoding (unset options come from the model's generation_config)")
+    decoding.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens to generate (default: %(default)s)")
+    decoding.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    decoding.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (> 0)")
+    decoding.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens (0: no limit; transformers' default 50)")
+    decoding.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass, in (0, 1]")
+    decoding.add_argument("--min-p", type=float, metavar="P", help="drop tokens below P times the top probability, in [0, 1]")
+    decoding.add_argument("--repetition-penalty", type=float, metavar="X", help="divide the scores of tokens already present by X (> 0)")
+    decoding.add_argument("--seed", type=int, help="random seed for sampling")
+
+    drafting = parser.add_argument_group("drafting")
+    drafting.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus automaton built by 'build'")
+    # The defaults are SamDrafter's (named in the help, not imported: that would load torch for --help).
+    drafting.add_argument("--l-bias", type=int, metavar="N",
+                          help="tokens subtracted from a corpus match before comparing it with a match in the request's own text (default: 5)")
+    drafting.add_argument("--l-threshold", type=int, metavar="N",
+                          help="shortest match, in tokens, that drafts by retrieval instead of the fallback (default: 3)")
+    drafting.add_argument("--max-draft", type=int, metavar="N", help="longest retrieval draft, in tokens (default: 40)")
+    drafting.add_argument("--no-tree", action="store_true", help="draft a single chain from the corpus instead of a tree")
+    drafting.add_argument("--fallback", choices=FALLBACKS, default=None,
+                          help="drafter when neither automaton matches (default: token-recycling)")
+    drafting.add_argument("--no-fallback", action="store_true", help="same as --fallback none")
+    drafting.add_argument("--no-policy", action="store_true",
+                          help="verify every drafted node instead of letting the cost-aware policy choose")
+    drafting.add_argument("--no-speculation", action="store_true", help="plain decoding with the model's own generate (for comparison)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
+    output.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats) on stdout instead")
     parser.set_defaults(handler=run)
+
+
+#: Drafting flags by their attribute names; none has a use with --no-speculation.
+_DRAFT_FLAGS = ("corpus", "l_bias", "l_threshold", "max_draft", "no_tree", "fallback", "no_fallback", "no_policy")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
-    if args.do_sample and not args.temperature > 0:
+    if args.temperature is not None and not args.temperature > 0:
         raise CliError("--temperature must be positive")
-    if args.top_k is not None and args.top_k < 1:
-        raise CliError("--top-k must be at least 1")
+    if args.top_k is not None and args.top_k < 0:
+        raise CliError("--top-k must be at least 0 (0: no limit)")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise CliError("--top-p must lie in (0, 1]")
-    if args.corpus is not None and args.no_speculation:
-        raise CliError("--corpus has no use with --no-speculation")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        raise CliError("--min-p must lie in [0, 1]")
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        raise CliError("--repetition-penalty must be positive")
+    if args.l_bias is not None and args.l_bias < 0:
+        raise CliError("--l-bias must be at least 0")
+    if args.l_threshold is not None and args.l_threshold < 1:
+        raise CliError("--l-threshold must be at least 1")
+    if args.max_draft is not None and args.max_draft < 1:
+        raise CliError("--max-draft must be at least 1")
+    if args.no_fallback and args.fallback not in (None, "none"):
+        raise CliError(f"--no-fallback contradicts --fallback {args.fallback}")
+    if args.system is not None and args.chat is None and args.chat_file is None:
+        raise CliError("--system needs --chat or --chat-file (a raw prompt has no chat template)")
+    if args.stream and args.json:
+        raise CliError("--stream and --json both write to stdout; choose one")
+    if args.no_speculation:
+        given = [name for name in _DRAFT_FLAGS if getattr(args, name) not in (None, False)]
+        if given:
+            raise CliError(f"--{given[0].replace('_', '-')} has no use with --no-speculation")
+
+
+def read_text_argument(path: str, flag: str) -> str:
+    """The UTF-8 text of ``path`` (``-``: all of stdin), or a :class:`CliError` saying why it cannot be read."""
+    if path == "-":
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError:
+            raise CliError(f"{flag} -: stdin is not UTF-8 text") from None
+    file = Path(path)
+    if not file.exists():
+        raise CliError(f"{flag} {path}: no such file")
+    if file.is_dir():
+        raise CliError(f"{flag} {path}: is a directory, not a text file")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{flag} {path}: not UTF-8 text") from None
+
+
+def prompt_ids(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """The prompt's token ids ``[1, length]`` from whichever of --prompt, --chat, --prompt-file, --chat-file was given."""
+    from sam_decoding.prompts import chat_prompt_ids, raw_prompt_ids
+
+    if args.prompt_file is not None:
+        text, chat = read_text_argument(args.prompt_file, "--prompt-file"), False
+    elif args.chat_file is not None:
+        text, chat = read_text_argument(args.chat_file, "--chat-file").strip(), True
+    else:
+        text, chat = (args.chat, True) if args.chat is not None else (args.prompt, False)
+    if not text:
+        raise CliError("the prompt is empty")
+    try:
+        return chat_prompt_ids(tokenizer, text, system=args.system) if chat else raw_prompt_ids(tokenizer, text)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The generate keyword arguments the flags set; the model's generation_config supplies the rest."""
+    options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
+    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+    options.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    return options
+
+
+def make_drafter(args: argparse.Namespace, corpus: Any) -> Any:
+    """The SamDrafter the drafting flags describe."""
+    from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
+
+    choice = "none" if args.no_fallback else (args.fallback or "token-recycling")
+    fallback = {"token-recycling": TokenRecyclingDrafter, "prompt-lookup": PromptLookupDrafter}.get(choice)
+    settings = {"l_bias": args.l_bias, "l_threshold": args.l_threshold, "max_draft": args.max_draft}
+    return SamDrafter(
+        corpus,
+        fallback=fallback() if fallback is not None else None,
+        use_tree=not args.no_tree,
+        **{name: value for name, value in settings.items() if value is not None},
+    )
 
 
 def draft_shares(stats: Any) -> str:
@@ -75,30 +197,26 @@ def draft_shares(stats: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate and print the answer, then the stats line. Returns the exit code."""
+    """Generate and print the answer, then the stats line (or one JSON object with --json). Returns the exit code."""
     _check_arguments(args)
     import torch
     from transformers import TextStreamer
 
-    from sam_decoding.drafters import SamDrafter, TokenRecyclingDrafter
+    from sam_decoding.cli.loading import check_device
     from sam_decoding.generation import generate
-    from sam_decoding.prompts import chat_prompt_ids, eos_token_ids, raw_prompt_ids
+    from sam_decoding.prompts import eos_token_ids
 
+    check_device(args.device)  # a bad device fails before the model loads, as does a bad corpus
     if args.corpus is not None:
-        open_corpus(args.corpus)  # a bad corpus file fails before the model loads
-    model, tokenizer = load_model_and_tokenizer(args.model)
+        open_corpus(args.corpus)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     corpus = open_corpus_for_tokenizer(args.corpus, tokenizer) if args.corpus is not None else None
-    try:
-        input_ids = chat_prompt_ids(tokenizer, args.chat) if args.chat is not None else raw_prompt_ids(tokenizer, args.prompt)
-    except ValueError as error:
-        raise CliError(str(error)) from None
+    input_ids = prompt_ids(args, tokenizer).to(next(model.parameters()).device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
     eos = eos_token_ids(model, tokenizer)
-    sampling = {"do_sample": args.do_sample}
-    if args.do_sample:
-        sampling.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    options = decoding_options(args)
 
     started = time.perf_counter()
     if args.no_speculation:
@@ -106,37 +224,48 @@ def run(args: argparse.Namespace) -> int:
             sequences = model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=args.max_new_tokens,
                 eos_token_id=eos or None,
                 pad_token_id=(eos or [0])[0],
                 streamer=streamer,
-                **sampling,
+                **options,
             )
         seconds = time.perf_counter() - started
-        new_tokens = sequences[0, input_ids.shape[1] :]
+        new_tokens = sequences[0, input_ids.shape[1] :].cpu()
+        stats = {"new_tokens": len(new_tokens), "total_seconds": seconds, "tokens_per_second": len(new_tokens) / seconds}
         summary = f"{len(new_tokens)} tokens in {seconds:.2f} s ({len(new_tokens) / seconds:.1f} tokens/s), plain decoding"
     else:
-        drafter = SamDrafter(corpus, fallback=None if args.no_fallback else TokenRecyclingDrafter())
         generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
         result = generate(
             model,
             input_ids,
-            drafter=drafter,
-            max_new_tokens=args.max_new_tokens,
+            drafter=make_drafter(args, corpus),
+            policy=None if args.no_policy else "auto",
             eos_token_id=eos,
             generator=generator,
             streamer=streamer,
-            **sampling,
+            **options,
         )
         seconds = time.perf_counter() - started
-        new_tokens = result.new_tokens
-        stats = result.stats
+        new_tokens = result.new_tokens.cpu()
+        stats = result.stats.as_dict()
         summary = (
-            f"{stats.new_tokens} tokens in {seconds:.2f} s ({stats.new_tokens / seconds:.1f} tokens/s), "
-            f"{stats.steps} steps, MAT {stats.mean_accepted_tokens:.2f}; tokens from: {draft_shares(stats)}"
+            f"{result.stats.new_tokens} tokens in {seconds:.2f} s ({result.stats.new_tokens / seconds:.1f} tokens/s), "
+            f"{result.stats.steps} steps, MAT {result.stats.mean_accepted_tokens:.2f}; tokens from: {draft_shares(result.stats)}"
         )
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    if args.json:
+        record = {
+            "text": text,
+            "new_token_ids": new_tokens.tolist(),
+            "prompt_tokens": int(input_ids.shape[1]),
+            "model": args.model or "SmolLM2-135M-Instruct",
+            "speculation": not args.no_speculation,
+            "stats": stats,
+        }
+        print(json.dumps(record, ensure_ascii=False))
+        return 0
     if streamer is None:
-        print(tokenizer.decode(new_tokens, skip_special_tokens=True))
+        print(text)
     sys.stdout.flush()
     print(summary, file=sys.stderr)
     return 0

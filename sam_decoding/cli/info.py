@@ -13,7 +13,8 @@ _EPILOG = """\
 examples:
   sam-decoding info project.sam
   sam-decoding info project.sam --verify
-  sam-decoding info project.sam --json"""
+  sam-decoding info project.sam --json
+  sam-decoding info project-shards/            # a sharded corpus: directory or manifest.json"""
 
 
 def register(commands: Any) -> None:
@@ -26,7 +27,9 @@ def register(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("file", type=Path, metavar="FILE", help="corpus file written by 'build'")
+    parser.add_argument(
+        "file", type=Path, metavar="CORPUS", help="corpus file, or directory/manifest of shards, written by 'build'"
+    )
     parser.add_argument(
         "--verify", action="store_true", help="also check the full checksum (reads the whole file)"
     )
@@ -36,10 +39,14 @@ def register(commands: Any) -> None:
 
 def describe_corpus(path: Path, automaton: Any, verified: bool) -> dict[str, Any]:
     """The facts ``info`` prints about ``automaton`` loaded from ``path`` (sizes in bytes)."""
-    file_bytes = path.stat().st_size
-    return {
-        "file": str(path),
-        "format_version": automaton.format_version,
+    from sam_decoding.shards import ShardedAutomaton
+
+    sharded = isinstance(automaton, ShardedAutomaton)
+    file_bytes = automaton.nbytes if sharded else path.stat().st_size
+    facts: dict[str, Any] = {"file": str(path), "format_version": automaton.format_version}
+    if sharded:
+        facts["shards"] = automaton.num_shards
+    facts.update({
         "tokens": automaton.num_tokens,
         "documents": automaton.num_documents,
         "states": automaton.num_states,
@@ -48,7 +55,8 @@ def describe_corpus(path: Path, automaton: Any, verified: bool) -> dict[str, Any
         "tokenizer_fingerprint": automaton.tokenizer_fingerprint,
         "checksum": "verified" if verified else "not checked (use --verify)",
         "build": dict(automaton.metadata),
-    }
+    })
+    return facts
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sam_decoding.cli.errors import CliError
 
 if TYPE_CHECKING:
-    from sam_decoding import StaticAutomaton
+    from sam_decoding import ShardedAutomaton, StaticAutomaton
 
 
 _MODEL_FILES = ("config.json",)
@@ -24,13 +24,51 @@ def quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_model_and_tokenizer(name_or_path: str | None) -> tuple[Any, Any]:
-    """The causal LM and tokenizer named by ``--model`` (``None``: the default model)."""
+#: ``--dtype`` choices: the torch dtypes the model's weights can be loaded in.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | None, *, dtype: str | None = None, device: str | None = None
+) -> tuple[Any, Any]:
+    """The causal LM and tokenizer named by ``--model`` (``None``: the default model).
+
+    ``dtype`` is one of :data:`DTYPES` (default float32); ``device`` a torch device string such as
+    ``cpu``, ``cuda``, ``cuda:1`` or ``mps`` (default cpu), checked before the model loads.
+    """
+    import torch
+
     from sam_decoding.models import load_model, load_tokenizer
 
+    target = check_device(device)
     quiet_transformers()
     _check_local_path(name_or_path, "model")
-    return load_model(name_or_path), load_tokenizer(name_or_path)
+    model = load_model(name_or_path, dtype=getattr(torch, dtype) if dtype is not None else None)
+    if target is not None:
+        model = model.to(target)
+    return model, load_tokenizer(name_or_path)
+
+
+def check_device(device: str | None) -> Any:
+    """``device`` as a ``torch.device`` if this machine has it, else a :class:`CliError` naming what is missing."""
+    import torch
+
+    if device is None:
+        return None
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {device}: CUDA is not available on this machine")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif target.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {device}: MPS is not available on this machine")
+    elif target.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device {device}: unsupported device type {target.type!r} (use cpu, cuda or mps)")
+    return target
 
 
 def load_tokenizer_only(name_or_path: str | None) -> Any:
@@ -61,22 +99,23 @@ def _check_local_path(name_or_path: str | None, what: str) -> None:
             )
 
 
-def open_corpus(path: str | os.PathLike[str], *, verify: bool = False) -> StaticAutomaton:
-    """Load a static corpus automaton file; ``verify`` also checks its full checksum."""
-    from sam_decoding import StaticAutomaton
+def open_corpus(path: str | os.PathLike[str], *, verify: bool = False) -> StaticAutomaton | ShardedAutomaton:
+    """Load a corpus: an automaton file, or a sharded corpus (a directory of shards or its
+    ``manifest.json``); ``verify`` also checks every full checksum."""
+    from sam_decoding.shards import load_corpus
 
     file = Path(path)
     if not file.exists():
-        raise CliError(f"{file}: no such file")
-    if file.is_dir():
-        raise CliError(f"{file}: is a directory, not a corpus file")
+        raise CliError(f"{file}: no such file or directory")
     try:
-        return StaticAutomaton.load(file, verify=verify)
-    except ValueError as error:  # FormatError: truncated, foreign or corrupt file
+        return load_corpus(file, verify=verify)
+    except (ValueError, FileNotFoundError) as error:  # FormatError: truncated, foreign or corrupt
         raise CliError(f"{file}: {error}") from None
 
 
-def open_corpus_for_tokenizer(path: str | os.PathLike[str], tokenizer: Any) -> StaticAutomaton:
+def open_corpus_for_tokenizer(
+    path: str | os.PathLike[str], tokenizer: Any
+) -> StaticAutomaton | ShardedAutomaton:
     """The corpus at ``path``, refused unless it was built with ``tokenizer`` (same fingerprint)."""
     from sam_decoding.models import tokenizer_fingerprint
 

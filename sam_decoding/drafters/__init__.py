@@ -5,6 +5,7 @@ module is one drafting method.
 """
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
+from sam_decoding.drafters.heads import HeadsDrafter
 from sam_decoding.drafters.model_drafter import ModelDrafter
 from sam_decoding.drafters.prompt_lookup import PromptLookupDrafter
 from sam_decoding.drafters.sam import SamDrafter
@@ -13,6 +14,7 @@ from sam_decoding.drafters.token_recycling import TokenRecyclingDrafter, TreeTem
 __all__ = [
     "Draft",
     "Drafter",
+    "HeadsDrafter",
     "ModelDrafter",
     "PromptLookupDrafter",
     "SamDrafter",

@@ -117,6 +117,16 @@ class Drafter(ABC):
         draft tokens this step, and drops deeper nodes. A tree's node count is the drafter's own choice.
         """
 
+    def propose_candidates(self, max_tokens: int) -> list[Draft]:
+        """Alternative drafts for a verification policy to choose among (default: ``[propose(max_tokens)]``).
+
+        A drafter with several sources (e.g. :class:`~sam_decoding.SamDrafter`: dynamic automaton,
+        static corpus, fallback) returns one draft per source; the cost-aware policy verifies the
+        one with the highest expected tokens per second. Without a policy the loop calls
+        :meth:`propose` instead. Must not change the drafter's state.
+        """
+        return [self.propose(max_tokens)]
+
     @abstractmethod
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
         """Append ``tokens`` (int64 ``[m]``, ``m >= 1``: the accepted draft tokens and the bonus token) to the context.

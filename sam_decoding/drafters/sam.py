@@ -28,6 +28,16 @@ DEFAULT_L_BIAS = 5
 DEFAULT_L_THRESHOLD = 3
 DEFAULT_MAX_DRAFT = 40
 DEFAULT_TREE_NODES = 64
+DEFAULT_MIN_MATCH = 1
+#: Pseudo-count of "something else follows" added to a state's count when its continuation counts
+#: become acceptance estimates (count / (state count + 1)): 1 of 1 is 0.5, 20 of 20 is 0.95.
+COUNT_SMOOTHING = 1.0
+
+
+def _match_confidence(match_length: int) -> float:
+    """How far a corpus continuation after a match of ``match_length`` tokens predicts the model:
+    a short match says little about the request (``m / (m + 2)``: 1 -> 0.33, 8 -> 0.8)."""
+    return match_length / (match_length + 2.0)
 
 
 class SamDrafter(Drafter):
@@ -41,6 +51,8 @@ class SamDrafter(Drafter):
         max_draft: Longest retrieval draft, in tokens (depth of a static tree).
         use_tree: Draft a frequency-ranked tree from the static automaton instead of a single chain.
         tree_nodes: Node budget of a static tree draft, in tokens.
+        min_match: Shortest match, in tokens, for which a retrieval draft is offered to a verification
+            policy (:meth:`propose_candidates`); ``l_bias`` and ``l_threshold`` apply without a policy.
         tokenizer_fingerprint: If given, checked against the static automaton's (raises
             :class:`~sam_decoding.TokenizerMismatchError` on a mismatch).
     """
@@ -55,16 +67,18 @@ class SamDrafter(Drafter):
         max_draft: int = DEFAULT_MAX_DRAFT,
         use_tree: bool = True,
         tree_nodes: int = DEFAULT_TREE_NODES,
+        min_match: int = DEFAULT_MIN_MATCH,
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
+        from sam_decoding.shards import ShardedAutomaton, load_corpus
 
         if l_threshold < 1:
             raise ValueError("l_threshold must be >= 1 token")
-        if max_draft < 1 or tree_nodes < 1:
-            raise ValueError("max_draft and tree_nodes must be positive")
-        if static is not None and not isinstance(static, StaticAutomaton):
-            static = StaticAutomaton.load(static)
+        if max_draft < 1 or tree_nodes < 1 or min_match < 1:
+            raise ValueError("max_draft, tree_nodes and min_match must be positive")
+        if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
+            static = load_corpus(static)
         if static is not None and tokenizer_fingerprint is not None:
             static.check_tokenizer(tokenizer_fingerprint)
         self.static = static
@@ -74,6 +88,7 @@ class SamDrafter(Drafter):
         self.max_draft = max_draft
         self.use_tree = use_tree
         self.tree_nodes = tree_nodes
+        self.min_match = min_match
         self._cursor = static.cursor() if static is not None else None
         self._dynamic = DynamicAutomaton()
         self.wants_logits = bool(fallback is not None and fallback.wants_logits)
@@ -92,10 +107,16 @@ class SamDrafter(Drafter):
     def _static_draft(self, limit: int) -> Draft:
         assert self._cursor is not None
         match = self._cursor.match_length
+        # Continuation counts give each node's acceptance estimate: child count over state count,
+        # smoothed (a continuation seen once in the corpus is weak evidence of what the model says).
         if self.use_tree:
             tree = self._cursor.draft_tree(self.tree_nodes, max_depth=limit)
-            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", match_length=match)
-        return Draft.chain(self._cursor.draft(limit), "static", match_length=match)
+            state_counts = tree.counts / np.maximum(tree.probabilities, 1e-12)
+            probabilities = tree.counts / (state_counts + COUNT_SMOOTHING) * _match_confidence(match)
+            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", probabilities, match)
+        chain = self._cursor.draft_with_counts(limit)
+        probabilities = chain.counts / (chain.state_counts + COUNT_SMOOTHING) * _match_confidence(match)
+        return Draft.chain(chain.tokens, "static", probabilities, match)
 
     def _dynamic_draft(self, limit: int) -> Draft:
         return Draft.chain(self._dynamic.draft(limit), "dynamic", match_length=self._dynamic.match_length)
@@ -118,6 +139,23 @@ class SamDrafter(Drafter):
         if self.fallback is not None:
             return self.fallback.propose(max_tokens)
         return Draft.empty("none")
+
+    def propose_candidates(self, max_tokens: int) -> list[Draft]:
+        """Every source's draft, for the policy to weigh by calibrated acceptance and cost.
+
+        Under a policy the blend is learned instead of thresholded: retrieval drafts are offered
+        from a match of ``min_match`` tokens (the policy knows, per source and match length, how
+        often they are accepted) next to the fallback's own, and the step verifies the best.
+        """
+        limit = min(self.max_draft, max_tokens)
+        candidates = []
+        if self._dynamic.match_length >= self.min_match:
+            candidates.append(self._dynamic_draft(limit))
+        if self._cursor is not None and self._cursor.match_length >= self.min_match:
+            candidates.append(self._static_draft(limit))
+        if self.fallback is not None:
+            candidates.extend(self.fallback.propose_candidates(max_tokens))
+        return [draft for draft in candidates if len(draft)] or [Draft.empty("none")]
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
         self._dynamic.extend(tokens)

@@ -2,12 +2,18 @@
 
 Every node gets ``p`` = P(target accepts node | target accepted its parent). The starting point is
 the drafter's own estimate when it gives one (continuation counts of an automaton, a head's
-softmax) or a per-source prior by depth and sibling rank. Each node also falls in a cell keyed by
-its source, depth, the draft's match length, its rank among its siblings and the bin of that
-prior; the cell's observed acceptance replaces the prior as evidence accumulates
-(``p = (accepted + k * prior) / (judged + k)``), so a drafter that is overconfident, or a source
-that never gives estimates, is corrected by measurement. A node is *judged* when its parent was
-accepted (only then could the target accept it).
+softmax), else a prior from the draft's match length, the node's depth and its rank among its
+siblings. Two levels of cells then correct it by measurement, each shrunk toward the level above
+with ``k`` pseudo-observations:
+
+* a coarse cell per (source, depth bucket, match-length bucket) learns how far the drafter's estimates
+  are off there: ``p_coarse = prior * (accepted + k) / (predicted + k)``;
+* a fine cell that also keys the sibling rank and the bin of the prior learns the rate itself:
+  ``p = (accepted + k * p_coarse) / (judged + k)``.
+
+So a drafter that is overconfident, or a source that never gives estimates, is corrected quickly
+(coarse cells fill fast) and precisely (fine cells, once they have data). A node is *judged* when
+its parent was accepted (only then could the target accept it).
 """
 
 from __future__ import annotations
@@ -19,18 +25,25 @@ import numpy as np
 from sam_decoding.drafters.base import Draft
 
 #: Pseudo-observations given to the prior in each cell (how fast evidence overrides it).
-PRIOR_STRENGTH = 4.0
-#: Prior for sources that give no estimates: first child at depth 1, decaying with depth; later siblings.
-FIRST_CHILD_PRIOR = 0.45
+PRIOR_STRENGTH = 3.0
+#: Prior for sources that give no estimates: a first child without a match (e.g. Token Recycling)
+#: at depth 1, decaying with depth; later siblings; and first children of a retrieval match of
+#: ``m`` tokens, ``m / (m + MATCH_PRIOR_OFFSET)`` (longer matches predict better).
+FIRST_CHILD_PRIOR = 0.35
 DEPTH_DECAY = 0.9
 SIBLING_PRIOR = 0.08
+MATCH_PRIOR_OFFSET = 2.0
+MATCH_DEPTH_DECAY = 0.97
+_MAX_PROBABILITY = 0.995
 _MAX_SOURCES = 16
-_DEPTHS = 16
+_DEPTH_BUCKET_EDGES = np.array([2, 3, 4, 5, 7, 10, 16])  # buckets: 1, 2, 3, 4, 5-6, 7-9, 10-15, 16+
+_DEPTHS = len(_DEPTH_BUCKET_EDGES) + 1
 _MATCH_BUCKET_EDGES = np.array([1, 2, 3, 4, 6, 9, 16])  # buckets: 0, 1, 2, 3, 4-5, 6-8, 9-15, 16+
 _MATCH_BUCKETS = len(_MATCH_BUCKET_EDGES) + 1
 _RANKS = 4
 _PRIOR_BINS = 11  # 10 bins of a given prior, plus "no prior given"
-_CELLS = _MAX_SOURCES * _DEPTHS * _MATCH_BUCKETS * _RANKS * _PRIOR_BINS
+_COARSE_CELLS = _MAX_SOURCES * _DEPTHS * _MATCH_BUCKETS
+_CELLS = _COARSE_CELLS * _RANKS * _PRIOR_BINS
 #: Bins of predicted probability in the calibration report.
 REPORT_BINS = 10
 
@@ -42,12 +55,21 @@ class NodeEstimates:
     Attributes:
         probabilities: float64 ``[k]``: P(accept node | parent accepted), calibrated.
         path_probabilities: float64 ``[k]``: P(node is accepted) = product of ``probabilities`` along its path.
-        cells: int64 ``[k]``: each node's calibration cell.
+        priors: float64 ``[k]``: the uncalibrated estimates (the drafter's own, or the default prior).
+        coarse_cells, cells: int64 ``[k]``: each node's coarse and fine calibration cell.
     """
 
     probabilities: np.ndarray
     path_probabilities: np.ndarray
+    priors: np.ndarray
+    coarse_cells: np.ndarray
     cells: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> NodeEstimates:
+        """The estimates of the nodes ``keep`` only."""
+        return NodeEstimates(
+            self.probabilities[keep], self.path_probabilities[keep], self.priors[keep], self.coarse_cells[keep], self.cells[keep]
+        )
 
 
 def tree_shape(draft: Draft) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +85,15 @@ def tree_shape(draft: Draft) -> tuple[np.ndarray, np.ndarray]:
         rank[node] = children_seen.get(parent, 0)
         children_seen[parent] = rank[node] + 1
     return depth, rank
+
+
+def default_prior(depth: np.ndarray, rank: np.ndarray, match_length: int) -> np.ndarray:
+    """Acceptance prior of nodes whose drafter gave no estimate (see the module constants)."""
+    if match_length > 0:
+        first = match_length / (match_length + MATCH_PRIOR_OFFSET) * MATCH_DEPTH_DECAY ** (depth - 1)
+    else:
+        first = FIRST_CHILD_PRIOR * DEPTH_DECAY ** (depth - 1)
+    return np.where(rank == 0, first, SIBLING_PRIOR / rank.clip(1))
 
 
 def path_products(probabilities: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
@@ -86,6 +117,8 @@ class AcceptanceModel:
         self.prior_strength = prior_strength
         self.judged = np.zeros(_CELLS)
         self.accepted = np.zeros(_CELLS)
+        self.coarse_predicted = np.zeros(_COARSE_CELLS)
+        self.coarse_accepted = np.zeros(_COARSE_CELLS)
         self._sources: dict[str, int] = {}
         self.report_predicted = np.zeros(REPORT_BINS)
         self.report_judged = np.zeros(REPORT_BINS)
@@ -102,30 +135,33 @@ class AcceptanceModel:
         """Calibrated acceptance estimates for every node of ``draft``."""
         depth, rank = tree_shape(draft)
         if draft.probabilities is not None:
-            prior = np.clip(draft.probabilities.astype(np.float64), 0.0, 1.0)
+            prior = np.clip(draft.probabilities.astype(np.float64), 0.0, _MAX_PROBABILITY)
             prior_bin = np.minimum((prior * 10).astype(np.int64), 9)
         else:
-            prior = np.where(rank == 0, FIRST_CHILD_PRIOR * DEPTH_DECAY ** (depth - 1), SIBLING_PRIOR / rank.clip(1))
+            prior = default_prior(depth, rank, draft.match_length)
             prior_bin = np.full(len(draft), 10, dtype=np.int64)
         match_bucket = int(np.searchsorted(_MATCH_BUCKET_EDGES, draft.match_length, side="right"))
-        cells = (
-            (self._source_id(draft.source) * _DEPTHS + np.minimum(depth, _DEPTHS) - 1) * _MATCH_BUCKETS + match_bucket
-        ) * _RANKS + np.minimum(rank, _RANKS - 1)
-        cells = cells * _PRIOR_BINS + prior_bin
+        depth_bucket = np.searchsorted(_DEPTH_BUCKET_EDGES, depth, side="right")
+        coarse = (self._source_id(draft.source) * _DEPTHS + depth_bucket) * _MATCH_BUCKETS + match_bucket
+        cells = (coarse * _RANKS + np.minimum(rank, _RANKS - 1)) * _PRIOR_BINS + prior_bin
         k = self.prior_strength
-        probabilities = (self.accepted[cells] + k * prior) / (self.judged[cells] + k)
-        return NodeEstimates(probabilities, path_products(probabilities, draft.parents), cells)
+        correction = (self.coarse_accepted[coarse] + k) / (self.coarse_predicted[coarse] + k)
+        coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
+        probabilities = (self.accepted[cells] + k * coarse_probability) / (self.judged[cells] + k)
+        return NodeEstimates(probabilities, path_products(probabilities, draft.parents), prior, coarse, cells)
 
     def learn(self, estimates: NodeEstimates, judged: np.ndarray, accepted: np.ndarray) -> None:
         """Record the outcome of verified nodes: ``judged`` (parent accepted) and ``accepted`` (bool ``[k]`` each)."""
-        cells = estimates.cells[judged]
-        np.add.at(self.judged, cells, 1.0)
-        np.add.at(self.accepted, cells, accepted[judged].astype(np.float64))
+        outcome = accepted[judged].astype(np.float64)
+        np.add.at(self.judged, estimates.cells[judged], 1.0)
+        np.add.at(self.accepted, estimates.cells[judged], outcome)
+        np.add.at(self.coarse_predicted, estimates.coarse_cells[judged], estimates.priors[judged])
+        np.add.at(self.coarse_accepted, estimates.coarse_cells[judged], outcome)
         predicted = estimates.probabilities[judged]
         bins = np.minimum((predicted * REPORT_BINS).astype(np.int64), REPORT_BINS - 1)
         np.add.at(self.report_predicted, bins, predicted)
         np.add.at(self.report_judged, bins, 1.0)
-        np.add.at(self.report_accepted, bins, accepted[judged].astype(np.float64))
+        np.add.at(self.report_accepted, bins, outcome)
 
     def calibration(self) -> list[dict[str, float]]:
         """Predicted vs observed acceptance of judged nodes, by bin of predicted probability."""

@@ -32,11 +32,13 @@ class Plan:
         draft: The kept nodes (a sub-draft closed under parents; empty for a plain step).
         estimates: Acceptance estimates of the kept nodes.
         expected_accepted: Expected accepted draft tokens.
+        expected_rate: Expected emitted tokens per second of the step.
     """
 
     draft: Draft
     estimates: NodeEstimates
     expected_accepted: float
+    expected_rate: float
 
 
 def profile_path(model: Any) -> Path | None:
@@ -92,10 +94,15 @@ class CostAwarePolicy:
             kept = draft
         else:
             kept = subset_draft(draft, keep)
-            estimates = NodeEstimates(
-                estimates.probabilities[keep], estimates.path_probabilities[keep], estimates.cells[keep]
-            )
-        return Plan(kept, estimates, choice.expected_accepted)
+            estimates = estimates.subset(keep)
+        return Plan(kept, estimates, choice.expected_accepted, choice.expected_rate)
+
+    def choose(self, candidates: list[Draft], context_length: int, draft_seconds: float) -> Plan:
+        """The best plan over alternative drafts (e.g. dynamic, static and fallback): the highest expected rate."""
+        plans = [self.select(draft, context_length, draft_seconds) for draft in candidates if len(draft)]
+        if not plans:
+            return self.select(Draft.empty(candidates[0].source if candidates else "none"), context_length, draft_seconds)
+        return max(plans, key=lambda plan: plan.expected_rate)
 
     def observe_cost(self, q: int, cache_length: int, seconds: float) -> None:
         """Refine the cost profile with one real verification pass."""

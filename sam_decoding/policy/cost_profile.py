@@ -30,8 +30,10 @@ Q_GRID: tuple[int, ...] = (
 )
 #: Upper edges of the cache-length buckets, in tokens (the last bucket is open).
 L_EDGES: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-#: ``q`` values timed by the calibration sweep, and the cache length it runs at.
-CALIBRATION_Q: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+#: ``q`` values timed by the calibration sweep, coarse points first (a sweep over budget stops
+#: after them and interpolation fills the rest), and the cache length it runs at.
+CALIBRATION_Q: tuple[int, ...] = (1, 4, 16, 64, 2, 8, 32, 3, 6, 12, 24, 48, 5, 10)
+_ESSENTIAL_Q = 4
 CALIBRATION_LENGTH = 200
 #: A second, longer cache length timed at a few ``q`` so growth with ``L`` is known from the start.
 CALIBRATION_LONG_LENGTH = 1000
@@ -327,12 +329,12 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
         prefill(length)
         timed_pass(1, length)  # warm-up: first calls allocate and pick kernels
         timed_pass(8, length)
-        sweeps = 0
-        while sweeps == 0 or time.perf_counter() - started < budget_seconds * 0.6:
-            for q in CALIBRATION_Q:
+        for sweep in range(3):
+            for index, q in enumerate(CALIBRATION_Q):
+                if index >= _ESSENTIAL_Q and time.perf_counter() - started > budget_seconds * 0.7:
+                    break
                 profile.observe(q, length, timed_pass(q, length), force=True)
-            sweeps += 1
-            if sweeps >= 3:
+            if time.perf_counter() - started > budget_seconds * 0.6:
                 break
         if long_length and time.perf_counter() - started < budget_seconds * 0.8:
             prefill(long_length)

@@ -1,5 +1,6 @@
 #include "automaton_builder.hpp"
 
+#include <algorithm>
 #include <limits>
 
 namespace sam {
@@ -25,7 +26,7 @@ AutomatonBuilder::AutomatonBuilder() {
 void AutomatonBuilder::clear() {
   states_.clear();
   edges_.clear();
-  for (Slot& slot : slots_) slot.key = kEmptyKey;
+  std::fill(slot_keys_.begin(), slot_keys_.end(), kEmptyKey);
   used_slots_ = 0;
   num_edges_ = 0;
   text_length_ = 0;
@@ -35,7 +36,8 @@ void AutomatonBuilder::clear() {
 
 void AutomatonBuilder::release() {
   std::vector<State>().swap(states_);
-  std::vector<Slot>().swap(slots_);
+  std::vector<std::uint64_t>().swap(slot_keys_);
+  std::vector<StateId>().swap(slot_targets_);
   std::vector<EdgeListNode>().swap(edges_);
   slot_mask_ = 0;
   used_slots_ = 0;
@@ -55,7 +57,8 @@ void AutomatonBuilder::reserve(std::size_t text_length) {
 }
 
 std::size_t AutomatonBuilder::memory_bytes() const {
-  return states_.capacity() * sizeof(State) + slots_.capacity() * sizeof(Slot) +
+  return states_.capacity() * sizeof(State) + slot_keys_.capacity() * sizeof(std::uint64_t) +
+         slot_targets_.capacity() * sizeof(StateId) +
          edges_.capacity() * sizeof(EdgeListNode);
 }
 
@@ -65,23 +68,17 @@ std::size_t AutomatonBuilder::slot_index(std::uint64_t key) const {
   return static_cast<std::size_t>(mixed >> slot_shift_);
 }
 
-AutomatonBuilder::Slot& AutomatonBuilder::find_slot(std::uint64_t key) {
+std::size_t AutomatonBuilder::find_slot(std::uint64_t key) const {
   std::size_t index = slot_index(key);
-  while (slots_[index].key != key && slots_[index].key != kEmptyKey) {
+  while (slot_keys_[index] != key && slot_keys_[index] != kEmptyKey) {
     index = (index + 1) & slot_mask_;
   }
-  return slots_[index];
+  return index;
 }
 
-const AutomatonBuilder::Slot* AutomatonBuilder::find(StateId state, Token token) const {
-  const std::uint64_t key = key_of(state, token);
-  std::size_t index = slot_index(key);
-  while (true) {
-    const Slot& slot = slots_[index];
-    if (slot.key == key) return &slot;
-    if (slot.key == kEmptyKey) return nullptr;
-    index = (index + 1) & slot_mask_;
-  }
+std::size_t AutomatonBuilder::find(StateId state, Token token) const {
+  const std::size_t index = find_slot(key_of(state, token));
+  return slot_keys_[index] == kEmptyKey ? kNoSlot : index;
 }
 
 StateId* AutomatonBuilder::find_target(StateId state, Token token) {
@@ -91,8 +88,8 @@ StateId* AutomatonBuilder::find_target(StateId state, Token token) {
     if (data.inline_token[slot] == token) return &data.inline_target[slot];
   }
   if (data.first_edge == kNoEdge) return nullptr;
-  Slot& slot = find_slot(key_of(state, token));
-  return slot.key == kEmptyKey ? nullptr : &slot.target;
+  const std::size_t index = find_slot(key_of(state, token));
+  return slot_keys_[index] == kEmptyKey ? nullptr : &slot_targets_[index];
 }
 
 StateId AutomatonBuilder::transition(StateId state, Token token) const {
@@ -102,21 +99,27 @@ StateId AutomatonBuilder::transition(StateId state, Token token) const {
     if (data.inline_token[slot] == token) return data.inline_target[slot];
   }
   if (data.first_edge == kNoEdge) return kNoState;
-  const Slot* slot = find(state, token);
-  return slot ? slot->target : kNoState;
+  const std::size_t index = find(state, token);
+  return index == kNoSlot ? kNoState : slot_targets_[index];
 }
 
 void AutomatonBuilder::grow_table(std::size_t min_slots) {
   const std::size_t new_size = round_up_power_of_two(min_slots);
-  if (new_size <= slots_.size()) return;
-  std::vector<Slot> old;
-  old.swap(slots_);
-  slots_.assign(new_size, Slot{kEmptyKey, 0});
+  if (new_size <= slot_keys_.size()) return;
+  std::vector<std::uint64_t> old_keys;
+  std::vector<StateId> old_targets;
+  old_keys.swap(slot_keys_);
+  old_targets.swap(slot_targets_);
+  slot_keys_.assign(new_size, kEmptyKey);
+  slot_targets_.assign(new_size, 0);
   slot_mask_ = new_size - 1;
   slot_shift_ = 64;
   for (std::size_t size = new_size; size > 1; size >>= 1) --slot_shift_;
-  for (const Slot& slot : old) {
-    if (slot.key != kEmptyKey) find_slot(slot.key) = slot;
+  for (std::size_t slot = 0; slot < old_keys.size(); ++slot) {
+    if (old_keys[slot] == kEmptyKey) continue;
+    const std::size_t index = find_slot(old_keys[slot]);
+    slot_keys_[index] = old_keys[slot];
+    slot_targets_[index] = old_targets[slot];
   }
 }
 
@@ -130,15 +133,15 @@ void AutomatonBuilder::add_transition(StateId state, Token token, StateId target
       return;
     }
   }
-  if (static_cast<double>(used_slots_ + 1) > kMaxLoad * static_cast<double>(slots_.size())) {
-    grow_table(slots_.size() * 2);
+  if (static_cast<double>(used_slots_ + 1) > kMaxLoad * static_cast<double>(slot_keys_.size())) {
+    grow_table(slot_keys_.size() * 2);
   }
   if (edges_.size() >= kNoEdge) {
     throw InputError("text too large: more than 2^32-1 automaton transitions");
   }
-  Slot& slot = find_slot(key_of(state, token));
-  slot.key = key_of(state, token);
-  slot.target = target;
+  const std::size_t index = find_slot(key_of(state, token));
+  slot_keys_[index] = key_of(state, token);
+  slot_targets_[index] = target;
   ++used_slots_;
   edges_.push_back(EdgeListNode{token, states_[state].first_edge});
   states_[state].first_edge = static_cast<std::uint32_t>(edges_.size() - 1);
@@ -190,7 +193,7 @@ void AutomatonBuilder::append(Token token) {
       for (std::uint32_t edge = states_[next].first_edge; edge != kNoEdge;
            edge = edges_[edge].next) {
         const Token edge_token = edges_[edge].token;
-        add_transition(clone, edge_token, find(next, edge_token)->target);
+        add_transition(clone, edge_token, slot_targets_[find(next, edge_token)]);
       }
       while (state != kNoState) {
         StateId* target = find_target(state, token);

@@ -47,7 +47,7 @@ class AutomatonBuilder {
       visit(data.inline_token[slot], data.inline_target[slot]);
     }
     for (std::uint32_t edge = data.first_edge; edge != kNoEdge; edge = edges_[edge].next) {
-      visit(edges_[edge].token, find(state, edges_[edge].token)->target);
+      visit(edges_[edge].token, slot_targets_[find(state, edges_[edge].token)]);
     }
   }
 
@@ -61,9 +61,10 @@ class AutomatonBuilder {
         visit(static_cast<StateId>(state), data.inline_token[slot], data.inline_target[slot]);
       }
     }
-    for (const Slot& slot : slots_) {
-      if (slot.key != kEmptyKey) {
-        visit(static_cast<StateId>(slot.key >> 32), static_cast<Token>(slot.key), slot.target);
+    for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
+      const std::uint64_t key = slot_keys_[slot];
+      if (key != kEmptyKey) {
+        visit(static_cast<StateId>(key >> 32), static_cast<Token>(key), slot_targets_[slot]);
       }
     }
   }
@@ -72,6 +73,10 @@ class AutomatonBuilder {
   std::size_t memory_bytes() const;
   // Frees everything; the builder is empty afterwards.
   void release();
+  // Frees the per-state transition lists: afterwards transition() and
+  // for_each_transition_of_all() still work, but append() and for_each_transition() must not be
+  // called again (freezing needs neither).
+  void release_edge_lists() { std::vector<EdgeListNode>().swap(edges_); }
 
  private:
   static constexpr std::uint32_t kNoEdge = 0xFFFFFFFFu;
@@ -89,11 +94,9 @@ class AutomatonBuilder {
     StateId inline_target[kInlineEdges];  // filled in order; kNoState marks a free place
   };
   // Transitions beyond the inline ones: one open-addressing table keyed by (state, token),
-  // plus per-state lists so that a clone can enumerate the transitions of the state it splits.
-  struct Slot {
-    std::uint64_t key;
-    StateId target;
-  };
+  // keys and targets in separate arrays (12 bytes a slot, not a padded 16), plus per-state
+  // lists so that a clone can enumerate the transitions of the state it splits.
+  static constexpr std::size_t kNoSlot = ~std::size_t{0};
   struct EdgeListNode {
     Token token;
     std::uint32_t next;
@@ -103,9 +106,10 @@ class AutomatonBuilder {
     return (std::uint64_t{state} << 32) | token;
   }
   std::size_t slot_index(std::uint64_t key) const;
-  // Returns the slot holding `key`, or the empty slot where it would go.
-  Slot& find_slot(std::uint64_t key);
-  const Slot* find(StateId state, Token token) const;
+  // The slot holding `key`, or the empty slot where it would go.
+  std::size_t find_slot(std::uint64_t key) const;
+  // The slot holding (state, token), or kNoSlot.
+  std::size_t find(StateId state, Token token) const;
   // Where the target of (state, token) is stored, or nullptr. Invalidated by new states.
   StateId* find_target(StateId state, Token token);
   void add_transition(StateId state, Token token, StateId target);
@@ -113,7 +117,8 @@ class AutomatonBuilder {
   StateId new_state(std::uint32_t length, StateId link, std::uint32_t first_end);
 
   std::vector<State> states_;
-  std::vector<Slot> slots_;
+  std::vector<std::uint64_t> slot_keys_;
+  std::vector<StateId> slot_targets_;
   std::vector<EdgeListNode> edges_;
   std::size_t slot_mask_ = 0;
   int slot_shift_ = 64;

@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "draft_search.hpp"
 #include "dynamic_automaton.hpp"
+#include "sharded_cursor.hpp"
 #include "static_automaton.hpp"
 #include "static_cursor.hpp"
 
@@ -108,9 +110,74 @@ py::array_t<T> to_array(const std::vector<T>& values) {
   return result;
 }
 
+py::array_t<std::int64_t> to_int64_array(const std::vector<std::uint64_t>& values) {
+  py::array_t<std::int64_t> result(static_cast<py::ssize_t>(values.size()));
+  std::int64_t* out = result.mutable_data();
+  for (std::size_t index = 0; index < values.size(); ++index) {
+    out[index] = static_cast<std::int64_t>(values[index]);
+  }
+  return result;
+}
+
 struct StaticHandle {
   std::shared_ptr<const sam::StaticAutomaton> automaton;
 };
+
+// The same Python face for a cursor over one automaton and over a set of shards.
+template <typename Cursor>
+void bind_cursor(py::class_<Cursor>& cursor) {
+  cursor
+      .def(
+          "feed",
+          [](Cursor& self, const py::array& tokens) {
+            const TokenView view(tokens);
+            if (view.size() >= kReleaseGilTokens) {
+              py::gil_scoped_release release;
+              return self.feed(view.data(), view.size());
+            }
+            return self.feed(view.data(), view.size());
+          },
+          py::arg("tokens"))
+      .def(
+          "feed_one",
+          [](Cursor& self, std::int64_t token) {
+            if (token < 0 || token > sam::kMaxToken) {
+              throw py::value_error("token ids must be in [0, 2^31-1], got " +
+                                    std::to_string(token));
+            }
+            return self.feed_one(static_cast<sam::Token>(token));
+          },
+          py::arg("token"))
+      .def_property_readonly("match_length", &Cursor::match_length)
+      .def(
+          "draft",
+          [](const Cursor& self, std::size_t max_tokens) {
+            return to_int32_array(self.draft(max_tokens));
+          },
+          py::arg("max_tokens"))
+      .def(
+          "draft_with_counts",
+          [](const Cursor& self, std::size_t max_tokens) {
+            const sam::DraftChain chain = self.draft_with_counts(max_tokens);
+            return py::make_tuple(to_int32_array(chain.tokens), to_int64_array(chain.counts),
+                                  to_int64_array(chain.state_counts));
+          },
+          py::arg("max_tokens"))
+      .def(
+          "draft_tree",
+          [](const Cursor& self, std::size_t max_nodes, std::size_t max_depth) {
+            sam::DraftTree tree;
+            {
+              py::gil_scoped_release release;
+              tree = self.draft_tree(max_nodes, max_depth);
+            }
+            return py::make_tuple(to_array(tree.tokens), to_array(tree.parents),
+                                  to_array(tree.probabilities), to_array(tree.counts));
+          },
+          py::arg("max_nodes"), py::arg("max_depth"))
+      .def("copy", [](const Cursor& self) { return Cursor(self); })
+      .def("reset", &Cursor::reset);
+}
 
 }  // namespace
 
@@ -121,6 +188,7 @@ PYBIND11_MODULE(_core, module) {
   module.attr("__version__") = SAM_TO_STRING(SAM_VERSION_INFO);
   module.attr("FORMAT_VERSION") = sam::kFormatVersion;
   module.attr("MAX_TOKEN") = sam::kMaxToken;
+  module.attr("MAX_BUILD_TEXT_LENGTH") = sam::kMaxBuildTextLength;
 
   static py::exception<sam::FormatError> format_error(module, "FormatError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr error) {
@@ -197,49 +265,20 @@ PYBIND11_MODULE(_core, module) {
           "metadata", [](const StaticHandle& self) { return py::bytes(self.automaton->metadata()); })
       .def("cursor", [](const StaticHandle& self) { return sam::StaticCursor(self.automaton); });
 
-  py::class_<sam::StaticCursor>(module, "StaticCursor")
-      .def(
-          "feed",
-          [](sam::StaticCursor& self, const py::array& tokens) {
-            const TokenView view(tokens);
-            if (view.size() >= kReleaseGilTokens) {
-              py::gil_scoped_release release;
-              return self.feed(view.data(), view.size());
-            }
-            return self.feed(view.data(), view.size());
-          },
-          py::arg("tokens"))
-      .def(
-          "feed_one",
-          [](sam::StaticCursor& self, std::int64_t token) {
-            if (token < 0 || token > sam::kMaxToken) {
-              throw py::value_error("token ids must be in [0, 2^31-1], got " +
-                                    std::to_string(token));
-            }
-            return self.feed_one(static_cast<sam::Token>(token));
-          },
-          py::arg("token"))
-      .def_property_readonly("match_length", &sam::StaticCursor::match_length)
-      .def(
-          "draft",
-          [](const sam::StaticCursor& self, std::size_t max_tokens) {
-            return to_int32_array(self.draft(max_tokens));
-          },
-          py::arg("max_tokens"))
-      .def(
-          "draft_tree",
-          [](const sam::StaticCursor& self, std::size_t max_nodes, std::size_t max_depth) {
-            sam::DraftTree tree;
-            {
-              py::gil_scoped_release release;
-              tree = self.draft_tree(max_nodes, max_depth);
-            }
-            return py::make_tuple(to_array(tree.tokens), to_array(tree.parents),
-                                  to_array(tree.probabilities), to_array(tree.counts));
-          },
-          py::arg("max_nodes"), py::arg("max_depth"))
-      .def("copy", [](const sam::StaticCursor& self) { return sam::StaticCursor(self); })
-      .def("reset", &sam::StaticCursor::reset);
+  py::class_<sam::StaticCursor> static_cursor(module, "StaticCursor");
+  bind_cursor(static_cursor);
+
+  py::class_<sam::ShardedCursor> sharded_cursor(module, "ShardedCursor");
+  sharded_cursor
+      .def(py::init([](const std::vector<StaticHandle>& shards) {
+             std::vector<std::shared_ptr<const sam::StaticAutomaton>> automata;
+             automata.reserve(shards.size());
+             for (const StaticHandle& shard : shards) automata.push_back(shard.automaton);
+             return sam::ShardedCursor(automata);
+           }),
+           py::arg("shards"))
+      .def_property_readonly("num_shards", &sam::ShardedCursor::num_shards);
+  bind_cursor(sharded_cursor);
 
   py::class_<sam::DynamicAutomaton>(module, "DynamicAutomaton")
       .def(py::init<>())

@@ -3,12 +3,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "automaton_builder.hpp"
 
 namespace sam {
 
+// Every method may be called from several threads at once: one mutex serializes them, so a
+// draft never reads arrays that a concurrent extend is reallocating (the Python binding runs
+// long extends without the GIL). Calls are short except extend, which holds the lock for the
+// whole input it appends.
 class DynamicAutomaton {
  public:
   // Appends tokens, amortized O(1) each.
@@ -20,12 +25,14 @@ class DynamicAutomaton {
   // Up to `max_tokens` tokens that followed the first earlier occurrence of that suffix.
   std::vector<Token> draft(std::size_t max_tokens) const;
 
-  std::size_t num_tokens() const { return text_.size(); }
-  std::size_t num_states() const { return builder_.num_states(); }
-  std::size_t nbytes() const { return builder_.memory_bytes() + text_.capacity() * sizeof(Token); }
-  const std::vector<Token>& text() const { return text_; }
+  std::size_t num_tokens() const;
+  std::size_t num_states() const;
+  std::size_t nbytes() const;
+  // Tokens the text buffer holds before it must grow again.
+  std::size_t text_capacity() const;
 
  private:
+  mutable std::mutex mutex_;
   AutomatonBuilder builder_;
   std::vector<Token> text_;
 };

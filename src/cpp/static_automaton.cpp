@@ -1,262 +1,16 @@
 #include "static_automaton.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstddef>
 #include <cstdio>
 #include <cstring>
-#include <limits>
+#include <utility>
 
 #include "automaton_builder.hpp"
-#include "checksum.hpp"
 
 namespace sam {
-namespace {
-
-// ---- File format, version 1 (little-endian) ------------------------------------------------
-// [header: kHeaderBytes][sections, each starting at a multiple of kAlignment]
-constexpr char kMagic[8] = {'S', 'A', 'M', 'D', 'E', 'C', 'A', '\x1a'};
-constexpr std::uint32_t kEndianTag = 0x01020304u;
-constexpr std::size_t kHeaderBytes = 512;
-constexpr std::size_t kAlignment = 64;
-
-enum Section : std::size_t {
-  kFingerprint,
-  kMetadata,
-  kText,
-  kLink,
-  kCount,
-  kCountOverflow,
-  kCloneLength,
-  kCloneEnd,
-  kEdgeOffset,
-  kEdgeToken,
-  kEdgeTarget,
-  kNumSections
-};
-constexpr const char* kSectionNames[kNumSections] = {
-    "tokenizer fingerprint", "metadata", "text", "suffix links", "occurrence counts",
-    "large occurrence counts", "clone lengths", "clone ends", "edge offsets", "edge tokens", "edge targets"};
-
-struct SectionEntry {
-  std::uint64_t offset;
-  std::uint64_t bytes;
-};
-
-struct Header {
-  char magic[8];
-  std::uint32_t format_version;
-  std::uint32_t endian_tag;
-  std::uint32_t header_bytes;
-  std::uint32_t num_sections;
-  std::uint64_t file_bytes;
-  std::uint64_t num_tokens;
-  std::uint64_t num_documents;
-  std::uint64_t text_length;
-  std::uint64_t num_states;
-  std::uint64_t num_clones;
-  std::uint64_t num_edges;
-  std::uint32_t vocab_bound;
-  std::uint32_t num_count_overflows;
-  std::uint64_t payload_checksum;  // of every byte after the header
-  std::uint64_t header_checksum;   // of the header with this field zeroed
-  SectionEntry sections[kNumSections];
-};
-static_assert(sizeof(Header) <= kHeaderBytes, "header must fit its reserved space");
-
-// Covers all kHeaderBytes, the zero padding after the fields included.
-std::uint64_t header_checksum_of(const std::uint8_t* header_bytes) {
-  std::uint8_t copy[kHeaderBytes];
-  std::memcpy(copy, header_bytes, kHeaderBytes);
-  std::memset(copy + offsetof(Header, header_checksum), 0, sizeof(std::uint64_t));
-  return checksum64(copy, kHeaderBytes, 0x5A4D);
-}
-
-std::uint64_t align_up(std::uint64_t value) {
-  return (value + kAlignment - 1) / kAlignment * kAlignment;
-}
-
-class HeapStorage final : public Storage {
- public:
-  explicit HeapStorage(std::size_t size) : bytes_(size, 0) {}
-  const std::uint8_t* data() const override { return bytes_.data(); }
-  std::uint8_t* mutable_data() { return bytes_.data(); }
-  std::size_t size() const override { return bytes_.size(); }
-
- private:
-  std::vector<std::uint8_t> bytes_;
-};
-
-class MappedFile final : public Storage {
- public:
-  explicit MappedFile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw_errno("cannot open", path);
-    struct stat info {};
-    if (::fstat(fd, &info) != 0) {
-      ::close(fd);
-      throw_errno("cannot stat", path);
-    }
-    if (!S_ISREG(info.st_mode)) {
-      ::close(fd);
-      throw FormatError("not a regular file: " + path);
-    }
-    size_ = static_cast<std::size_t>(info.st_size);
-    if (size_ > 0) {
-      void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-      if (mapped == MAP_FAILED) {
-        ::close(fd);
-        throw_errno("cannot memory-map", path);
-      }
-      data_ = static_cast<const std::uint8_t*>(mapped);
-    }
-    ::close(fd);  // the mapping keeps the file alive
-  }
-  ~MappedFile() override {
-    if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
-  }
-  const std::uint8_t* data() const override { return data_; }
-  std::size_t size() const override { return size_; }
-
- private:
-  [[noreturn]] static void throw_errno(const char* action, const std::string& path) {
-    throw FormatError(std::string(action) + " " + path + ": " + std::strerror(errno));
-  }
-  const std::uint8_t* data_ = nullptr;
-  std::size_t size_ = 0;
-};
-
-// The frozen arrays, before they are laid out in an image.
-struct FrozenArrays {
-  std::vector<Token> text;
-  std::vector<StateId> link;
-  std::vector<std::uint16_t> count;
-  std::vector<std::uint32_t> count_overflow;  // (state, count) pairs, sorted by state
-  std::vector<std::uint32_t> clone_length;
-  std::vector<std::uint32_t> clone_end;
-  std::vector<std::uint32_t> edge_offset;
-  std::vector<Token> edge_token;
-  std::vector<StateId> edge_target;
-};
-
-FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
-  const std::size_t text_length = text.size();
-  const std::size_t num_states = builder.num_states();
-  const std::size_t num_clones = num_states - 1 - text_length;
-
-  // Renumber: position states by position, then clones in creation order.
-  std::vector<StateId> new_id(num_states);
-  std::vector<StateId> old_id(num_states);
-  new_id[0] = 0;
-  old_id[0] = 0;
-  StateId next_clone = static_cast<StateId>(text_length + 1);
-  for (StateId state = 1; state < num_states; ++state) {
-    const StateId id = builder.is_clone(state) ? next_clone++ : builder.first_end(state) + 1;
-    new_id[state] = id;
-    old_id[id] = state;
-  }
-
-  FrozenArrays arrays;
-  arrays.link.resize(num_states);
-  std::vector<std::uint32_t> count(num_states, 0);
-  arrays.clone_length.resize(num_clones);
-  arrays.clone_end.resize(num_clones);
-  arrays.link[0] = 0;
-  for (StateId id = 1; id < num_states; ++id) {
-    const StateId state = old_id[id];
-    arrays.link[id] = new_id[builder.link(state)];
-    if (id > text_length) {
-      arrays.clone_length[id - text_length - 1] = builder.length(state);
-      arrays.clone_end[id - text_length - 1] = builder.first_end(state);
-    } else {
-      count[id] = 1;  // the occurrence ending at the state's own position
-    }
-  }
-
-  // Occurrence counts: each end position counts once for its state and every suffix-link
-  // ancestor; summing children into parents in order of decreasing length does exactly that.
-  {
-    std::vector<std::uint32_t> bucket_start(text_length + 2, 0);
-    auto length_of = [&](StateId id) -> std::uint32_t {
-      return id <= text_length ? id : arrays.clone_length[id - text_length - 1];
-    };
-    for (StateId id = 0; id < num_states; ++id) ++bucket_start[length_of(id) + 1];
-    for (std::size_t length = 1; length < bucket_start.size(); ++length) {
-      bucket_start[length] += bucket_start[length - 1];
-    }
-    std::vector<StateId> by_length(num_states);
-    for (StateId id = 0; id < num_states; ++id) by_length[bucket_start[length_of(id)]++] = id;
-    for (std::size_t rank = num_states; rank-- > 1;) {
-      const StateId id = by_length[rank];
-      if (id != 0) count[arrays.link[id]] += count[id];
-    }
-  }
-  // Nearly all counts are small: store 16 bits, and the rare large ones in a side table.
-  arrays.count.resize(num_states);
-  for (StateId id = 0; id < num_states; ++id) {
-    if (count[id] >= kCountOverflowMarker) {
-      arrays.count[id] = kCountOverflowMarker;
-      arrays.count_overflow.push_back(id);
-      arrays.count_overflow.push_back(count[id]);
-    } else {
-      arrays.count[id] = static_cast<std::uint16_t>(count[id]);
-    }
-  }
-  std::vector<std::uint32_t>().swap(count);
-
-  // Transitions, minus the implicit backbone and the separator (never matched), bucketed by
-  // state in one sequential pass over the builder's table, then sorted by token per state.
-  auto stored = [&](StateId old_state, Token token) {
-    const StateId id = new_id[old_state];
-    const Token backbone = (id >= 1 && id < text_length) ? text[id] : kSeparator;
-    return token != kSeparator && token != backbone;
-  };
-  arrays.edge_offset.assign(num_states + 1, 0);
-  builder.for_each_transition_of_all([&](StateId state, Token token, StateId) {
-    if (stored(state, token)) ++arrays.edge_offset[new_id[state] + 1];
-  });
-  for (std::size_t id = 0; id < num_states; ++id) {
-    if (std::uint64_t{arrays.edge_offset[id]} + arrays.edge_offset[id + 1] >
-        std::numeric_limits<std::uint32_t>::max()) {
-      throw InputError("corpus too large for one file: more than 2^32-1 stored transitions");
-    }
-    arrays.edge_offset[id + 1] += arrays.edge_offset[id];
-  }
-  const std::uint32_t num_edges = arrays.edge_offset[num_states];
-  std::vector<std::pair<Token, StateId>> edges(num_edges);
-  {
-    std::vector<std::uint32_t> fill(arrays.edge_offset.begin(), arrays.edge_offset.end() - 1);
-    builder.for_each_transition_of_all([&](StateId state, Token token, StateId target) {
-      if (stored(state, token)) edges[fill[new_id[state]]++] = {token, new_id[target]};
-    });
-  }
-  builder.release();
-  arrays.edge_token.resize(num_edges);
-  arrays.edge_target.resize(num_edges);
-  for (std::size_t id = 0; id < num_states; ++id) {
-    const auto begin = edges.begin() + arrays.edge_offset[id];
-    const auto end = edges.begin() + arrays.edge_offset[id + 1];
-    if (end - begin > 1) std::sort(begin, end);
-  }
-  for (std::uint32_t edge = 0; edge < num_edges; ++edge) {
-    arrays.edge_token[edge] = edges[edge].first;
-    arrays.edge_target[edge] = edges[edge].second;
-  }
-  arrays.text = std::move(text);
-  return arrays;
-}
-
-template <typename T>
-void copy_section(HeapStorage& image, const SectionEntry& entry, const std::vector<T>& values) {
-  if (!values.empty()) std::memcpy(image.mutable_data() + entry.offset, values.data(), entry.bytes);
-}
-
-}  // namespace
 
 std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& input) {
   std::size_t text_length = 0;
@@ -274,8 +28,12 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
     throw InputError("the last document must end at the end of the token array");
   }
   if (text_length == 0) throw InputError("the corpus has no tokens (all documents are empty)");
-  if (text_length >= std::numeric_limits<std::uint32_t>::max() - 1) {
-    throw InputError("corpus too large for one file: at most 2^32-3 tokens and separators");
+  // Checked here, from the document ends alone, so that an oversized corpus fails at once
+  // rather than after hours of building.
+  if (text_length > kMaxBuildTextLength) {
+    throw InputError("corpus too large for one automaton: " + std::to_string(text_length) +
+                     " tokens and document separators, at most " +
+                     std::to_string(kMaxBuildTextLength) + "; split it into shards");
   }
 
   std::vector<Token> text;
@@ -304,62 +62,14 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
     arrays = freeze(builder, std::move(text));
   }
 
-  Header header{};
-  std::memcpy(header.magic, kMagic, sizeof(kMagic));
-  header.format_version = kFormatVersion;
-  header.endian_tag = kEndianTag;
-  header.header_bytes = kHeaderBytes;
-  header.num_sections = kNumSections;
-  header.num_tokens = input.num_tokens;
-  header.num_documents = num_documents;
-  header.text_length = arrays.text.size();
-  header.num_states = arrays.link.size();
-  header.num_clones = arrays.clone_length.size();
-  header.num_edges = arrays.edge_token.size();
-  header.vocab_bound = max_token + 1;
-  header.num_count_overflows = static_cast<std::uint32_t>(arrays.count_overflow.size() / 2);
-  const std::uint64_t section_bytes[kNumSections] = {
-      input.tokenizer_fingerprint.size(),
-      input.metadata.size(),
-      arrays.text.size() * sizeof(Token),
-      arrays.link.size() * sizeof(StateId),
-      arrays.count.size() * sizeof(std::uint16_t),
-      arrays.count_overflow.size() * sizeof(std::uint32_t),
-      arrays.clone_length.size() * sizeof(std::uint32_t),
-      arrays.clone_end.size() * sizeof(std::uint32_t),
-      arrays.edge_offset.size() * sizeof(std::uint32_t),
-      arrays.edge_token.size() * sizeof(Token),
-      arrays.edge_target.size() * sizeof(StateId)};
-  std::uint64_t offset = kHeaderBytes;
-  for (std::size_t section = 0; section < kNumSections; ++section) {
-    header.sections[section] = SectionEntry{offset, section_bytes[section]};
-    offset = align_up(offset + section_bytes[section]);
-  }
-  header.file_bytes = offset;
-
-  auto image = std::make_shared<HeapStorage>(offset);
-  std::memcpy(image->mutable_data() + header.sections[kFingerprint].offset,
-              input.tokenizer_fingerprint.data(), input.tokenizer_fingerprint.size());
-  std::memcpy(image->mutable_data() + header.sections[kMetadata].offset, input.metadata.data(),
-              input.metadata.size());
-  copy_section(*image, header.sections[kText], arrays.text);
-  copy_section(*image, header.sections[kLink], arrays.link);
-  copy_section(*image, header.sections[kCount], arrays.count);
-  copy_section(*image, header.sections[kCountOverflow], arrays.count_overflow);
-  copy_section(*image, header.sections[kCloneLength], arrays.clone_length);
-  copy_section(*image, header.sections[kCloneEnd], arrays.clone_end);
-  copy_section(*image, header.sections[kEdgeOffset], arrays.edge_offset);
-  copy_section(*image, header.sections[kEdgeToken], arrays.edge_token);
-  copy_section(*image, header.sections[kEdgeTarget], arrays.edge_target);
-  arrays = FrozenArrays{};
-  header.payload_checksum =
-      checksum64(image->data() + kHeaderBytes, image->size() - kHeaderBytes, 0);
-  std::memcpy(image->mutable_data(), &header, sizeof(Header));
-  header.header_checksum = header_checksum_of(image->data());
-  std::memcpy(image->mutable_data(), &header, sizeof(Header));
-
+  ImageSummary summary;
+  summary.num_tokens = input.num_tokens;
+  summary.num_documents = num_documents;
+  summary.vocab_bound = max_token + 1;
+  summary.tokenizer_fingerprint = input.tokenizer_fingerprint;
+  summary.metadata = input.metadata;
   auto automaton = std::shared_ptr<StaticAutomaton>(new StaticAutomaton());
-  automaton->attach(std::move(image), false);
+  automaton->attach(write_image(std::move(arrays), summary), false);
   return automaton;
 }
 
@@ -372,92 +82,26 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::load(const std::string& 
 }
 
 void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify_payload) {
-  const std::uint8_t* bytes = storage->data();
-  const std::size_t size = storage->size();
-  if (size < sizeof(kMagic) || std::memcmp(bytes, kMagic, sizeof(kMagic)) != 0) {
-    throw FormatError("not a sam-decoding automaton file (bad magic bytes)");
-  }
-  if (size < kHeaderBytes) throw FormatError("truncated file: the header is incomplete");
-  Header header;
-  std::memcpy(&header, bytes, sizeof(Header));
-  if (header.endian_tag != kEndianTag) {
-    throw FormatError("automaton file has a foreign byte order or a corrupted header");
-  }
-  if (header.format_version > kFormatVersion) {
-    throw FormatError("automaton file has format version " +
-                      std::to_string(header.format_version) +
-                      ", newer than this sam-decoding reads (" + std::to_string(kFormatVersion) +
-                      "); upgrade sam-decoding");
-  }
-  if (header.format_version != kFormatVersion || header.header_bytes != kHeaderBytes ||
-      header.num_sections != kNumSections || header_checksum_of(bytes) != header.header_checksum) {
-    throw FormatError("corrupted automaton file: header checksum mismatch");
-  }
-  if (header.file_bytes != size) {
-    throw FormatError(size < header.file_bytes
-                          ? "truncated automaton file: " + std::to_string(size) + " of " +
-                                std::to_string(header.file_bytes) + " bytes"
-                          : "automaton file has trailing bytes: " + std::to_string(size) +
-                                " instead of " + std::to_string(header.file_bytes));
-  }
-  const std::uint64_t expected_bytes[kNumSections] = {
-      header.sections[kFingerprint].bytes,
-      header.sections[kMetadata].bytes,
-      header.text_length * 4,
-      header.num_states * 4,
-      header.num_states * 2,
-      std::uint64_t{header.num_count_overflows} * 8,
-      header.num_clones * 4,
-      header.num_clones * 4,
-      (header.num_states + 1) * 4,
-      header.num_edges * 4,
-      header.num_edges * 4};
-  if (header.num_states != header.text_length + 1 + header.num_clones ||
-      header.num_tokens + header.num_documents != header.text_length ||
-      header.text_length == 0 || header.num_states >= kNoState ||
-      header.num_count_overflows > header.num_states) {
-    throw FormatError("corrupted automaton file: inconsistent sizes in the header");
-  }
-  std::uint64_t previous_end = kHeaderBytes;
-  for (std::size_t section = 0; section < kNumSections; ++section) {
-    const SectionEntry& entry = header.sections[section];
-    // Sections lie in order, without overlap, inside the file.
-    if (entry.bytes != expected_bytes[section] || entry.offset % kAlignment != 0 ||
-        entry.offset < previous_end || entry.offset > size || entry.bytes > size - entry.offset) {
-      throw FormatError(std::string("corrupted automaton file: bad section '") +
-                        kSectionNames[section] + "'");
-    }
-    previous_end = entry.offset + entry.bytes;
-  }
-  if (verify_payload &&
-      checksum64(bytes + kHeaderBytes, size - kHeaderBytes, 0) != header.payload_checksum) {
-    throw FormatError("corrupted automaton file: payload checksum mismatch");
-  }
-
-  auto section_of = [&](Section section) {
-    return reinterpret_cast<const std::uint32_t*>(bytes + header.sections[section].offset);
-  };
-  num_tokens_ = header.num_tokens;
-  num_documents_ = header.num_documents;
-  text_length_ = header.text_length;
-  num_states_ = header.num_states;
-  num_clones_ = header.num_clones;
-  num_edges_ = header.num_edges;
-  vocab_bound_ = header.vocab_bound;
-  fingerprint_.assign(reinterpret_cast<const char*>(bytes + header.sections[kFingerprint].offset),
-                      header.sections[kFingerprint].bytes);
-  metadata_.assign(reinterpret_cast<const char*>(bytes + header.sections[kMetadata].offset),
-                   header.sections[kMetadata].bytes);
-  text_ = section_of(kText);
-  link_ = section_of(kLink);
-  count_ = reinterpret_cast<const std::uint16_t*>(bytes + header.sections[kCount].offset);
-  count_overflow_ = section_of(kCountOverflow);
-  num_count_overflows_ = header.num_count_overflows;
-  clone_length_ = section_of(kCloneLength);
-  clone_end_ = section_of(kCloneEnd);
-  edge_offset_ = section_of(kEdgeOffset);
-  edge_token_ = section_of(kEdgeToken);
-  edge_target_ = section_of(kEdgeTarget);
+  const ImageView view = read_image(storage->data(), storage->size(), verify_payload);
+  num_tokens_ = view.num_tokens;
+  num_documents_ = view.num_documents;
+  text_length_ = view.text_length;
+  num_states_ = view.num_states;
+  num_clones_ = view.num_clones;
+  num_edges_ = view.num_edges;
+  vocab_bound_ = view.vocab_bound;
+  fingerprint_ = view.fingerprint;
+  metadata_ = view.metadata;
+  text_ = view.text;
+  link_ = view.link;
+  count_ = view.count;
+  count_overflow_ = view.count_overflow;
+  num_count_overflows_ = view.num_count_overflows;
+  clone_length_ = view.clone_length;
+  clone_end_ = view.clone_end;
+  edge_offset_ = view.edge_offset;
+  edge_token_ = view.edge_token;
+  edge_target_ = view.edge_target;
   if (edge_offset_[0] != 0 || edge_offset_[num_states_] != num_edges_) {
     throw FormatError("corrupted automaton file: edge offsets do not span the edges");
   }
@@ -495,10 +139,7 @@ void StaticAutomaton::save(const std::string& path) const {
 }
 
 void StaticAutomaton::verify() const {
-  Header header;
-  std::memcpy(&header, storage_->data(), sizeof(Header));
-  if (checksum64(storage_->data() + kHeaderBytes, storage_->size() - kHeaderBytes, 0) !=
-      header.payload_checksum) {
+  if (!payload_checksum_matches(storage_->data(), storage_->size())) {
     throw FormatError("corrupted automaton file: payload checksum mismatch");
   }
   for (StateId state = 0; state < num_states_; ++state) {

@@ -1,5 +1,6 @@
-// The static (corpus) suffix automaton: built once, frozen into flat arrays, saved to a file
-// whose bytes are exactly the in-memory layout, and memory-mapped read-only on load.
+// The static (corpus) suffix automaton: built once, frozen into flat arrays (frozen_arrays.hpp),
+// laid out as a file image whose bytes are exactly the in-memory layout (file_format.hpp), saved,
+// and memory-mapped read-only on load (automaton_storage.hpp). This file holds the queries.
 //
 // Layout, after building over the text  d1 SEP d2 SEP ... dk SEP  of M tokens:
 //  - state s in 1..M is the state created for text position s-1, so its length is s and its
@@ -17,22 +18,16 @@
 #include <string>
 #include <vector>
 
+#include "automaton_storage.hpp"
+#include "file_format.hpp"
 #include "token_types.hpp"
 
 namespace sam {
 
-constexpr std::uint32_t kFormatVersion = 1;
-// Occurrence counts are stored in 16 bits; this value means "look it up in the side table".
-constexpr std::uint16_t kCountOverflowMarker = 0xFFFF;
-
-// Bytes of a file or an in-memory image; either a heap buffer or a read-only memory map.
-class Storage {
- public:
-  virtual ~Storage() = default;
-  virtual const std::uint8_t* data() const = 0;
-  virtual std::size_t size() const = 0;
-};
-
+// Longest text one build accepts: a suffix automaton over n tokens has at most 2n-1 states and
+// 3n-4 transitions, so below this every id and edge offset fits 32 bits and a build can never
+// fail for size after it started. Larger corpora are split into shards.
+constexpr std::uint64_t kMaxBuildTextLength = (0xFFFFFFFFull + 4) / 3;
 struct BuildInput {
   const Token* tokens = nullptr;           // all documents back to back, separators excluded
   std::size_t num_tokens = 0;
@@ -77,13 +72,22 @@ class StaticAutomaton {
   // The corpus text token at `position` (kSeparator between documents).
   Token text_at(std::uint64_t position) const;
 
-  // Calls visit(token, target) for each transition of `state` except separators.
+  // Calls visit(token, target) for each transition of `state` except separators: first the
+  // one along the text (if any), then the others by increasing token.
   template <typename Visit>
   void for_each_transition(StateId state, Visit&& visit) const {
+    for_each_transition_while(state, [&](Token token, StateId target) {
+      visit(token, target);
+      return true;
+    });
+  }
+  // The same, stopping as soon as visit(token, target) returns false.
+  template <typename Visit>
+  void for_each_transition_while(StateId state, Visit&& visit) const {
     check_state(state);
     if (state >= 1 && state < text_length_) {
       const Token next = text_[state];
-      if (next != kSeparator) visit(next, static_cast<StateId>(state + 1));
+      if (next != kSeparator && !visit(next, static_cast<StateId>(state + 1))) return;
     }
     const std::uint32_t begin = edge_offset_[state];
     const std::uint32_t end = edge_offset_[state + 1];
@@ -91,7 +95,7 @@ class StaticAutomaton {
     for (std::uint32_t edge = begin; edge < end; ++edge) {
       const StateId target = edge_target_[edge];
       if (target >= num_states_) corrupt("edge target");
-      visit(edge_token_[edge], target);
+      if (!visit(edge_token_[edge], target)) return;
     }
   }
   std::uint32_t out_degree(StateId state) const;

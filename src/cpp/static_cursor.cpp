@@ -1,16 +1,6 @@
 #include "static_cursor.hpp"
 
-#include <algorithm>
-#include <queue>
-
 namespace sam {
-namespace {
-
-// Past this many distinct continuations, picking the most frequent one costs more than a
-// draft is worth; such states follow the text after one stored occurrence instead.
-constexpr std::uint32_t kMaxScannedDegree = 64;
-
-}  // namespace
 
 StaticCursor::StaticCursor(std::shared_ptr<const StaticAutomaton> automaton)
     : automaton_(std::move(automaton)) {}
@@ -45,104 +35,33 @@ std::uint32_t StaticCursor::feed(const Token* tokens, std::size_t size) {
 }
 
 StateId StaticCursor::draft_state() const {
+  if (match_length_ == 0) return 0;
   const StaticAutomaton& automaton = *automaton_;
   StateId state = state_;
   while (state != 0 && automaton.out_degree(state) == 0) state = automaton.link(state);
   return state;
 }
 
-std::vector<Token> StaticCursor::draft(std::size_t max_tokens) const {
-  std::vector<Token> tokens;
-  if (max_tokens == 0 || match_length_ == 0) return tokens;
-  const StaticAutomaton& automaton = *automaton_;
-  StateId state = draft_state();
-  if (state == 0) return tokens;
-  tokens.reserve(std::min<std::size_t>(max_tokens, 64));
-  while (tokens.size() < max_tokens) {
-    const std::uint32_t degree = automaton.out_degree(state);
-    if (degree == 0) break;
-    if (automaton.count(state) <= 1 || degree > kMaxScannedDegree) {
-      // One occurrence (or too many choices): copy the text that follows it up to the end
-      // of its document.
-      std::uint64_t position = std::uint64_t{automaton.occurrence_end(state)} + 1;
-      if (automaton.text_at(position) == kSeparator) {
-        // This occurrence ends a document; take the most frequent continuation instead.
-      } else {
-        while (tokens.size() < max_tokens) {
-          const Token token = automaton.text_at(position++);
-          if (token == kSeparator) break;
-          tokens.push_back(token);
-        }
-        break;
-      }
-    }
-    Token best_token = 0;
-    StateId best_target = kNoState;
-    std::uint32_t best_count = 0;
-    automaton.for_each_transition(state, [&](Token token, StateId target) {
-      const std::uint32_t count = automaton.count(target);
-      if (count > best_count || (count == best_count && token < best_token)) {
-        best_token = token;
-        best_target = target;
-        best_count = count;
-      }
-    });
-    if (best_target == kNoState) break;
-    tokens.push_back(best_token);
-    state = best_target;
-  }
-  return tokens;
+std::vector<ShardState> StaticCursor::draft_context() const {
+  const StateId state = draft_state();
+  if (state == 0) return {};
+  return {ShardState{automaton_.get(), state}};
 }
 
-DraftTree StaticCursor::draft_tree(std::size_t max_nodes, std::size_t max_depth) const {
-  DraftTree tree;
-  if (max_nodes == 0 || max_depth == 0 || match_length_ == 0) return tree;
-  const StaticAutomaton& automaton = *automaton_;
-  const StateId root = draft_state();
-  if (root == 0) return tree;
-  const double total = static_cast<double>(automaton.count(root));
+std::vector<Token> StaticCursor::draft(std::size_t max_tokens) const {
+  if (max_tokens == 0 || match_length_ == 0) return {};
+  return draft_chain(draft_context(), max_tokens).tokens;
+}
 
-  struct Candidate {
-    std::uint32_t count;
-    Token token;
-    StateId state;
-    std::int32_t parent;
-    std::uint32_t depth;
-    bool operator<(const Candidate& other) const {
-      // Max-heap on count; ties go to the smaller token, then the earlier parent.
-      if (count != other.count) return count < other.count;
-      if (token != other.token) return token > other.token;
-      return parent > other.parent;
-    }
-  };
-  std::priority_queue<Candidate> frontier;
-  std::vector<Candidate> children;
-  auto push_children = [&](StateId state, std::int32_t parent, std::uint32_t depth) {
-    children.clear();
-    automaton.for_each_transition(state, [&](Token token, StateId target) {
-      children.push_back(Candidate{automaton.count(target), token, target, parent, depth});
-    });
-    // Only the best max_nodes children of one node can ever be taken.
-    if (children.size() > max_nodes) {
-      std::partial_sort(children.begin(), children.begin() + max_nodes, children.end(),
-                        [](const Candidate& a, const Candidate& b) { return b < a; });
-      children.resize(max_nodes);
-    }
-    for (const Candidate& child : children) frontier.push(child);
-  };
+DraftChain StaticCursor::draft_with_counts(std::size_t max_tokens) const {
+  if (max_tokens == 0 || match_length_ == 0) return {};
+  return draft_chain(draft_context(), max_tokens);
+}
 
-  push_children(root, -1, 1);
-  while (!frontier.empty() && tree.tokens.size() < max_nodes) {
-    const Candidate best = frontier.top();
-    frontier.pop();
-    const auto index = static_cast<std::int32_t>(tree.tokens.size());
-    tree.tokens.push_back(static_cast<std::int32_t>(best.token));
-    tree.parents.push_back(best.parent);
-    tree.probabilities.push_back(static_cast<float>(best.count / total));
-    tree.counts.push_back(best.count);
-    if (best.depth < max_depth) push_children(best.state, index, best.depth + 1);
-  }
-  return tree;
+DraftTree StaticCursor::draft_tree(std::size_t max_nodes, std::size_t max_depth,
+                                   std::size_t scan_budget) const {
+  if (max_nodes == 0 || max_depth == 0 || match_length_ == 0) return {};
+  return sam::draft_tree(draft_context(), max_nodes, max_depth, scan_budget);
 }
 
 }  // namespace sam

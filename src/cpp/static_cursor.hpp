@@ -6,18 +6,10 @@
 #include <memory>
 #include <vector>
 
+#include "draft_search.hpp"
 #include "static_automaton.hpp"
 
 namespace sam {
-
-// A frequency-ranked tree of continuations. Node i continues node parents[i] (or the matched
-// context when -1); parents[i] < i. probability = occurrences of the path / of the context.
-struct DraftTree {
-  std::vector<std::int32_t> tokens;
-  std::vector<std::int32_t> parents;
-  std::vector<float> probabilities;
-  std::vector<std::int64_t> counts;
-};
 
 class StaticCursor {
  public:
@@ -31,17 +23,24 @@ class StaticCursor {
   // Length of the longest suffix of the stream that occurs inside one corpus document.
   std::uint32_t match_length() const { return match_length_; }
   StateId state() const { return state_; }
+  const StaticAutomaton& automaton() const { return *automaton_; }
 
-  // Up to `max_tokens` tokens that followed an occurrence of the matched suffix; prefers, at
-  // each step while the suffix occurs more than once, the most frequent next token.
+  // The state to draft from: the match, or its nearest suffix-link ancestor that has a
+  // continuation when every occurrence of the match ends a document; root (0) if none does.
+  StateId draft_state() const;
+
+  // Up to `max_tokens` tokens that followed an occurrence of the matched suffix; at each step
+  // the most frequent next token (see draft_chain).
   std::vector<Token> draft(std::size_t max_tokens) const;
-  // The `max_nodes` most probable continuation paths, best-first, at most `max_depth` deep.
-  DraftTree draft_tree(std::size_t max_nodes, std::size_t max_depth) const;
+  // The same chain with the corpus counts of each step.
+  DraftChain draft_with_counts(std::size_t max_tokens) const;
+  // The `max_nodes` most frequent continuation paths, best-first, at most `max_depth` deep.
+  DraftTree draft_tree(std::size_t max_nodes, std::size_t max_depth,
+                       std::size_t scan_budget = kTreeScanBudget) const;
 
  private:
-  // The state to draft from: the match, or its nearest suffix-link ancestor that has a
-  // continuation when every occurrence of the match ends a document; root if none does.
-  StateId draft_state() const;
+  // The draft state as a one-shard context; empty if there is nothing to draft from.
+  std::vector<ShardState> draft_context() const;
 
   std::shared_ptr<const StaticAutomaton> automaton_;
   StateId state_ = 0;

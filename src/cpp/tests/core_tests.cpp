@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <cstdint>
@@ -17,9 +18,11 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "automaton_builder.hpp"
+#include "sharded_cursor.hpp"
 #include "dynamic_automaton.hpp"
 #include "static_automaton.hpp"
 #include "static_cursor.hpp"
@@ -200,6 +203,16 @@ void check_cursor_position(const Documents& documents, const Tokens& stream,
     }
     CHECK(occurrences(documents, path) >= 1);
     if (draft.size() < limit) CHECK(continuations(documents, path).empty());
+    // The same chain with its counts: occurrences of each prefix of context + draft.
+    const sam::DraftChain chain = cursor.draft_with_counts(limit);
+    CHECK(chain.tokens == draft);
+    CHECK(chain.counts.size() == draft.size() && chain.state_counts.size() == draft.size());
+    path = context;
+    for (std::size_t step = 0; step < chain.tokens.size() && step < chain.counts.size(); ++step) {
+      CHECK(chain.state_counts[step] == occurrences(documents, path));
+      path.push_back(chain.tokens[step]);
+      CHECK(chain.counts[step] == occurrences(documents, path));
+    }
   }
 
   const std::size_t max_nodes = 10;
@@ -220,7 +233,10 @@ void check_cursor_position(const Documents& documents, const Tokens& stream,
     whole.insert(whole.end(), path.begin(), path.end());
     const auto expected = static_cast<std::int64_t>(occurrences(documents, whole));
     CHECK(tree.counts[index] == expected);
-    CHECK(std::abs(tree.probabilities[index] - expected / total) < 1e-6);
+    const double parent_count =
+        parent >= 0 ? static_cast<double>(tree.counts[static_cast<std::size_t>(parent)]) : total;
+    CHECK(tree.parent_counts[index] == static_cast<std::int64_t>(parent_count));
+    CHECK(std::abs(tree.probabilities[index] - static_cast<double>(expected) / parent_count) < 1e-12);
     if (parent >= 0) CHECK(tree.counts[index] <= tree.counts[static_cast<std::size_t>(parent)]);
     smallest = std::min(smallest, tree.counts[index]);
     paths.push_back(path);
@@ -346,6 +362,126 @@ void test_dynamic_against_brute_force() {
   }
 }
 
+void test_dynamic_single_token_extends_grow_geometrically() {
+  // One token per call, as a generation appends them: the text must grow by doubling, so n
+  // extends move O(n) bytes in total, not O(n^2) (a copy of the whole text per call).
+  sam::DynamicAutomaton automaton;
+  std::size_t capacity_changes = 0;
+  std::size_t capacity = 0;
+  for (Token token = 0; token < 100000; ++token) {
+    const Token value = token % 7;
+    automaton.extend(&value, 1);
+    if (automaton.text_capacity() != capacity) {
+      ++capacity_changes;
+      capacity = automaton.text_capacity();
+    }
+  }
+  CHECK(automaton.num_tokens() == 100000);
+  CHECK(capacity_changes <= 40);
+}
+
+void test_tree_scan_budget_bounds_the_work() {
+  // Token 0 is followed by 2000 distinct tokens, each followed by 200 more: every node of a
+  // tree is a high-degree state.
+  Documents documents;
+  for (Token first = 1; first <= 2000; ++first) {
+    for (Token second = 0; second < 3; ++second) documents.push_back({0, first, 5000 + (first * 7 + second) % 200});
+  }
+  const auto automaton = build(documents);
+  sam::StaticCursor cursor(automaton);
+  cursor.feed_one(0);
+  const sam::DraftTree full = cursor.draft_tree(2100, 4);
+  CHECK(full.transitions_scanned <= sam::kTreeScanBudget);
+  CHECK(full.tokens.size() == 2100);
+  // A budget that covers the context's 2000 continuations and three more nodes' (3 each): the
+  // tree keeps every root child, expands three of them, and stops there.
+  const sam::DraftTree bounded = cursor.draft_tree(2100, 4, 2010);
+  CHECK(bounded.transitions_scanned <= 2010);
+  CHECK(bounded.tokens.size() == 2009);
+  CHECK(std::count(bounded.parents.begin(), bounded.parents.end(), -1) == 2000);
+  CHECK(cursor.draft_tree(64, 4, 100).tokens.empty());  // cannot even read the context's children
+}
+
+void test_sharded_cursor_equals_one_automaton() {
+  // Documents split into shards answer exactly as one automaton over all of them.
+  std::mt19937 rng(9);
+  for (int round = 0; round < 80; ++round) {
+    Documents documents = nonempty(random_documents(rng, 2 + round % 3, false));
+    const Documents more = nonempty(random_documents(rng, 2 + round % 3, false));
+    documents.insert(documents.end(), more.begin(), more.end());
+    const auto whole = build(documents);
+    std::vector<std::shared_ptr<const sam::StaticAutomaton>> shards;
+    std::size_t start = 0;
+    while (start < documents.size()) {
+      const std::size_t count = std::uniform_int_distribution<std::size_t>(1, 3)(rng);
+      const std::size_t stop = std::min(documents.size(), start + count);
+      shards.push_back(build(Documents(documents.begin() + static_cast<std::ptrdiff_t>(start),
+                                       documents.begin() + static_cast<std::ptrdiff_t>(stop))));
+      start = stop;
+    }
+    sam::StaticCursor single(whole);
+    sam::ShardedCursor sharded(shards);
+    CHECK(sharded.num_shards() == shards.size());
+    Tokens stream;
+    for (int part = 0; part < 3; ++part) {
+      const Tokens& source = documents[std::uniform_int_distribution<std::size_t>(0, documents.size() - 1)(rng)];
+      stream.insert(stream.end(), source.begin() + static_cast<std::ptrdiff_t>(source.size() / 2), source.end());
+      stream.push_back(static_cast<Token>(round % 3));
+    }
+    for (const Token token : stream) {
+      CHECK(single.feed_one(token) == sharded.feed_one(token));
+      const sam::DraftChain a = single.draft_with_counts(40), b = sharded.draft_with_counts(40);
+      CHECK(a.tokens == b.tokens && a.counts == b.counts && a.state_counts == b.state_counts);
+      const sam::DraftTree x = single.draft_tree(12, 6), y = sharded.draft_tree(12, 6);
+      CHECK(x.tokens == y.tokens && x.parents == y.parents && x.counts == y.counts &&
+            x.parent_counts == y.parent_counts);
+    }
+    sharded.reset();
+    CHECK(sharded.match_length() == 0 && sharded.draft(4).empty());
+    CHECK(sharded.feed(stream.data(), stream.size()) == single.match_length());
+    CHECK(sharded.draft(40) == single.draft(40));
+  }
+  CHECK_THROWS(sam::InputError, sam::ShardedCursor({}));
+}
+
+void test_dynamic_concurrent_extend_and_draft() {
+  // Writers grow (and reallocate) the arrays while readers draft: the lock keeps every read on
+  // live memory (the sanitizer build reports any use after free).
+  sam::DynamicAutomaton automaton;
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> readers;
+  for (int reader = 0; reader < 2; ++reader) {
+    readers.emplace_back([&] {
+      while (!done.load()) {
+        for (const Token token : automaton.draft(32)) {
+          if (token > 3) ++bad;
+        }
+        // Separate calls: a reset may come between them, so only each one's own answer is checked.
+        if (automaton.match_length() >= 20000 * 20 * 2) ++bad;
+        if (automaton.nbytes() == 0) ++bad;
+      }
+    });
+  }
+  std::vector<std::thread> writers;
+  for (unsigned seed = 0; seed < 2; ++seed) {
+    writers.emplace_back([&automaton, seed] {
+      std::mt19937 rng(seed);
+      std::uniform_int_distribution<Token> token(0, 3);
+      Tokens chunk(20000);
+      for (int round = 0; round < 20; ++round) {
+        for (Token& value : chunk) value = token(rng);
+        automaton.extend(chunk.data(), chunk.size());
+        if (round % 7 == 6) automaton.reset();
+      }
+    });
+  }
+  for (std::thread& writer : writers) writer.join();
+  done.store(true);
+  for (std::thread& reader : readers) reader.join();
+  CHECK(bad.load() == 0);
+}
+
 std::string temp_path(const char* name) {
   const char* directory = std::getenv("TMPDIR");
   std::string path = std::string(directory ? directory : "/tmp") + "/sam_core_tests_" +
@@ -409,7 +545,7 @@ void test_large_counts() {
     CHECK(tree.tokens.size() == 3);
     CHECK(tree.tokens[0] == 5 && tree.counts[0] == 69999);
     CHECK(tree.counts[1] == 1 && tree.counts[2] == 1);
-    CHECK(std::abs(tree.probabilities[0] - 69999.0 / 70002.0) < 1e-6);
+    CHECK(std::abs(tree.probabilities[0] - 69999.0 / 70002.0) < 1e-12);
   }
   std::remove(path.c_str());
 }
@@ -549,6 +685,33 @@ void test_bad_build_input() {
   CHECK_THROWS(sam::InputError, sam::StaticAutomaton::build(input));
 }
 
+void test_size_limits_are_checked_before_building() {
+  // 1.5G tokens would need more than 2^32 transitions: refused from the document ends alone,
+  // before the token array (absent here) is read or anything is allocated for it.
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);
+    const std::int64_t ends[] = {1'500'000'000};
+    sam::BuildInput input;
+    input.tokens = nullptr;
+    input.num_tokens = 1'500'000'000;
+    input.document_ends = ends;
+    input.num_documents = 1;
+    try {
+      sam::StaticAutomaton::build(input);
+    } catch (const sam::InputError&) {
+      std::_Exit(0);
+    } catch (...) {
+    }
+    std::_Exit(1);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(sam::kMaxBuildTextLength * 3 - 4 <= 0xFFFFFFFFull);
+}
+
 void test_save_into_a_missing_directory_throws() {
   const auto automaton = build({{1, 2}});
   CHECK_THROWS(sam::InputError, automaton->save("/nonexistent-directory/sub/a.sam"));
@@ -560,12 +723,17 @@ int main() {
   test_builder_recognises_exactly_the_substrings();
   test_static_cursor_against_brute_force();
   test_dynamic_against_brute_force();
+  test_dynamic_single_token_extends_grow_geometrically();
+  test_dynamic_concurrent_extend_and_draft();
+  test_tree_scan_budget_bounds_the_work();
+  test_sharded_cursor_equals_one_automaton();
   test_save_load_round_trip();
   test_large_counts();
   test_corrupted_files_throw_format_error();
   test_corrupted_suffix_link_cannot_loop_forever();
   test_bad_tokens_throw_input_error();
   test_bad_build_input();
+  test_size_limits_are_checked_before_building();
   test_save_into_a_missing_directory_throws();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -1,0 +1,48 @@
+// Where an automaton's bytes live: a heap buffer (just built) or a read-only memory map of a file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sam {
+
+// Bytes of a file or an in-memory image; either a heap buffer or a read-only memory map.
+class Storage {
+ public:
+  virtual ~Storage() = default;
+  virtual const std::uint8_t* data() const = 0;
+  virtual std::size_t size() const = 0;
+};
+
+// An image built in memory, zero-filled, written in place by the builder.
+class HeapStorage final : public Storage {
+ public:
+  explicit HeapStorage(std::size_t size) : bytes_(size, 0) {}
+  const std::uint8_t* data() const override { return bytes_.data(); }
+  std::uint8_t* mutable_data() { return bytes_.data(); }
+  std::size_t size() const override { return bytes_.size(); }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+};
+
+// A file mapped read-only (MAP_SHARED): loading costs no copy and no reading beyond the pages
+// that queries touch. Throws FormatError if it cannot be opened, is not a regular file, or
+// cannot be mapped.
+class MappedFile final : public Storage {
+ public:
+  explicit MappedFile(const std::string& path);
+  ~MappedFile() override;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const std::uint8_t* data() const override { return data_; }
+  std::size_t size() const override { return size_; }
+
+ private:
+  const std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+}  // namespace sam
