@@ -62,7 +62,7 @@ def busy_machine_note(threads: int, load: float | None = None, cores: int | None
     """A warning when other processes already keep every core busy (1-minute ``load`` >= ``cores``)
     and torch runs several ``threads``, else ``None``.
 
-    Torch's threads then keep waiting for one another at every operation: on 2 shared cores, a batch
+    Torch's threads then keep waiting for one another at every operation: on 2 busy cores, a batch
     took 5 times longer with 2 threads than with 1.
     """
     load = os.getloadavg()[0] if load is None else load

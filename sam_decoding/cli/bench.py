@@ -26,10 +26,10 @@ suites:
 
 --quick: 1 question per category, {quick_tokens} new tokens, methods {quick_methods} (each
 unless given), and a cheaper static corpus (~200 answers of up to {quick_distill} tokens to short
-questions, about 1-2 minutes to distill on 2 CPU cores, cached). On 2 CPU cores a first run takes about 5 minutes
-(model conversion and distillation included), a second one about 2. On a machine whose cores
-other jobs already keep busy, pass --threads 1: torch's threads would wait on each other (bench
-says so when the load average is at least the number of cores).
+questions, distilled once in batches and cached). On an idle 2-core machine a first run should
+take 4-8 minutes (model conversion and distillation included) and a second 2-5; on a busy one,
+much longer. On a machine whose cores other jobs already keep busy, pass --threads 1: torch's
+threads would wait on each other (bench says so when the load average is at least the cores).
 
 methods: {methods} (all greedy; every output is compared with vanilla's token for token).
 Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
