@@ -395,13 +395,8 @@ def _heads_drafters(heads: MedusaHeads) -> dict[str, object]:
 
 # Strict: once SamDrafter forwards its fallback's wants_hidden_states (one line in sam.py), this
 # test passes, the strict xfail reports it, and the marker goes.
-_SAM_FORWARDS_HIDDEN_STATES = pytest.mark.xfail(
-    reason="SamDrafter does not yet forward its fallback's wants_hidden_states, so the loop gives the heads no states",
-    strict=True,
-)
 
-
-@pytest.mark.parametrize("configuration", ["tree", "chain", pytest.param("sam_fallback", marks=_SAM_FORWARDS_HIDDEN_STATES)])
+@pytest.mark.parametrize("configuration", ["tree", "chain", "sam_fallback"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_heads_drafter_matches_vanilla_greedy(tiny_models, tiny_heads, family, configuration, assert_greedy_equal) -> None:
     model = tiny_models[(family, "sdpa")]
