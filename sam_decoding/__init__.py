@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sam_decoding.generation import GenerationResult, GenerationStats, generate
     from sam_decoding.heads import MedusaHeads
     from sam_decoding.hf_integration import custom_generate
+    from sam_decoding.policy import CostAwarePolicy, CostProfile
 
 _LAZY = {
     "Draft": "sam_decoding.drafters",
@@ -51,10 +52,14 @@ _LAZY = {
     "GenerationStats": "sam_decoding.generation",
     "generate": "sam_decoding.generation",
     "custom_generate": "sam_decoding.hf_integration",
+    "CostAwarePolicy": "sam_decoding.policy",
+    "CostProfile": "sam_decoding.policy",
 }
 
 __all__ = [
     "FORMAT_VERSION",
+    "CostAwarePolicy",
+    "CostProfile",
     "Draft",
     "DraftChain",
     "DraftTree",
