@@ -27,7 +27,7 @@ A Spec-Bench question file (records with question_id and category) loses the que
 spec-bench-mini suite evaluates, so heads are never trained on benchmark questions.
 
 examples:
-  sam-decoding train-heads ../shared/data/spec_bench/question.jsonl -o heads.safetensors
+  sam-decoding train-heads questions.jsonl -o heads.safetensors
   sam-decoding train-heads answers.jsonl --answers -o heads.safetensors --epochs 3
   sam-decoding bench --methods vanilla,heads,sam+heads --heads heads.safetensors"""
 
