@@ -162,6 +162,9 @@ def test_speculative_sampling_matches_ordinary_sampling(tiny_models, drafter_nam
         result = generate(
             model, PROMPT, max_new_tokens=count, drafter=drafter, do_sample=True, temperature=TEMPERATURE,
             top_k=TOP_K, generator=generator, eos_token_id=[],
+            # Every drafted node is verified: whether the cost-aware policy would verify this
+            # self-draft depends on the machine's timings, and this test is about acceptance itself.
+            policy=None,
         )
         observed[tuple(result.new_tokens.tolist())] += 1
         accepted += result.stats.accepted_tokens
