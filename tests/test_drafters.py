@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,6 +80,21 @@ def test_token_recycling_expands_its_table() -> None:
     assert max(template.depth[: len(draft)]) <= 3
     shallow = drafter.propose(1)
     assert np.all(shallow.parents == -1) and len(shallow) == k
+
+
+def test_token_recycling_nodes_carry_the_targets_probability() -> None:
+    # Each node's estimate is the softmax the target gave that entry after its parent's token.
+    vocab = 6
+    drafter = TokenRecyclingDrafter(top_k=2, max_nodes=6, max_depth=2)
+    drafter.begin(np.array([0], dtype=np.int64))
+    logits = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(3)) * 3
+    drafter.accept(np.array([0], dtype=np.int64), Verified(torch.arange(vocab), logits))
+    draft = drafter.propose(2)
+    softmax = torch.softmax(logits, dim=-1).numpy()
+    parents = draft.parents.tolist()
+    for i, token in enumerate(draft.tokens.tolist()):
+        parent_token = 0 if parents[i] < 0 else int(draft.tokens[parents[i]])
+        assert draft.probabilities[i] == pytest.approx(softmax[parent_token, token], rel=1e-5)
 
 
 def test_token_recycling_skips_unknown_rows() -> None:

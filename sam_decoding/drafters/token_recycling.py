@@ -5,6 +5,10 @@ which are thrown away. This drafter keeps, for each token id, the top-k tokens t
 predicted after it the last time it was verified (a ``vocab x k`` table), and drafts by expanding
 a fixed tree template from the context's last token through that table. The table is updated
 every step and kept across requests, so it keeps improving over a session.
+
+Next to each entry the table keeps the probability the target gave it then; a drafted node
+carries that as its acceptance estimate, so a verification policy can tell a confident
+continuation (after ``(`` in code) from a guess (after ``the``) and verify only the former.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class TokenRecyclingDrafter(Drafter):
             raise ValueError("template uses a rank >= top_k")
         # Allocated on the first verified step, when the vocabulary size is known.
         self.table: np.ndarray | None = None
+        self.table_probabilities: np.ndarray | None = None  # float64, the target's softmax per entry
         self._last_token = -1
         # Reused per-step buffer: slot 0 is the root (context's last token), slot i + 1 is node i.
         self._node_tokens = np.empty(len(self.template) + 1, dtype=np.int64)
@@ -124,15 +129,17 @@ class TokenRecyclingDrafter(Drafter):
             found = table[np.maximum(parent_tokens, 0), ranks[start:stop]]
             tokens[start + 1 : stop + 1] = np.where(parent_tokens < 0, -1, found)
         draft_tokens = tokens[1 : node_count + 1]
+        parent_tokens = tokens[parents + 1]
+        probabilities = self.table_probabilities[np.maximum(parent_tokens, 0), ranks]
         if np.all(draft_tokens >= 0):
-            return Draft(draft_tokens.copy(), parents.copy(), "token_recycling")
+            return Draft(draft_tokens.copy(), parents.copy(), "token_recycling", probabilities)
         # Rows filled only partially (never after a full update) or unknown tokens: compact.
         keep = np.flatnonzero(draft_tokens >= 0)
         remap = np.full(node_count, -1, dtype=np.int32)
         remap[keep] = np.arange(len(keep), dtype=np.int32)
         kept_parents = parents[keep]
         new_parents = np.where(kept_parents < 0, -1, remap[np.maximum(kept_parents, 0)]).astype(np.int32)
-        return Draft(draft_tokens[keep].copy(), new_parents, "token_recycling")
+        return Draft(draft_tokens[keep].copy(), new_parents, "token_recycling", probabilities[keep])
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
         self._last_token = int(tokens[-1])
@@ -141,5 +148,9 @@ class TokenRecyclingDrafter(Drafter):
         logits = verified.logits
         if self.table is None:
             self.table = np.full((logits.shape[-1], self.top_k), -1, dtype=np.int64)
-        top = torch.topk(logits, self.top_k, dim=-1, sorted=True).indices
-        self.table[verified.tokens.numpy()] = top.numpy()
+            self.table_probabilities = np.zeros((logits.shape[-1], self.top_k), dtype=np.float64)
+        top = torch.topk(logits, self.top_k, dim=-1, sorted=True)
+        probabilities = torch.exp(top.values.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True))
+        rows = verified.tokens.numpy()
+        self.table[rows] = top.indices.numpy()
+        self.table_probabilities[rows] = probabilities.numpy()
