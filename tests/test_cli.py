@@ -330,6 +330,19 @@ def test_bench_quick_smoke_run(capsys, tmp_path, tiny_model_dir, corpus) -> None
     assert (tmp_path / "redrawn" / "questions.png").is_file()
 
 
+def test_bench_runs_any_fixed_chain_cap(capsys, tmp_path, tiny_model_dir, corpus) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "category": "cats", "turns": ["The cat sat"]}) + "\n", encoding="utf-8")
+    code, out, err = run_cli(
+        capsys, "bench", "--questions", questions, "--model", tiny_model_dir, "--corpus", corpus,
+        "--max-new-tokens", "8", "--methods", "vanilla,sam-chain3-fixed", "--out", tmp_path / "report",
+    )
+    assert code == 0, err
+    assert "chains of at most 3 tokens" in out
+    record = json.loads((tmp_path / "report" / "questions.json").read_text(encoding="utf-8"))
+    assert [m["equal_to_reference"] for m in record["measurements"] if m["method"] == "sam-chain3-fixed"] == [True]
+
+
 def test_bench_quick_defaults(capsys, tmp_path, tiny_model_dir, corpus) -> None:
     questions = tmp_path / "questions.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "category": "cats", "turns": ["The cat sat"]}) + "\n", encoding="utf-8")
@@ -396,6 +409,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "distill-zero-batch": ["distill", prompts, "-o", root / "a.jsonl", "--batch-size", "0"],
         "distill-resume-foreign-output": ["distill", prompts, "-o", no_prompts, "--model", model],
         "bench-unknown-method": ["bench", "--methods", "vanilla,medusa"],
+        "bench-zero-chain-cap": ["bench", "--methods", "vanilla,sam-chain0-fixed"],
         "bench-missing-questions": ["bench", "--questions", root / "nope.jsonl"],
         "bench-missing-data": ["bench", "--data", root / "nope.jsonl"],
         "bench-sam-without-corpus": ["bench", "--questions", no_prompts, "--prompt-field", "answer"],
@@ -418,7 +432,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "generate-empty-prompt-file", "generate-system-without-chat", "generate-stream-and-json",
         "generate-draft-flag-without-speculation", "generate-two-prompts", "distill-missing-prompts", "distill-no-prompt-field",
         "distill-zero-batch", "distill-resume-foreign-output",
-        "bench-unknown-method", "bench-missing-questions", "bench-missing-data", "bench-sam-without-corpus",
+        "bench-unknown-method", "bench-zero-chain-cap", "bench-missing-questions", "bench-missing-data", "bench-sam-without-corpus",
         "usage-missing-output", "usage-unknown-command", "usage-bad-integer",
     ],
 )

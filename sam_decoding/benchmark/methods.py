@@ -8,6 +8,7 @@ per forward pass) is comparable; the engine's separate prompt prefill is not cou
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token
 QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
 STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads"})
+#: ``sam-chainN-fixed`` for any cap N: SAM chains of at most N tokens, no fallback, no policy.
+#: Listed next to the policy, a few caps show that no fixed size does as well on every kind of prompt.
+_CHAIN_CAP = re.compile(r"sam-chain([1-9][0-9]{0,2})-fixed")
+
+
+def is_method(name: str) -> bool:
+    """Whether ``name`` is a method: one of :data:`METHOD_NAMES` or ``sam-chainN-fixed`` (1 <= N <= 999)."""
+    return name in METHOD_NAMES or _CHAIN_CAP.fullmatch(name) is not None
+
+
+def needs_static_corpus(name: str) -> bool:
+    """Whether the method ``name`` drafts from a static corpus."""
+    return name in STATIC_CORPUS_METHODS or _CHAIN_CAP.fullmatch(name) is not None
+
+
 #: Methods that draft with trained heads and so need a heads file for the model.
 HEADS_METHODS: frozenset[str] = frozenset({"heads", "sam+heads"})
 #: Fixed draft sizes of the ``-fixed`` methods (the drafters' defaults before the cost-aware policy).
@@ -225,11 +241,11 @@ def make_methods(
     if reference_profile is None:
         reference_profile = cost_profile
 
-    unknown = [name for name in names if name not in METHOD_NAMES]
+    unknown = [name for name in names if not is_method(name)]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)} or sam-chainN-fixed")
     automaton = None
-    if STATIC_CORPUS_METHODS.intersection(names):
+    if any(needs_static_corpus(name) for name in names):
         if static_corpus is None:
             raise ValueError("the sam methods need a static corpus")
         automaton = load_corpus(static_corpus)
@@ -286,11 +302,6 @@ def make_methods(
                 automaton, fallback=fixed_recycler, max_draft=FIXED_SAM_MAX_DRAFT, tree_nodes=FIXED_SAM_TREE_NODES
             ),
         ),
-        "sam-chain8-fixed": lambda: EngineGenerate(
-            "sam-chain8-fixed",
-            "`SamDrafter` chains of at most 8 tokens, no tree, no fallback, every drafted node verified (no policy)",
-            lambda: SamDrafter(automaton, use_tree=False, max_draft=8),
-        ),
         "heads": lambda: HeadsEngineGenerate(
             "heads",
             f"this engine with `HeadsDrafter` alone (Medusa-1 heads `{Path(heads).name}`), {policy_note}",
@@ -306,7 +317,16 @@ def make_methods(
             policy=policy(),
         ),
     }
-    methods = [factories[name]() for name in names]
+
+    def chain_cap(name: str) -> Method:
+        cap = int(_CHAIN_CAP.fullmatch(name).group(1))
+        return EngineGenerate(
+            name,
+            f"`SamDrafter` chains of at most {cap} tokens, no tree, no fallback, every drafted node verified (no policy)",
+            lambda: SamDrafter(automaton, use_tree=False, max_draft=cap),
+        )
+
+    methods = [factories[name]() if name in factories else chain_cap(name) for name in names]
     for method in methods:
         method.reference_profile = reference_profile
     return methods

@@ -31,7 +31,7 @@ take 4-8 minutes (model conversion and distillation included) and a second 2-5; 
 much longer. On a machine whose cores other jobs already keep busy, pass --threads 1: torch's
 threads would wait on each other (bench says so when the load average is at least the cores).
 
-methods: {methods} (all greedy; every output is compared with vanilla's token for token).
+methods: {methods}, and sam-chainN-fixed for any cap N (all greedy; every output is compared with vanilla's token for token).
 Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
 
 examples:
@@ -113,18 +113,20 @@ def register(commands: Any) -> None:
 
 
 def _parse_methods(text: str) -> list[str]:
-    from sam_decoding.benchmark.methods import METHOD_NAMES
+    from sam_decoding.benchmark.methods import METHOD_NAMES, is_method
 
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHOD_NAMES]
+    unknown = [name for name in names if not is_method(name)]
     if unknown or not names:
-        raise CliError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHOD_NAMES)}")
+        raise CliError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHOD_NAMES)} or sam-chainN-fixed"
+        )
     return list(dict.fromkeys(names))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its reports. Returns the exit code."""
-    from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES, STATIC_CORPUS_METHODS, make_methods
+    from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES, make_methods, needs_static_corpus
     from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
 
     if args.from_json is not None:
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     # Round-robin order: a run stopped early (its JSON is checkpointed) still covers every category.
     suite = suite.limited(per_category).interleaved()
-    needs_corpus = bool(STATIC_CORPUS_METHODS.intersection(methods))
+    needs_corpus = any(needs_static_corpus(name) for name in methods)
     if needs_corpus and args.questions is not None and args.corpus is None:
         raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
 
