@@ -5,6 +5,10 @@
   in issue 7 (t(1) = 65 ms), with cost growing 0.02% per cached token (an assumption).
 * ``gpu-like.json``: a GPU verifying a 7B model: flat up to 64 tokens (20 ms), then linear.
 
+Not written here: ``cpu-2core-smollm2-measured.json`` is a profile measured, not modelled, on a quiet
+2-core machine on 2026-11-26 with ``sam-decoding profile --reset --threads 2 --budget 30 --out FILE``
+(t(1) = 55 ms; 2-3 tokens cost 1.0-1.07x one token there, 4 tokens 1.4x, 8 tokens 1.7x, 64 tokens 3.5x).
+
 Run: python bench/profiles/make_profiles.py
 """
 
