@@ -203,3 +203,21 @@ def test_generate_follows_the_injected_profile_and_stays_exact(tiny_models, prof
     else:
         assert result.stats.drafted_tokens == 0
         assert result.stats.verified_sizes == {1: result.stats.steps}
+
+
+def test_a_call_whose_drafts_fail_stops_verifying_them_and_the_next_call_starts_fresh() -> None:
+    # Every extra fed token costs 30% of a step; the acceptance model is frozen at the drafter's 0.8,
+    # so only the per-call correction can learn that this request's drafts fail.
+    profile = CostProfile.synthetic(lambda q, length: 0.010 * (1 + 0.3 * (q - 1)), key="linear")
+    policy = CostAwarePolicy(profile=profile, acceptance=AcceptanceModel(prior_strength=1e9))
+    draft = Draft.chain(np.array([5, 6]), "confident", np.array([0.8, 0.8]))
+    policy.prepare(None)
+    assert len(policy.select(draft, 100, 0.0).draft) == 2
+    for _ in range(10):
+        plan = policy.select(draft, 100, 0.0)
+        if not len(plan.draft):
+            break
+        policy.learn(plan, [0], None)  # the target rejected the first node
+    assert len(policy.select(draft, 100, 0.0).draft) == 0 and policy.call_correction < 0.4
+    policy.prepare(None)  # a new generate call
+    assert len(policy.select(draft, 100, 0.0).draft) == 2

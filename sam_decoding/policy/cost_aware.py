@@ -19,6 +19,9 @@ from sam_decoding.verification import subset_draft
 
 #: Largest number of draft nodes one step may verify.
 DEFAULT_MAX_NODES = 256
+#: Pseudo-tokens behind the per-call acceptance correction: how many accepted tokens a call must
+#: see before its own record outweighs the calibrated estimates.
+CALL_CORRECTION_STRENGTH = 4.0
 #: Environment variable: set to ``0`` to keep cost profiles in memory only (no read, no write).
 PROFILE_CACHE_ENV = "SAM_DECODING_COST_PROFILE_CACHE"
 _OVERHEAD_SMOOTHING = 0.1
@@ -67,6 +70,9 @@ class CostAwarePolicy:
     max_nodes: int = DEFAULT_MAX_NODES
     calibration_budget_seconds: float = 2.0
     overhead_seconds: float = 0.0
+    # This call's accepted draft tokens and what the calibrated estimates predicted for them.
+    call_accepted: float = 0.0
+    call_predicted: float = 0.0
 
     @classmethod
     def shared(cls, model: Any) -> CostAwarePolicy:
@@ -77,7 +83,9 @@ class CostAwarePolicy:
         return policy
 
     def prepare(self, model: Any) -> float:
-        """Give the policy ``model``'s cost profile if it has none; return calibration seconds (0 if none ran)."""
+        """Start a generate call: give the policy ``model``'s cost profile if it has none; return
+        calibration seconds (0 if none ran)."""
+        self.call_accepted = self.call_predicted = 0.0
         if self.profile is not None:
             return 0.0
         self.profile, spent = model_profile(model, self.calibration_budget_seconds)
@@ -88,7 +96,8 @@ class CostAwarePolicy:
         assert self.profile is not None, "prepare(model) first"
         estimates = self.acceptance.estimate(draft)
         costs = self.profile.curve(context_length, min(len(draft), self.max_nodes) + 1)
-        choice = best_subtree(estimates.path_probabilities, costs, draft_seconds + self.overhead_seconds)
+        path_probabilities = np.minimum(estimates.path_probabilities * self.call_correction, 1.0)
+        choice = best_subtree(path_probabilities, costs, draft_seconds + self.overhead_seconds)
         keep = choice.keep
         if len(keep) == len(draft):
             kept = draft
@@ -103,6 +112,17 @@ class CostAwarePolicy:
         if not plans:
             return self.select(Draft.empty(candidates[0].source if candidates else "none"), context_length, draft_seconds)
         return max(plans, key=lambda plan: plan.expected_rate)
+
+    @property
+    def call_correction(self) -> float:
+        """How far this call's drafts beat (> 1) or fall short of (< 1) the calibrated estimates so far.
+
+        The estimates are calibrated over every call, but how predictable a text is varies from one
+        request to the next (open writing vs code); the selection scales them by this ratio, shrunk
+        to 1 while the call has seen little.
+        """
+        k = CALL_CORRECTION_STRENGTH
+        return (self.call_accepted + k) / (self.call_predicted + k)
 
     def observe_cost(self, q: int, cache_length: int, seconds: float) -> None:
         """Refine the cost profile with one real verification pass."""
@@ -127,6 +147,8 @@ class CostAwarePolicy:
         if last_child is not None:
             accepted[last_child - 1] = True
         self.acceptance.learn(plan.estimates, judged, accepted)
+        self.call_accepted += float(accepted.sum())
+        self.call_predicted += float(plan.estimates.path_probabilities.sum())
 
     def finish(self) -> None:
         """End of a generate call: save the refined cost profile (if it has a file)."""
