@@ -8,7 +8,7 @@
 #include <cstring>
 #include <utility>
 
-#include "automaton_builder.hpp"
+#include "suffix_tree_construction.hpp"
 
 namespace sam {
 
@@ -54,13 +54,7 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
     previous_end = end;
   }
 
-  FrozenArrays arrays;
-  {
-    AutomatonBuilder builder;
-    builder.reserve(text.size());
-    for (const Token token : text) builder.append(token);
-    arrays = freeze(builder, std::move(text));
-  }
+  FrozenArrays arrays = build_frozen_arrays(std::move(text));
 
   ImageSummary summary;
   summary.num_tokens = input.num_tokens;

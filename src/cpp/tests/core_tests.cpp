@@ -26,6 +26,8 @@
 #include "dynamic_automaton.hpp"
 #include "static_automaton.hpp"
 #include "static_cursor.hpp"
+#include "suffix_array.hpp"
+#include "suffix_tree_construction.hpp"
 
 namespace {
 
@@ -259,6 +261,106 @@ void check_cursor_position(const Documents& documents, const Tokens& stream,
 }
 
 // ---- tests ------------------------------------------------------------------------------------
+
+// ---- suffix-array construction against the online builder ------------------------------------
+
+// The text a build indexes: each document followed by the separator.
+Tokens corpus_text(const Documents& documents) {
+  Tokens text;
+  for (const Tokens& document : documents) {
+    text.insert(text.end(), document.begin(), document.end());
+    text.push_back(sam::kSeparator);
+  }
+  return text;
+}
+
+bool same_frozen_arrays(const sam::FrozenArrays& a, const sam::FrozenArrays& b) {
+  return a.text == b.text && a.link == b.link && a.count == b.count &&
+         a.count_overflow == b.count_overflow && a.clone_length == b.clone_length &&
+         a.clone_end == b.clone_end && a.edge_offset == b.edge_offset &&
+         a.edge_token == b.edge_token && a.edge_target == b.edge_target;
+}
+
+void check_constructions_agree(const Documents& documents) {
+  const Tokens text = corpus_text(documents);
+  CHECK(sam::reversed_suffix_array(text) == sam::reversed_suffix_array_by_sorting(text));
+  bool same = false;
+  try {
+    same = same_frozen_arrays(sam::build_frozen_arrays(Tokens(text)),
+                              sam::build_frozen_arrays_online(Tokens(text)));
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "  %s\n", error.what());
+  }
+  CHECK(same);
+  if (!same) {
+    std::fprintf(stderr, "  constructions differ on a text of %zu tokens:", text.size());
+    for (const Token token : text) std::fprintf(stderr, " %d", static_cast<int>(token));
+    std::fprintf(stderr, "\n");
+  }
+}
+
+Documents random_corpus(std::mt19937& rng, Token alphabet, std::size_t max_documents,
+                        std::size_t max_length) {
+  std::uniform_int_distribution<std::size_t> count(1, max_documents), size(1, max_length);
+  std::uniform_int_distribution<Token> token(0, alphabet - 1);
+  Documents documents(count(rng));
+  for (Tokens& document : documents) {
+    document.resize(size(rng));
+    for (Token& value : document) value = token(rng);
+  }
+  return documents;
+}
+
+void test_suffix_array_construction_equals_the_online_build() {
+  std::mt19937 rng(2024);
+  for (int round = 0; round < 1500; ++round) {
+    const Token alphabet = std::vector<Token>{1, 2, 3, 4, 8, 50, 3000}[static_cast<std::size_t>(round % 7)];
+    const std::size_t max_documents = round % 3 == 0 ? 40 : 4;
+    const std::size_t max_length = round % 5 == 0 ? 200 : 24;
+    check_constructions_agree(random_corpus(rng, alphabet, max_documents, max_length));
+  }
+  // Ids near the top of the token range: the suffix array renumbers them densely.
+  for (int round = 0; round < 100; ++round) {
+    Documents documents = random_corpus(rng, 6, 5, 30);
+    for (Tokens& document : documents) {
+      for (Token& value : document) value = sam::kMaxToken - value * 1000003u;
+    }
+    check_constructions_agree(documents);
+  }
+  // Periodic and repeated texts: deep LCP intervals and long suffix-link paths.
+  check_constructions_agree({{7}});
+  check_constructions_agree({Tokens(300, 5)});
+  check_constructions_agree({Tokens(100, 1), Tokens(100, 1), Tokens(3, 1)});
+  Tokens periodic;
+  for (int index = 0; index < 240; ++index) periodic.push_back(static_cast<Token>(index % 3 == 0));
+  check_constructions_agree({periodic, periodic, {0, 1}});
+  // Long repeats: LCP values beyond the 16-bit entries.
+  Tokens long_document(70000);
+  for (std::size_t index = 0; index < long_document.size(); ++index) {
+    long_document[index] = static_cast<Token>(index % 1000 == 0 ? index / 1000 % 7 : 9);
+  }
+  const Tokens text = corpus_text({long_document, long_document});
+  CHECK(same_frozen_arrays(sam::build_frozen_arrays(Tokens(text)),
+                           sam::build_frozen_arrays_online(Tokens(text))));
+}
+
+void test_lcp_against_direct_comparison() {
+  std::mt19937 rng(7);
+  for (int round = 0; round < 300; ++round) {
+    const Tokens text = corpus_text(random_corpus(rng, static_cast<Token>(1 + round % 4), 3, 40));
+    const std::vector<sam::SuffixIndex> suffixes = sam::reversed_suffix_array(text);
+    const sam::CompactLcp lcp(text, suffixes);
+    sam::CompactLcp::SequentialReader reader(lcp);
+    const Tokens reversed(text.rbegin(), text.rend());
+    for (std::size_t rank = 1; rank < suffixes.size(); ++rank) {
+      const auto a = reversed.begin() + suffixes[rank - 1];
+      const auto b = reversed.begin() + suffixes[rank];
+      const std::size_t common = static_cast<std::size_t>(
+          std::mismatch(a, reversed.end(), b, reversed.end()).first - a);
+      CHECK(reader.at(rank) == common);
+    }
+  }
+}
 
 void test_builder_recognises_exactly_the_substrings() {
   std::mt19937 rng(1);
@@ -721,6 +823,8 @@ void test_save_into_a_missing_directory_throws() {
 
 int main() {
   test_builder_recognises_exactly_the_substrings();
+  test_suffix_array_construction_equals_the_online_build();
+  test_lcp_against_direct_comparison();
   test_static_cursor_against_brute_force();
   test_dynamic_against_brute_force();
   test_dynamic_single_token_extends_grow_geometrically();
