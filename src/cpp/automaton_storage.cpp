@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "token_types.hpp"
 
@@ -18,6 +19,11 @@ namespace {
 }
 
 }  // namespace
+
+HeapStorage::HeapStorage(std::size_t size)
+    : bytes_(static_cast<std::uint8_t*>(std::calloc(size == 0 ? 1 : size, 1))), size_(size) {
+  if (!bytes_) throw std::bad_alloc();
+}
 
 MappedFile::MappedFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
