@@ -319,8 +319,9 @@ class StaticAutomaton:
 
     @property
     def format_version(self) -> int:
-        """Version of the file format this automaton uses."""
-        return FORMAT_VERSION
+        """Version of the file format this automaton uses: the loaded file's, or ``FORMAT_VERSION``
+        for a new build (version 2 stores token ids in 16 bits when all are below 65535)."""
+        return int(self._native.format_version)
 
     @property
     def tokenizer_fingerprint(self) -> str:

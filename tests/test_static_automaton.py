@@ -335,7 +335,7 @@ def test_properties_and_repr():
     assert automaton.num_states >= automaton.num_tokens + 1
     assert automaton.num_edges >= 0
     assert automaton.nbytes > 0
-    assert automaton.format_version == 1
+    assert automaton.format_version == 2
     assert "num_tokens=4" in repr(automaton)
 
 

@@ -251,6 +251,8 @@ PYBIND11_MODULE(_core, module) {
                              [](const StaticHandle& self) { return self.automaton->num_states(); })
       .def_property_readonly("num_edges",
                              [](const StaticHandle& self) { return self.automaton->num_edges(); })
+      .def_property_readonly("format_version",
+                             [](const StaticHandle& self) { return self.automaton->format_version(); })
       .def_property_readonly("vocab_bound",
                              [](const StaticHandle& self) { return self.automaton->vocab_bound(); })
       .def_property_readonly("nbytes",

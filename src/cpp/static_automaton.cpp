@@ -84,6 +84,7 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
   num_clones_ = view.num_clones;
   num_edges_ = view.num_edges;
   vocab_bound_ = view.vocab_bound;
+  format_version_ = view.format_version;
   fingerprint_ = view.fingerprint;
   metadata_ = view.metadata;
   text_ = view.text;

@@ -56,6 +56,8 @@ class StaticAutomaton {
   std::uint64_t num_states() const { return num_states_; }
   std::uint64_t num_edges() const { return num_edges_; }
   std::uint32_t vocab_bound() const { return vocab_bound_; }
+  // Of the file it was loaded from, or the current one for a new build.
+  std::uint32_t format_version() const { return format_version_; }
   std::size_t nbytes() const { return storage_->size(); }
   bool is_memory_mapped() const { return memory_mapped_; }
   const std::string& tokenizer_fingerprint() const { return fingerprint_; }
@@ -114,8 +116,9 @@ class StaticAutomaton {
   std::uint64_t num_tokens_ = 0, num_documents_ = 0, text_length_ = 0;
   std::uint64_t num_states_ = 0, num_clones_ = 0, num_edges_ = 0;
   std::uint32_t vocab_bound_ = 0;
+  std::uint32_t format_version_ = 0;
   std::string fingerprint_, metadata_;
-  const Token* text_ = nullptr;
+  TokenArrayView text_;
   const StateId* link_ = nullptr;
   const std::uint16_t* count_ = nullptr;
   const std::uint32_t* count_overflow_ = nullptr;
@@ -123,7 +126,7 @@ class StaticAutomaton {
   const std::uint32_t* clone_length_ = nullptr;
   const std::uint32_t* clone_end_ = nullptr;
   const std::uint32_t* edge_offset_ = nullptr;
-  const Token* edge_token_ = nullptr;
+  TokenArrayView edge_token_;
   const StateId* edge_target_ = nullptr;
   // The root's transitions as a direct table indexed by token: every mismatch falls back to
   // the root, where a binary search over the whole vocabulary would cost a dozen cache misses.

@@ -617,6 +617,7 @@ void test_save_load_round_trip() {
       CHECK(loaded->num_edges() == built->num_edges());
       CHECK(loaded->nbytes() == built->nbytes());
       CHECK(loaded->vocab_bound() == built->vocab_bound());
+      CHECK(loaded->format_version() == sam::kFormatVersion);
       CHECK(loaded->tokenizer_fingerprint() == "fingerprint-" + std::to_string(round));
       CHECK(loaded->metadata() == "{}");
       sam::StaticCursor a(built), b(loaded);
@@ -627,6 +628,34 @@ void test_save_load_round_trip() {
           CHECK(a.draft(20) == b.draft(20));
           CHECK(a.draft_tree(8, 8).counts == b.draft_tree(8, 8).counts);
         }
+      }
+    }
+  }
+  std::remove(path.c_str());
+}
+
+// Token 0xFFFE is the largest a 16-bit file holds (0xFFFF is its separator); 0xFFFF needs 32 bits.
+void test_token_width_boundary() {
+  const std::string path = temp_path("width.sam");
+  auto documents_with = [](Token top) {
+    Documents documents = {{2, top, 1, top}, {}};
+    for (Token index = 0; index < 60; ++index) documents[1].push_back(index % 7 == 0 ? top : index % 5);
+    return documents;
+  };
+  const std::size_t wide_bytes = build(documents_with(1000000))->nbytes();
+  for (const Token top : {Token{0xFFFE}, Token{0xFFFF}}) {
+    const Documents documents = documents_with(top);
+    build(documents)->save(path);
+    const auto loaded = sam::StaticAutomaton::load(path, true);
+    loaded->verify();
+    CHECK((loaded->nbytes() < wide_bytes) == (top == 0xFFFE));
+    for (const Tokens& stream : {Tokens{top, 1}, Tokens{2, top}, Tokens{top}, Tokens{1, top, 2}, Tokens{0, top, 1}}) {
+      sam::StaticCursor cursor(loaded);
+      Tokens fed;
+      for (const Token token : stream) {
+        cursor.feed_one(token);
+        fed.push_back(token);
+        check_cursor_position(documents, fed, cursor);
       }
     }
   }
@@ -832,6 +861,7 @@ int main() {
   test_tree_scan_budget_bounds_the_work();
   test_sharded_cursor_equals_one_automaton();
   test_save_load_round_trip();
+  test_token_width_boundary();
   test_large_counts();
   test_corrupted_files_throw_format_error();
   test_corrupted_suffix_link_cannot_loop_forever();
