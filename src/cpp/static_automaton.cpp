@@ -54,7 +54,9 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
     previous_end = end;
   }
 
-  FrozenArrays arrays = build_frozen_arrays(std::move(text));
+  FrozenArrays arrays = input.construction == Construction::kOnline
+                            ? build_frozen_arrays_online(std::move(text))
+                            : build_frozen_arrays(std::move(text));
 
   ImageSummary summary;
   summary.num_tokens = input.num_tokens;

@@ -28,6 +28,11 @@ namespace sam {
 // 3n-4 transitions, so below this every id and edge offset fits 32 bits and a build can never
 // fail for size after it started. Larger corpora are split into shards.
 constexpr std::uint64_t kMaxBuildTextLength = (0xFFFFFFFFull + 4) / 3;
+// How a static build constructs its arrays; both give the same arrays, byte for byte.
+enum class Construction {
+  kSuffixArray,  // suffix_tree_construction.hpp: faster, about a third of the memory
+  kOnline,       // automaton_builder.hpp then freeze(): the reference
+};
 struct BuildInput {
   const Token* tokens = nullptr;           // all documents back to back, separators excluded
   std::size_t num_tokens = 0;
@@ -35,6 +40,7 @@ struct BuildInput {
   std::size_t num_documents = 0;
   std::string tokenizer_fingerprint;
   std::string metadata;  // opaque to the core (the Python layer stores JSON)
+  Construction construction = Construction::kSuffixArray;
 };
 
 class StaticAutomaton {
