@@ -206,7 +206,15 @@ std::vector<SuffixIndex> reversed_suffix_array(const std::vector<Token>& text) {
   for (const Token token : text) {
     if (token != kSeparator) largest = std::max(largest, token);
   }
-  if (largest < kMaxDirectAlphabet) {
+  if (largest < kNarrowSeparator) {
+    // 16-bit symbols: half the memory traffic of the induced-sorting scans.
+    std::vector<std::uint16_t> reversed(text.size());
+    for (std::size_t index = 0; index < text.size(); ++index) {
+      const Token token = text[text.size() - 1 - index];
+      reversed[index] = static_cast<std::uint16_t>(token == kSeparator ? largest + 1 : token);
+    }
+    sort_suffixes(reversed.data(), size, static_cast<SuffixIndex>(largest) + 2, suffixes.data());
+  } else if (largest < kMaxDirectAlphabet) {
     // Symbols 0..largest are tokens, largest+1 the separator.
     const ReversedTokens reversed(text.data(), size, largest + 1);
     sort_suffixes(reversed, size, static_cast<SuffixIndex>(largest) + 2, suffixes.data());

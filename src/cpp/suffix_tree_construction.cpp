@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <limits>
-#include <map>
+#include <queue>
 #include <stdexcept>
 #include <utility>
 
@@ -182,19 +182,22 @@ class StateWriter {
 // Final clone ids from provisional ones: by creation step, as freeze() numbers them.
 class CloneOrder {
  public:
-  CloneOrder(const std::vector<std::uint32_t>& creation_ends, std::size_t text_length)
-      : creation_ends_(creation_ends), steps_(text_length), text_length_(static_cast<StateId>(text_length)) {
-    for (const std::uint32_t step : creation_ends) {
+  // `creation_ends`: the creation step of each clone by provisional id; becomes its final index.
+  CloneOrder(std::vector<std::uint32_t>&& creation_ends, std::size_t text_length)
+      : final_index_(std::move(creation_ends)), steps_(text_length),
+        text_length_(static_cast<StateId>(text_length)) {
+    for (const std::uint32_t step : final_index_) {
       if (step >= text_length || steps_.contains(step)) {
         throw std::logic_error("suffix-array construction: two clones created at one step");
       }
       steps_.insert(step);
     }
     steps_.index_ranks();
+    for (std::uint32_t& index : final_index_) index = steps_.rank(index);
   }
   StateId final_id(StateId state) const {
     if (state <= text_length_) return state;
-    return text_length_ + 1 + steps_.rank(creation_ends_[state - text_length_ - 1]);
+    return text_length_ + 1 + final_index_[state - text_length_ - 1];
   }
   // The final clone index created at `step`, or kNoState if none is.
   StateId clone_created_at(std::uint32_t step) const {
@@ -202,7 +205,7 @@ class CloneOrder {
   }
 
  private:
-  const std::vector<std::uint32_t>& creation_ends_;
+  std::vector<std::uint32_t> final_index_;
   PositionSet steps_;
   StateId text_length_;
 };
@@ -264,10 +267,12 @@ class SolidSourceFinder {
   }
   void opened_later(const OpenNode& node) {
     // Only the next node to open at a depth can be the ancestor a leaf is waiting for: the
-    // sweep stays deeper than that depth from the leaf until the node opens.
-    const auto range = waiting_.equal_range(node.depth);
-    for (auto entry = range.first; entry != range.second; ++entry) sources_[entry->second] = node.state;
-    waiting_.erase(range.first, range.second);
+    // sweep stays deeper than that depth from the leaf until the node opens. So no leaf waits
+    // for a deeper node then, and the waiting ones to answer are the deepest.
+    while (!waiting_.empty() && waiting_.top().first == node.depth) {
+      sources_[waiting_.top().second] = node.state;
+      waiting_.pop();
+    }
   }
   void close(const OpenNode&, std::uint32_t, StateId) {}
   void close_root(std::uint32_t) {
@@ -281,7 +286,7 @@ class SolidSourceFinder {
   StateId text_length_;
   StateId next_clone_ = 0;
   std::vector<StateId> sources_;
-  std::multimap<std::uint32_t, StateId> waiting_;  // (depth, clone) of unanswered leaves
+  std::priority_queue<std::pair<std::uint32_t, StateId>> waiting_;  // (depth, clone), deepest first
 };
 
 // Lengths and occurrence ends of the frozen arrays' states.
@@ -376,7 +381,7 @@ FrozenArrays build_frozen_arrays(std::vector<Token>&& text) {
     sweep_suffix_tree(suffix_array, lcp, counter);
     StateWriter writer(&arrays, text_length, counter.num_clones());
     sweep_suffix_tree(suffix_array, lcp, writer);
-    const CloneOrder order(writer.creation_ends(), text_length);
+    const CloneOrder order(std::move(writer.creation_ends()), text_length);
     renumber_clones(&arrays, &writer, order, text_length);
     arrays.text = std::move(text);
     SolidSourceFinder finder(arrays, order, text_length);

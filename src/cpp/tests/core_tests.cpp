@@ -319,13 +319,16 @@ void test_suffix_array_construction_equals_the_online_build() {
     const std::size_t max_length = round % 5 == 0 ? 200 : 24;
     check_constructions_agree(random_corpus(rng, alphabet, max_documents, max_length));
   }
-  // Ids near the top of the token range: the suffix array renumbers them densely.
-  for (int round = 0; round < 100; ++round) {
-    Documents documents = random_corpus(rng, 6, 5, 30);
-    for (Tokens& document : documents) {
-      for (Token& value : document) value = sam::kMaxToken - value * 1000003u;
+  // Ids past 16 bits (buckets indexed by id) and near the top of the token range (renumbered
+  // densely first): the suffix array's other two symbol maps.
+  for (const Token base : {Token{70000}, sam::kMaxToken}) {
+    for (int round = 0; round < 100; ++round) {
+      Documents documents = random_corpus(rng, 6, 5, 30);
+      for (Tokens& document : documents) {
+        for (Token& value : document) value = base == sam::kMaxToken ? base - value * 1000003u : base + value * 3u;
+      }
+      check_constructions_agree(documents);
     }
-    check_constructions_agree(documents);
   }
   // Periodic and repeated texts: deep LCP intervals and long suffix-link paths.
   check_constructions_agree({{7}});
