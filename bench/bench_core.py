@@ -15,6 +15,9 @@ writes it, with the raw figures as JSON, to bench/out/.
     python bench/bench_core.py --sharded --zipf-tokens 20000000 --shard-tokens 5000000 --jobs 2
         # one file vs shards built 1 and 2 at a time from tokens streamed off disk; peak RSS per
         # shard token; writes bench/results/core/sharded_build.{json,md}
+    python bench/bench_core.py --constructions --rounds 3
+        # the stdlib tokens built by the suffix-array and the online construction and as a plain
+        # suffix array (pydivsufsort); writes bench/results/core/constructions.{json,md}
 """
 
 from __future__ import annotations
@@ -143,21 +146,35 @@ if spec["kind"] == "automaton":
     from sam_decoding import StaticAutomaton
 else:
     import pydivsufsort
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 result = {"tokens": int(tokens.size), "rss_before": before}
 if spec["kind"] == "automaton":
     documents = bench_core.documents_of(tokens, ends)
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak-RSS mark (Linux)
+        handle.write("5")
+    result["rss_before_build"] = status("VmRSS:")
     started = time.perf_counter()
-    automaton = StaticAutomaton.build(documents)
+    automaton = StaticAutomaton.build(documents, construction=spec.get("construction", "suffix_array"))
     result["build_s"] = time.perf_counter() - started
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    automaton.save(spec["save_path"])
-    result.update(nbytes=automaton.nbytes, states=automaton.num_states, edges=automaton.num_edges)
+    result["peak_rss_build"] = status("VmHWM:")
+    if spec.get("save_path"):
+        automaton.save(spec["save_path"])
+    result.update(nbytes=automaton.nbytes, states=automaton.num_states, edges=automaton.num_edges,
+                  format_version=automaton.format_version)
 else:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    result["rss_before_build"] = status("VmRSS:")
     started = time.perf_counter()
     suffix_array = pydivsufsort.divsufsort(tokens)
     result["build_s"] = time.perf_counter() - started
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_build"] = status("VmHWM:")
     result["nbytes"] = int(suffix_array.nbytes)
     result["dtype"] = str(suffix_array.dtype)
 print("RESULT " + json.dumps(result))
@@ -289,6 +306,58 @@ def draft_quality(tokens: np.ndarray, ends: np.ndarray, max_tokens: int, min_mat
         "chain_mean_accepted": chain_total / max(positions, 1),
         "tree_mean_accepted": tree_total / max(positions, 1),
     }
+
+
+# ---- the constructions on real text: suffix array vs online vs a plain suffix array ----------------
+
+
+def constructions_benchmark(args: argparse.Namespace) -> None:
+    """Real text (the stdlib, ~9.1M tokens, one document per file) built by the suffix-array
+    construction, by the online one, and as a plain suffix array (pydivsufsort), each in a fresh
+    process, ``--rounds`` times in turn; writes bench/results/core/constructions.{json,md}."""
+    tokens, ends = stdlib_tokens(args.stdlib_tokens or 10_000_000)
+    tokens_path, ends_path = OUT / "stdlib_all.tokens.npy", OUT / "stdlib_all.ends.npy"
+    np.save(tokens_path, tokens)
+    np.save(ends_path, ends)
+    spec = {"corpus": "stdlib", "tokens_path": str(tokens_path), "ends_path": str(ends_path)}
+    kinds = {"suffix_array_construction": {**spec, "kind": "automaton", "construction": "suffix_array"},
+             "online_construction": {**spec, "kind": "automaton", "construction": "online"},
+             "pydivsufsort": {**spec, "kind": "suffix_array"}}
+    runs: dict = {name: [] for name in kinds}
+    load_before = os.getloadavg()
+    for round_index in range(args.rounds):
+        for name, child in kinds.items():
+            print(f"round {round_index + 1}: {name} ...", file=sys.stderr)
+            runs[name].append(run_child(child))
+    results = {"tokens": int(tokens.size), "documents": int(ends.size), "rounds": args.rounds,
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "command": " ".join(["python bench/bench_core.py"] + sys.argv[1:]), "runs": runs}
+    table = constructions_report(results)
+    print(table)
+    directory = Path(__file__).resolve().parent / "results" / "core"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "constructions.json").write_text(json.dumps(results, indent=2) + "\n")
+    (directory / "constructions.md").write_text(table + "\n")
+
+
+def constructions_report(results: dict) -> str:
+    lines = ["| build | tokens | build s (median) | tokens/s | peak RSS growth / token (bytes) | "
+             "output bytes / token |", "|---|---:|---:|---:|---:|---:|"]
+    for name, runs in results["runs"].items():
+        seconds = statistics.median(run["build_s"] for run in runs)
+        growth = max(run["peak_rss_build"] - run["rss_before_build"] for run in runs)
+        lines.append(f"| {name} | {results['tokens']:,} | {seconds:.2f} | {results['tokens'] / seconds:,.0f} | "
+                     f"{growth / results['tokens']:.1f} | {runs[0]['nbytes'] / results['tokens']:.1f} |")
+    lines += ["",
+              f"Real text: the Python {platform.python_version()} standard library's .py files, "
+              f"{results['documents']:,} documents, tokenized with the default tokenizer. Each build in a fresh "
+              f"process, {results['rounds']} rounds in turn; peak RSS growth = VmHWM (reset just before the "
+              "build) minus VmRSS before it, the largest over the rounds; it includes the build's copy of "
+              "the tokens. Output: the automaton image (= file), or the suffix array.",
+              f"Load average before / after: {results['load_average_before']} / {results['load_average_after']} "
+              f"({results['cpus']} CPUs, shared). Command: `{results['command']}`"]
+    return "\n".join(lines)
 
 
 # ---- sharded builds: bounded memory, parallel shards ---------------------------------------------
@@ -571,7 +640,14 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true", help="with --sharded: no one-file build")
     parser.add_argument("--only-jobs", action="store_true", help="with --sharded: no 1-job run besides --jobs")
     parser.add_argument("--result-name", default="sharded_build", help="with --sharded: bench/results/core/NAME.{json,md}")
+    parser.add_argument("--constructions", action="store_true",
+                        help="instead: suffix-array vs online construction vs pydivsufsort on the stdlib tokens")
+    parser.add_argument("--rounds", type=int, default=3, help="with --constructions: builds of each kind")
     args = parser.parse_args()
+    if args.constructions:
+        OUT.mkdir(parents=True, exist_ok=True)
+        constructions_benchmark(args)
+        return
     if args.sharded:
         OUT.mkdir(parents=True, exist_ok=True)
         sharded_benchmark(args)
