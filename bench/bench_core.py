@@ -409,7 +409,8 @@ elif spec["kind"] == "shard_memory":
                   edges=native.num_edges)
 else:
     import pydivsufsort
-    tokens = np.load(spec["tokens_path"])
+    tokens = np.load(spec["tokens_path"], mmap_mode="r")[: spec.get("limit")]
+    tokens = np.array(tokens)  # read into memory, as the baseline of a build from memory
     started = time.perf_counter()
     pydivsufsort.divsufsort(tokens)
     result["build_s"] = time.perf_counter() - started
@@ -418,6 +419,27 @@ result["peak_rss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1
 result["peak_rss_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print("RESULT " + json.dumps(result))
 """
+
+
+def write_synthetic_tokens(path: Path, size: int, real_share: float, chunk: int = 10_000_000) -> None:
+    """``size`` tokens to a .npy file, chunk by chunk (never all in memory): per chunk, Zipf
+    tokens followed by a ``real_share`` of real text (the stdlib tokens, taken in order and
+    starting over when used up, so real text repeats once the corpus holds more than ~9M of it)."""
+    real = stdlib_tokens(10_000_000)[0] if real_share else np.empty(0, dtype=np.int32)
+    output = np.lib.format.open_memmap(path.with_suffix(".partial.npy"), mode="w+", dtype=np.int32,
+                                       shape=(size,))
+    real_next = 0
+    for index, start in enumerate(range(0, size, chunk)):
+        length = min(chunk, size - start)
+        real_length = int(round(length * real_share))
+        output[start : start + length - real_length] = zipf_tokens(length - real_length, seed=1 + index)
+        for offset in range(start + length - real_length, start + length, real.size or 1):
+            piece = min(real.size - real_next, start + length - offset)
+            output[offset : offset + piece] = real[real_next : real_next + piece]
+            real_next = (real_next + piece) % real.size
+    output.flush()
+    del output
+    path.with_suffix(".partial.npy").rename(path)
 
 
 def stream_documents(tokens_path: str, document: int, chunk: int = 1 << 20):
@@ -455,9 +477,10 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
     from sam_decoding import ShardedAutomaton
 
     size = args.zipf_tokens or 20_000_000
-    tokens_path = OUT / f"zipf_{size}.tokens.npy"
+    tokens_path = OUT / (f"zipf_{size}.tokens.npy" if not args.real_share else
+                         f"zipf_{size}_real{args.real_share:g}.tokens.npy")
     if not tokens_path.is_file():
-        np.save(tokens_path, zipf_tokens(size, seed=1))
+        write_synthetic_tokens(tokens_path, size, args.real_share)
     load = os.getloadavg()
     runs: dict = {"tokens": size, "shard_tokens": args.shard_tokens, "load_average_before": load}
     if not args.skip_single:
@@ -474,7 +497,8 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
     runs["shard_memory"] = run_sharded_child({"kind": "shard_memory", "tokens_path": str(tokens_path),
                                               "shard_tokens": args.shard_tokens})
     print("suffix array ...", file=sys.stderr)
-    runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path)})
+    runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path),
+                                              "limit": args.suffix_array_tokens})
     corpus_dir = OUT / f"zipf_shards_{args.jobs}"
     loads = []
     for _ in range(9):
@@ -640,6 +664,10 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true", help="with --sharded: no one-file build")
     parser.add_argument("--only-jobs", action="store_true", help="with --sharded: no 1-job run besides --jobs")
     parser.add_argument("--result-name", default="sharded_build", help="with --sharded: bench/results/core/NAME.{json,md}")
+    parser.add_argument("--real-share", type=float, default=0.0,
+                        help="with --sharded: fraction of each 10M-token chunk that is real text (stdlib tokens)")
+    parser.add_argument("--suffix-array-tokens", type=int, default=None,
+                        help="with --sharded: the pydivsufsort baseline over the first N tokens only (default all)")
     parser.add_argument("--constructions", action="store_true",
                         help="instead: suffix-array vs online construction vs pydivsufsort on the stdlib tokens")
     parser.add_argument("--rounds", type=int, default=3, help="with --constructions: builds of each kind")
