@@ -10,6 +10,11 @@
 
 namespace sam {
 
+// Returns the heap's free pages to the system (glibc: malloc_trim; elsewhere nothing). glibc keeps
+// freed blocks of up to 32 MB in the heap once it has freed a larger mapped one, so a build that frees
+// its arrays one by one while it fills the image would otherwise hold both.
+void release_free_heap_memory();
+
 // Bytes of a file or an in-memory image; either a heap buffer or a read-only memory map.
 class Storage {
  public:

@@ -103,6 +103,7 @@ void move_tokens(HeapStorage& image, const SectionEntry& entry, std::uint32_t to
     }
   }
   std::vector<Token>().swap(*tokens);
+  release_free_heap_memory();
 }
 
 // Copies `values` into the image at `entry`, then frees them.
@@ -110,6 +111,7 @@ template <typename T>
 void move_section(HeapStorage& image, const SectionEntry& entry, std::vector<T>* values) {
   if (!values->empty()) std::memcpy(image.mutable_data() + entry.offset, values->data(), entry.bytes);
   std::vector<T>().swap(*values);
+  release_free_heap_memory();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "automaton_builder.hpp"
+#include "automaton_storage.hpp"
 #include "suffix_array.hpp"
 
 namespace sam {
@@ -388,8 +389,10 @@ FrozenArrays build_frozen_arrays(std::vector<Token>&& text) {
     sweep_suffix_tree(suffix_array, lcp, finder);
     clone_sources = std::move(finder.sources());
   }
+  release_free_heap_memory();  // the suffix array, LCP and sweep scratch, before the transitions
   write_transitions(&arrays, clone_sources, text_length);
   std::vector<StateId>().swap(clone_sources);
+  release_free_heap_memory();
   sort_transitions_by_token(&arrays);
   return arrays;
 }
