@@ -15,6 +15,9 @@ writes it, with the raw figures as JSON, to bench/out/.
     python bench/bench_core.py --sharded --zipf-tokens 20000000 --shard-tokens 5000000 --jobs 2
         # one file vs shards built 1 and 2 at a time from tokens streamed off disk; peak RSS per
         # shard token; writes bench/results/core/sharded_build.{json,md}
+    python bench/bench_core.py --constructions --rounds 3
+        # the stdlib tokens built by the suffix-array and the online construction and as a plain
+        # suffix array (pydivsufsort); writes bench/results/core/constructions.{json,md}
 """
 
 from __future__ import annotations
@@ -143,21 +146,35 @@ if spec["kind"] == "automaton":
     from sam_decoding import StaticAutomaton
 else:
     import pydivsufsort
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 result = {"tokens": int(tokens.size), "rss_before": before}
 if spec["kind"] == "automaton":
     documents = bench_core.documents_of(tokens, ends)
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak-RSS mark (Linux)
+        handle.write("5")
+    result["rss_before_build"] = status("VmRSS:")
     started = time.perf_counter()
-    automaton = StaticAutomaton.build(documents)
+    automaton = StaticAutomaton.build(documents, construction=spec.get("construction", "suffix_array"))
     result["build_s"] = time.perf_counter() - started
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    automaton.save(spec["save_path"])
-    result.update(nbytes=automaton.nbytes, states=automaton.num_states, edges=automaton.num_edges)
+    result["peak_rss_build"] = status("VmHWM:")
+    if spec.get("save_path"):
+        automaton.save(spec["save_path"])
+    result.update(nbytes=automaton.nbytes, states=automaton.num_states, edges=automaton.num_edges,
+                  format_version=automaton.format_version)
 else:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    result["rss_before_build"] = status("VmRSS:")
     started = time.perf_counter()
     suffix_array = pydivsufsort.divsufsort(tokens)
     result["build_s"] = time.perf_counter() - started
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_build"] = status("VmHWM:")
     result["nbytes"] = int(suffix_array.nbytes)
     result["dtype"] = str(suffix_array.dtype)
 print("RESULT " + json.dumps(result))
@@ -291,6 +308,58 @@ def draft_quality(tokens: np.ndarray, ends: np.ndarray, max_tokens: int, min_mat
     }
 
 
+# ---- the constructions on real text: suffix array vs online vs a plain suffix array ----------------
+
+
+def constructions_benchmark(args: argparse.Namespace) -> None:
+    """Real text (the stdlib, ~9.1M tokens, one document per file) built by the suffix-array
+    construction, by the online one, and as a plain suffix array (pydivsufsort), each in a fresh
+    process, ``--rounds`` times in turn; writes bench/results/core/constructions.{json,md}."""
+    tokens, ends = stdlib_tokens(args.stdlib_tokens or 10_000_000)
+    tokens_path, ends_path = OUT / "stdlib_all.tokens.npy", OUT / "stdlib_all.ends.npy"
+    np.save(tokens_path, tokens)
+    np.save(ends_path, ends)
+    spec = {"corpus": "stdlib", "tokens_path": str(tokens_path), "ends_path": str(ends_path)}
+    kinds = {"suffix_array_construction": {**spec, "kind": "automaton", "construction": "suffix_array"},
+             "online_construction": {**spec, "kind": "automaton", "construction": "online"},
+             "pydivsufsort": {**spec, "kind": "suffix_array"}}
+    runs: dict = {name: [] for name in kinds}
+    load_before = os.getloadavg()
+    for round_index in range(args.rounds):
+        for name, child in kinds.items():
+            print(f"round {round_index + 1}: {name} ...", file=sys.stderr)
+            runs[name].append(run_child(child))
+    results = {"tokens": int(tokens.size), "documents": int(ends.size), "rounds": args.rounds,
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "command": " ".join(["python bench/bench_core.py"] + sys.argv[1:]), "runs": runs}
+    table = constructions_report(results)
+    print(table)
+    directory = Path(__file__).resolve().parent / "results" / "core"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "constructions.json").write_text(json.dumps(results, indent=2) + "\n")
+    (directory / "constructions.md").write_text(table + "\n")
+
+
+def constructions_report(results: dict) -> str:
+    lines = ["| build | tokens | build s (median) | tokens/s | peak RSS growth / token (bytes) | "
+             "output bytes / token |", "|---|---:|---:|---:|---:|---:|"]
+    for name, runs in results["runs"].items():
+        seconds = statistics.median(run["build_s"] for run in runs)
+        growth = max(run["peak_rss_build"] - run["rss_before_build"] for run in runs)
+        lines.append(f"| {name} | {results['tokens']:,} | {seconds:.2f} | {results['tokens'] / seconds:,.0f} | "
+                     f"{growth / results['tokens']:.1f} | {runs[0]['nbytes'] / results['tokens']:.1f} |")
+    lines += ["",
+              f"Real text: the Python {platform.python_version()} standard library's .py files, "
+              f"{results['documents']:,} documents, tokenized with the default tokenizer. Each build in a fresh "
+              f"process, {results['rounds']} rounds in turn; peak RSS growth = VmHWM (reset just before the "
+              "build) minus VmRSS before it, the largest over the rounds; it includes the build's copy of "
+              "the tokens. Output: the automaton image (= file), or the suffix array.",
+              f"Load average before / after: {results['load_average_before']} / {results['load_average_after']} "
+              f"({results['cpus']} CPUs, shared). Command: `{results['command']}`"]
+    return "\n".join(lines)
+
+
 # ---- sharded builds: bounded memory, parallel shards ---------------------------------------------
 
 SHARDED_CHILD = r"""
@@ -340,7 +409,8 @@ elif spec["kind"] == "shard_memory":
                   edges=native.num_edges)
 else:
     import pydivsufsort
-    tokens = np.load(spec["tokens_path"])
+    tokens = np.load(spec["tokens_path"], mmap_mode="r")[: spec.get("limit")]
+    tokens = np.array(tokens)  # read into memory, as the baseline of a build from memory
     started = time.perf_counter()
     pydivsufsort.divsufsort(tokens)
     result["build_s"] = time.perf_counter() - started
@@ -349,6 +419,27 @@ result["peak_rss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1
 result["peak_rss_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print("RESULT " + json.dumps(result))
 """
+
+
+def write_synthetic_tokens(path: Path, size: int, real_share: float, chunk: int = 10_000_000) -> None:
+    """``size`` tokens to a .npy file, chunk by chunk (never all in memory): per chunk, Zipf
+    tokens followed by a ``real_share`` of real text (the stdlib tokens, taken in order and
+    starting over when used up, so real text repeats once the corpus holds more than ~9M of it)."""
+    real = stdlib_tokens(10_000_000)[0] if real_share else np.empty(0, dtype=np.int32)
+    output = np.lib.format.open_memmap(path.with_suffix(".partial.npy"), mode="w+", dtype=np.int32,
+                                       shape=(size,))
+    real_next = 0
+    for index, start in enumerate(range(0, size, chunk)):
+        length = min(chunk, size - start)
+        real_length = int(round(length * real_share))
+        output[start : start + length - real_length] = zipf_tokens(length - real_length, seed=1 + index)
+        for offset in range(start + length - real_length, start + length, real.size or 1):
+            piece = min(real.size - real_next, start + length - offset)
+            output[offset : offset + piece] = real[real_next : real_next + piece]
+            real_next = (real_next + piece) % real.size
+    output.flush()
+    del output
+    path.with_suffix(".partial.npy").rename(path)
 
 
 def stream_documents(tokens_path: str, document: int, chunk: int = 1 << 20):
@@ -386,9 +477,10 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
     from sam_decoding import ShardedAutomaton
 
     size = args.zipf_tokens or 20_000_000
-    tokens_path = OUT / f"zipf_{size}.tokens.npy"
+    tokens_path = OUT / (f"zipf_{size}.tokens.npy" if not args.real_share else
+                         f"zipf_{size}_real{args.real_share:g}.tokens.npy")
     if not tokens_path.is_file():
-        np.save(tokens_path, zipf_tokens(size, seed=1))
+        write_synthetic_tokens(tokens_path, size, args.real_share)
     load = os.getloadavg()
     runs: dict = {"tokens": size, "shard_tokens": args.shard_tokens, "load_average_before": load}
     if not args.skip_single:
@@ -405,7 +497,8 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
     runs["shard_memory"] = run_sharded_child({"kind": "shard_memory", "tokens_path": str(tokens_path),
                                               "shard_tokens": args.shard_tokens})
     print("suffix array ...", file=sys.stderr)
-    runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path)})
+    runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path),
+                                              "limit": args.suffix_array_tokens})
     corpus_dir = OUT / f"zipf_shards_{args.jobs}"
     loads = []
     for _ in range(9):
@@ -571,7 +664,18 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true", help="with --sharded: no one-file build")
     parser.add_argument("--only-jobs", action="store_true", help="with --sharded: no 1-job run besides --jobs")
     parser.add_argument("--result-name", default="sharded_build", help="with --sharded: bench/results/core/NAME.{json,md}")
+    parser.add_argument("--real-share", type=float, default=0.0,
+                        help="with --sharded: fraction of each 10M-token chunk that is real text (stdlib tokens)")
+    parser.add_argument("--suffix-array-tokens", type=int, default=None,
+                        help="with --sharded: the pydivsufsort baseline over the first N tokens only (default all)")
+    parser.add_argument("--constructions", action="store_true",
+                        help="instead: suffix-array vs online construction vs pydivsufsort on the stdlib tokens")
+    parser.add_argument("--rounds", type=int, default=3, help="with --constructions: builds of each kind")
     args = parser.parse_args()
+    if args.constructions:
+        OUT.mkdir(parents=True, exist_ok=True)
+        constructions_benchmark(args)
+        return
     if args.sharded:
         OUT.mkdir(parents=True, exist_ok=True)
         sharded_benchmark(args)

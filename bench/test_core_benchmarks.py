@@ -86,9 +86,11 @@ def cursors_along(corpus, queries: np.ndarray, count: int = 64) -> list:
     return found
 
 
-def test_build(benchmark, documents):
+@pytest.mark.parametrize("construction", ["suffix_array", "online"])
+def test_build(benchmark, documents, construction):
     benchmark.extra_info["tokens"] = TOKENS
-    automaton = benchmark.pedantic(StaticAutomaton.build, args=(documents,), rounds=3, iterations=1)
+    automaton = benchmark.pedantic(StaticAutomaton.build, args=(documents,),
+                                   kwargs={"construction": construction}, rounds=3, iterations=1)
     benchmark.extra_info["bytes_per_token"] = automaton.nbytes / automaton.num_tokens
 
 

@@ -217,6 +217,7 @@ class StaticAutomaton:
         *,
         tokenizer_fingerprint: str = "",
         metadata: dict[str, Any] | None = None,
+        construction: str = "suffix_array",
     ) -> StaticAutomaton:
         """Build from an iterable of 1-D token sequences (NumPy int arrays or lists of ints).
 
@@ -224,6 +225,11 @@ class StaticAutomaton:
         JSON-serializable dict stored in the file (e.g. the build parameters). Releases the GIL
         while building. Raises ``ValueError`` if there are no tokens at all, or, before building
         anything, if tokens plus one separator per document exceed ``MAX_BUILD_TEXT_LENGTH``.
+
+        ``construction`` picks the algorithm; both give the same automaton, byte for byte:
+        ``"suffix_array"`` (default: a suffix array and LCP array of the reversed text, about
+        36 bytes of memory per token at peak) or ``"online"`` (the token-by-token builder then a
+        freeze, about 100 bytes per token and several times slower; kept as the reference).
         """
         if isinstance(documents, np.ndarray) and documents.ndim == 1:
             raise TypeError("documents must be an iterable of token sequences; wrap one array in a list")
@@ -239,7 +245,8 @@ class StaticAutomaton:
             )
         tokens = _concatenate_as_uint32(arrays)
         metadata_json = json.dumps(metadata or {}, sort_keys=True)
-        native = _core.StaticAutomaton.build(tokens, ends, str(tokenizer_fingerprint), metadata_json)
+        native = _core.StaticAutomaton.build(tokens, ends, str(tokenizer_fingerprint), metadata_json,
+                                              str(construction))
         return cls(native)
 
     @classmethod
@@ -319,8 +326,9 @@ class StaticAutomaton:
 
     @property
     def format_version(self) -> int:
-        """Version of the file format this automaton uses."""
-        return FORMAT_VERSION
+        """Version of the file format this automaton uses: the loaded file's, or ``FORMAT_VERSION``
+        for a new build (version 2 stores token ids in 16 bits when all are below 65535)."""
+        return int(self._native.format_version)
 
     @property
     def tokenizer_fingerprint(self) -> str:

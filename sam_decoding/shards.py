@@ -26,7 +26,6 @@ import numpy as np
 from sam_decoding import _core
 from sam_decoding.atomic_file import replacing_atomically
 from sam_decoding.automaton import (
-    FORMAT_VERSION,
     MAX_BUILD_TEXT_LENGTH,
     MAX_TOKEN_ID,
     FormatError,
@@ -210,8 +209,8 @@ class ShardedAutomaton:
 
     @property
     def format_version(self) -> int:
-        """Version of the shards' file format."""
-        return FORMAT_VERSION
+        """The newest file format version among the shards (a corpus may mix versions 1 and 2)."""
+        return max(shard.format_version for shard in self._shards)
 
     @property
     def tokenizer_fingerprint(self) -> str:

@@ -27,7 +27,8 @@ from sam_decoding import (
 from sam_decoding.shards import MANIFEST_NAME, add_shard
 
 DATA = Path(__file__).parent / "data"
-GOLDEN_SHARDS = DATA / "golden_shards_v1"
+GOLDEN_SHARDS = DATA / "golden_shards_v1"  # over files of format version 1
+GOLDEN_SHARDS_FORMAT2 = DATA / "golden_shards_v1_format2"
 
 
 def split(documents: list[list[int]], cuts: list[int]) -> list[list[list[int]]]:
@@ -214,6 +215,24 @@ def test_golden_sharded_corpus_answers_as_the_golden_file(verify):
         assert tree.counts.tolist() == expected["tree_counts"]
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_golden_sharded_corpus_of_format_2_answers_as_the_golden_file(verify):
+    from test_file_format import GOLDEN_ANSWERS
+
+    corpus = ShardedAutomaton.load(GOLDEN_SHARDS_FORMAT2, verify=verify)
+    assert (corpus.num_shards, corpus.format_version) == (3, 2)
+    # The middle shard holds id 2^31-1, so it alone stores 32-bit tokens.
+    assert [shard.vocab_bound for shard in corpus.shards] == [6, 2**31, 8]
+    for expected in GOLDEN_ANSWERS:
+        cursor = corpus.cursor()
+        cursor.feed(expected["query"])
+        tree = cursor.draft_tree(6)
+        assert cursor.match_length == expected["match_length"]
+        assert cursor.draft(8).tolist() == expected["draft"]
+        assert (tree.tokens.tolist(), tree.parents.tolist(), tree.counts.tolist()) == (
+            expected["tree_tokens"], expected["tree_parents"], expected["tree_counts"])
+
+
 def test_golden_sharded_corpus_is_what_the_writer_writes_today(tmp_path):
     import sys
 
@@ -224,9 +243,9 @@ def test_golden_sharded_corpus_is_what_the_writer_writes_today(tmp_path):
         sys.path.remove(str(DATA))
     make_golden_shards.build(tmp_path / "today")
     written = sorted(path.name for path in (tmp_path / "today").iterdir())
-    assert written == sorted(path.name for path in GOLDEN_SHARDS.iterdir())
+    assert written == sorted(path.name for path in GOLDEN_SHARDS_FORMAT2.iterdir())
     for name in written:
-        assert (tmp_path / "today" / name).read_bytes() == (GOLDEN_SHARDS / name).read_bytes(), name
+        assert (tmp_path / "today" / name).read_bytes() == (GOLDEN_SHARDS_FORMAT2 / name).read_bytes(), name
 
 
 # ---- bad manifests and shard sets ----------------------------------------------------------------

@@ -335,7 +335,7 @@ def test_properties_and_repr():
     assert automaton.num_states >= automaton.num_tokens + 1
     assert automaton.num_edges >= 0
     assert automaton.nbytes > 0
-    assert automaton.format_version == 1
+    assert automaton.format_version == 2
     assert "num_tokens=4" in repr(automaton)
 
 
@@ -407,3 +407,31 @@ def test_tree_is_top_k_for_any_size(case, max_nodes, max_depth):
     else:
         check_tree(nonempty, context, tree, max_nodes, max_depth)
         check_tree(nonempty, context, cursor.draft_tree(max_nodes), max_nodes, max_nodes)
+
+
+# ---- the two constructions --------------------------------------------------------------------
+
+
+def _saved_bytes(automaton: StaticAutomaton, directory) -> bytes:
+    path = directory / "automaton.sam"
+    automaton.save(path)
+    return path.read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from([1, 2, 3, 5, 40, 3000, MAX_TOKEN + 1]).flatmap(
+        lambda alphabet: st.lists(st.lists(st.integers(0, alphabet - 1), max_size=60), min_size=1, max_size=12)
+    ).filter(lambda documents: any(documents)),
+)
+def test_suffix_array_and_online_constructions_write_the_same_file(tmp_path_factory, documents):
+    """The suffix-array build (the default) and the online reference give identical files."""
+    directory = tmp_path_factory.mktemp("constructions")
+    by_suffix_array = StaticAutomaton.build(documents, metadata={"k": 1})
+    online = StaticAutomaton.build(documents, metadata={"k": 1}, construction="online")
+    assert _saved_bytes(by_suffix_array, directory) == _saved_bytes(online, directory)
+
+
+def test_unknown_construction_is_refused():
+    with pytest.raises(ValueError, match="construction"):
+        StaticAutomaton.build([[1, 2]], construction="suffix_tree")

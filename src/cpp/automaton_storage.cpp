@@ -5,8 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "token_types.hpp"
 
@@ -18,6 +23,17 @@ namespace {
 }
 
 }  // namespace
+
+void release_free_heap_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+HeapStorage::HeapStorage(std::size_t size)
+    : bytes_(static_cast<std::uint8_t*>(std::calloc(size == 0 ? 1 : size, 1))), size_(size) {
+  if (!bytes_) throw std::bad_alloc();
+}
 
 MappedFile::MappedFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

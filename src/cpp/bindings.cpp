@@ -203,8 +203,13 @@ PYBIND11_MODULE(_core, module) {
       .def_static(
           "build",
           [](const py::array& tokens, const py::array_t<std::int64_t, py::array::c_style>& ends,
-             const std::string& fingerprint, const std::string& metadata) {
+             const std::string& fingerprint, const std::string& metadata,
+             const std::string& construction) {
             const TokenView view(tokens);
+            if (construction != "suffix_array" && construction != "online") {
+              throw py::value_error("construction must be 'suffix_array' or 'online', got '" +
+                                    construction + "'");
+            }
             if (ends.ndim() != 1) throw py::value_error("document ends must be 1-D");
             sam::BuildInput input;
             input.tokens = view.data();
@@ -213,6 +218,8 @@ PYBIND11_MODULE(_core, module) {
             input.num_documents = static_cast<std::size_t>(ends.shape(0));
             input.tokenizer_fingerprint = fingerprint;
             input.metadata = metadata;
+            input.construction = construction == "online" ? sam::Construction::kOnline
+                                                          : sam::Construction::kSuffixArray;
             StaticHandle handle;
             {
               py::gil_scoped_release release;
@@ -221,7 +228,7 @@ PYBIND11_MODULE(_core, module) {
             return handle;
           },
           py::arg("tokens"), py::arg("document_ends"), py::arg("tokenizer_fingerprint"),
-          py::arg("metadata"))
+          py::arg("metadata"), py::arg("construction") = "suffix_array")
       .def_static(
           "load",
           [](const std::string& path, bool verify) {
@@ -251,6 +258,8 @@ PYBIND11_MODULE(_core, module) {
                              [](const StaticHandle& self) { return self.automaton->num_states(); })
       .def_property_readonly("num_edges",
                              [](const StaticHandle& self) { return self.automaton->num_edges(); })
+      .def_property_readonly("format_version",
+                             [](const StaticHandle& self) { return self.automaton->format_version(); })
       .def_property_readonly("vocab_bound",
                              [](const StaticHandle& self) { return self.automaton->vocab_bound(); })
       .def_property_readonly("nbytes",

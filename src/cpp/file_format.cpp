@@ -57,8 +57,13 @@ struct Header {
   std::uint64_t payload_checksum;  // of every byte after the header
   std::uint64_t header_checksum;   // of the header with this field zeroed
   SectionEntry sections[kNumSections];
+  // Version 2 on; zero in version 1 files (their header padding).
+  std::uint32_t token_bytes;
+  std::uint32_t reserved;
 };
 static_assert(sizeof(Header) <= kHeaderBytes, "header must fit its reserved space");
+// Where version 1 files end their fields: the token width of version 2 follows the section table.
+static_assert(offsetof(Header, token_bytes) == 280, "the version 1 fields must keep their places");
 
 // Covers all kHeaderBytes, the zero padding after the fields included.
 std::uint64_t header_checksum_of(const std::uint8_t* header_bytes) {
@@ -79,11 +84,34 @@ std::uint64_t align_up(std::uint64_t value) {
   return (value + kAlignment - 1) / kAlignment * kAlignment;
 }
 
+// Bytes per stored token: 16 bits when every token id and the separator fit.
+std::uint32_t token_bytes_for(std::uint32_t vocab_bound) {
+  return vocab_bound <= kNarrowSeparator ? sizeof(std::uint16_t) : sizeof(Token);
+}
+
+// Copies `tokens` into the image at `entry`, narrowed to 16 bits if `token_bytes` is 2, then
+// frees them.
+void move_tokens(HeapStorage& image, const SectionEntry& entry, std::uint32_t token_bytes,
+                 std::vector<Token>* tokens) {
+  if (token_bytes == sizeof(Token)) {
+    if (!tokens->empty()) std::memcpy(image.mutable_data() + entry.offset, tokens->data(), entry.bytes);
+  } else {
+    auto* narrow = reinterpret_cast<std::uint16_t*>(image.mutable_data() + entry.offset);
+    for (std::size_t index = 0; index < tokens->size(); ++index) {
+      const Token token = (*tokens)[index];
+      narrow[index] = token == kSeparator ? kNarrowSeparator : static_cast<std::uint16_t>(token);
+    }
+  }
+  std::vector<Token>().swap(*tokens);
+  release_free_heap_memory();
+}
+
 // Copies `values` into the image at `entry`, then frees them.
 template <typename T>
 void move_section(HeapStorage& image, const SectionEntry& entry, std::vector<T>* values) {
   if (!values->empty()) std::memcpy(image.mutable_data() + entry.offset, values->data(), entry.bytes);
   std::vector<T>().swap(*values);
+  release_free_heap_memory();
 }
 
 }  // namespace
@@ -103,17 +131,18 @@ std::shared_ptr<HeapStorage> write_image(FrozenArrays&& arrays, const ImageSumma
   header.num_edges = arrays.edge_token.size();
   header.vocab_bound = summary.vocab_bound;
   header.num_count_overflows = static_cast<std::uint32_t>(arrays.count_overflow.size() / 2);
+  header.token_bytes = token_bytes_for(summary.vocab_bound);
   const std::uint64_t section_bytes[kNumSections] = {
       summary.tokenizer_fingerprint.size(),
       summary.metadata.size(),
-      arrays.text.size() * sizeof(Token),
+      arrays.text.size() * header.token_bytes,
       arrays.link.size() * sizeof(StateId),
       arrays.count.size() * sizeof(std::uint16_t),
       arrays.count_overflow.size() * sizeof(std::uint32_t),
       arrays.clone_length.size() * sizeof(std::uint32_t),
       arrays.clone_end.size() * sizeof(std::uint32_t),
       arrays.edge_offset.size() * sizeof(std::uint32_t),
-      arrays.edge_token.size() * sizeof(Token),
+      arrays.edge_token.size() * header.token_bytes,
       arrays.edge_target.size() * sizeof(StateId)};
   std::uint64_t offset = kHeaderBytes;
   for (std::size_t section = 0; section < kNumSections; ++section) {
@@ -128,14 +157,14 @@ std::shared_ptr<HeapStorage> write_image(FrozenArrays&& arrays, const ImageSumma
   std::memcpy(image->mutable_data() + header.sections[kMetadata].offset, summary.metadata.data(),
               summary.metadata.size());
   // Each array is freed as soon as it is copied, so the image and the arrays overlap little.
-  move_section(*image, header.sections[kText], &arrays.text);
+  move_tokens(*image, header.sections[kText], header.token_bytes, &arrays.text);
   move_section(*image, header.sections[kLink], &arrays.link);
   move_section(*image, header.sections[kCount], &arrays.count);
   move_section(*image, header.sections[kCountOverflow], &arrays.count_overflow);
   move_section(*image, header.sections[kCloneLength], &arrays.clone_length);
   move_section(*image, header.sections[kCloneEnd], &arrays.clone_end);
   move_section(*image, header.sections[kEdgeOffset], &arrays.edge_offset);
-  move_section(*image, header.sections[kEdgeToken], &arrays.edge_token);
+  move_tokens(*image, header.sections[kEdgeToken], header.token_bytes, &arrays.edge_token);
   move_section(*image, header.sections[kEdgeTarget], &arrays.edge_target);
   header.payload_checksum =
       checksum64(image->data() + kHeaderBytes, image->size() - kHeaderBytes, 0);
@@ -162,9 +191,16 @@ ImageView read_image(const std::uint8_t* bytes, std::size_t size, bool verify_pa
                       ", newer than this sam-decoding reads (" + std::to_string(kFormatVersion) +
                       "); upgrade sam-decoding");
   }
-  if (header.format_version != kFormatVersion || header.header_bytes != kHeaderBytes ||
+  if (header.format_version < kOldestFormatVersion || header.header_bytes != kHeaderBytes ||
       header.num_sections != kNumSections || header_checksum_of(bytes) != header.header_checksum) {
     throw FormatError("corrupted automaton file: header checksum mismatch");
+  }
+  // Version 1 stored 4-byte tokens and kept this field zero.
+  const std::uint32_t token_bytes = header.format_version == 1 ? sizeof(Token) : header.token_bytes;
+  if ((header.format_version == 1 && header.token_bytes != 0) || header.reserved != 0 ||
+      (token_bytes != sizeof(Token) && token_bytes != sizeof(std::uint16_t)) ||
+      (token_bytes == sizeof(std::uint16_t) && header.vocab_bound > kNarrowSeparator)) {
+    throw FormatError("corrupted automaton file: bad token width in the header");
   }
   if (header.file_bytes != size) {
     throw FormatError(size < header.file_bytes
@@ -195,14 +231,14 @@ ImageView read_image(const std::uint8_t* bytes, std::size_t size, bool verify_pa
   const std::pair<std::uint64_t, std::uint64_t> counted[kNumSections] = {
       {0, 0},
       {0, 0},
-      {header.text_length, sizeof(Token)},
+      {header.text_length, token_bytes},
       {header.num_states, sizeof(StateId)},
       {header.num_states, sizeof(std::uint16_t)},
       {header.num_count_overflows, 2 * sizeof(std::uint32_t)},
       {header.num_clones, sizeof(std::uint32_t)},
       {header.num_clones, sizeof(std::uint32_t)},
       {header.num_states + 1, sizeof(std::uint32_t)},
-      {header.num_edges, sizeof(Token)},
+      {header.num_edges, token_bytes},
       {header.num_edges, sizeof(StateId)}};
   for (std::size_t section = kText; section < kNumSections; ++section) {
     if (!checked_multiply(counted[section].first, counted[section].second, &expected_bytes[section])) {
@@ -241,14 +277,21 @@ ImageView read_image(const std::uint8_t* bytes, std::size_t size, bool verify_pa
                           header.sections[kFingerprint].bytes);
   view.metadata.assign(reinterpret_cast<const char*>(bytes + header.sections[kMetadata].offset),
                        header.sections[kMetadata].bytes);
-  view.text = section_of(kText);
+  auto tokens_of = [&](Section section) {
+    const std::uint8_t* start = bytes + header.sections[section].offset;
+    return token_bytes == sizeof(Token)
+               ? TokenArrayView::wide(reinterpret_cast<const Token*>(start))
+               : TokenArrayView::narrow(reinterpret_cast<const std::uint16_t*>(start));
+  };
+  view.format_version = header.format_version;
+  view.text = tokens_of(kText);
   view.link = section_of(kLink);
   view.count = reinterpret_cast<const std::uint16_t*>(bytes + header.sections[kCount].offset);
   view.count_overflow = section_of(kCountOverflow);
   view.clone_length = section_of(kCloneLength);
   view.clone_end = section_of(kCloneEnd);
   view.edge_offset = section_of(kEdgeOffset);
-  view.edge_token = section_of(kEdgeToken);
+  view.edge_token = tokens_of(kEdgeToken);
   view.edge_target = section_of(kEdgeTarget);
   return view;
 }

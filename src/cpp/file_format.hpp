@@ -1,6 +1,8 @@
-// The automaton file format, version 1 (little-endian): a checksummed 512-byte header (magic,
-// version, byte-order tag, sizes, section table) and 64-byte-aligned sections holding the frozen
-// arrays exactly as queries read them. Writing lays frozen arrays out as an image; reading checks
+// The automaton file format (little-endian): a checksummed 512-byte header (magic, version,
+// byte-order tag, sizes, section table) and 64-byte-aligned sections holding the frozen arrays
+// exactly as queries read them. Version 2 adds one header field after the section table,
+// token_bytes: 2 when every token id is below 0xFFFF (text and edge tokens stored in 16 bits, the
+// separator as 0xFFFF), else 4; version 1 (token_bytes 0 there, meaning 4) still loads. Writing lays frozen arrays out as an image; reading checks
 // a (possibly hostile) image's header and section table in O(1) and says where each array lies.
 #pragma once
 
@@ -15,7 +17,8 @@
 
 namespace sam {
 
-constexpr std::uint32_t kFormatVersion = 1;
+constexpr std::uint32_t kFormatVersion = 2;
+constexpr std::uint32_t kOldestFormatVersion = 1;
 // Longest text (tokens plus one separator per document) the format can index: positions and
 // state ids are 32-bit, and ids 2^32-1 (kNoState) and text_length+1 must stay representable.
 constexpr std::uint64_t kMaxTextLength = 0xFFFFFFFDull;
@@ -29,7 +32,8 @@ struct ImageSummary {
   std::string metadata;
 };
 
-// Lays `arrays` out as a file image (freeing each array once copied) with its checksums.
+// Lays `arrays` out as a file image of the current version (freeing each array once copied) with
+// its checksums; tokens in 16 bits if summary.vocab_bound <= kNarrowSeparator.
 std::shared_ptr<HeapStorage> write_image(FrozenArrays&& arrays, const ImageSummary& summary);
 
 // A checked image: its sizes, and where each array starts inside it.
@@ -37,15 +41,16 @@ struct ImageView {
   std::uint64_t num_tokens = 0, num_documents = 0, text_length = 0;
   std::uint64_t num_states = 0, num_clones = 0, num_edges = 0;
   std::uint32_t vocab_bound = 0, num_count_overflows = 0;
+  std::uint32_t format_version = 0;
   std::string fingerprint, metadata;
-  const Token* text = nullptr;
+  TokenArrayView text;
   const StateId* link = nullptr;
   const std::uint16_t* count = nullptr;
   const std::uint32_t* count_overflow = nullptr;
   const std::uint32_t* clone_length = nullptr;
   const std::uint32_t* clone_end = nullptr;
   const std::uint32_t* edge_offset = nullptr;
-  const Token* edge_token = nullptr;
+  TokenArrayView edge_token;
   const StateId* edge_target = nullptr;
 };
 

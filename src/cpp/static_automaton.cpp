@@ -8,7 +8,7 @@
 #include <cstring>
 #include <utility>
 
-#include "automaton_builder.hpp"
+#include "suffix_tree_construction.hpp"
 
 namespace sam {
 
@@ -54,13 +54,9 @@ std::shared_ptr<const StaticAutomaton> StaticAutomaton::build(const BuildInput& 
     previous_end = end;
   }
 
-  FrozenArrays arrays;
-  {
-    AutomatonBuilder builder;
-    builder.reserve(text.size());
-    for (const Token token : text) builder.append(token);
-    arrays = freeze(builder, std::move(text));
-  }
+  FrozenArrays arrays = input.construction == Construction::kOnline
+                            ? build_frozen_arrays_online(std::move(text))
+                            : build_frozen_arrays(std::move(text));
 
   ImageSummary summary;
   summary.num_tokens = input.num_tokens;
@@ -90,6 +86,7 @@ void StaticAutomaton::attach(std::shared_ptr<const Storage> storage, bool verify
   num_clones_ = view.num_clones;
   num_edges_ = view.num_edges;
   vocab_bound_ = view.vocab_bound;
+  format_version_ = view.format_version;
   fingerprint_ = view.fingerprint;
   metadata_ = view.metadata;
   text_ = view.text;

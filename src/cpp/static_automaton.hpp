@@ -28,6 +28,11 @@ namespace sam {
 // 3n-4 transitions, so below this every id and edge offset fits 32 bits and a build can never
 // fail for size after it started. Larger corpora are split into shards.
 constexpr std::uint64_t kMaxBuildTextLength = (0xFFFFFFFFull + 4) / 3;
+// How a static build constructs its arrays; both give the same arrays, byte for byte.
+enum class Construction {
+  kSuffixArray,  // suffix_tree_construction.hpp: faster, about a third of the memory
+  kOnline,       // automaton_builder.hpp then freeze(): the reference
+};
 struct BuildInput {
   const Token* tokens = nullptr;           // all documents back to back, separators excluded
   std::size_t num_tokens = 0;
@@ -35,6 +40,7 @@ struct BuildInput {
   std::size_t num_documents = 0;
   std::string tokenizer_fingerprint;
   std::string metadata;  // opaque to the core (the Python layer stores JSON)
+  Construction construction = Construction::kSuffixArray;
 };
 
 class StaticAutomaton {
@@ -56,6 +62,8 @@ class StaticAutomaton {
   std::uint64_t num_states() const { return num_states_; }
   std::uint64_t num_edges() const { return num_edges_; }
   std::uint32_t vocab_bound() const { return vocab_bound_; }
+  // Of the file it was loaded from, or the current one for a new build.
+  std::uint32_t format_version() const { return format_version_; }
   std::size_t nbytes() const { return storage_->size(); }
   bool is_memory_mapped() const { return memory_mapped_; }
   const std::string& tokenizer_fingerprint() const { return fingerprint_; }
@@ -114,8 +122,9 @@ class StaticAutomaton {
   std::uint64_t num_tokens_ = 0, num_documents_ = 0, text_length_ = 0;
   std::uint64_t num_states_ = 0, num_clones_ = 0, num_edges_ = 0;
   std::uint32_t vocab_bound_ = 0;
+  std::uint32_t format_version_ = 0;
   std::string fingerprint_, metadata_;
-  const Token* text_ = nullptr;
+  TokenArrayView text_;
   const StateId* link_ = nullptr;
   const std::uint16_t* count_ = nullptr;
   const std::uint32_t* count_overflow_ = nullptr;
@@ -123,7 +132,7 @@ class StaticAutomaton {
   const std::uint32_t* clone_length_ = nullptr;
   const std::uint32_t* clone_end_ = nullptr;
   const std::uint32_t* edge_offset_ = nullptr;
-  const Token* edge_token_ = nullptr;
+  TokenArrayView edge_token_;
   const StateId* edge_target_ = nullptr;
   // The root's transitions as a direct table indexed by token: every mismatch falls back to
   // the root, where a binary search over the whole vocabulary would cost a dozen cache misses.

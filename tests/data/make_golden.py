@@ -1,10 +1,10 @@
-"""Writes golden_v1.sam, the committed example of automaton file format version 1.
+"""Writes golden_vN.sam, the committed example of automaton file format version N (the current one).
 
-The file must never be regenerated once committed: tests/test_file_format.py loads it to prove
-that files written by earlier releases still load and answer the same. A new format version
-gets a new golden file (golden_v2.sam ...) next to this one. Run from the repository root:
+A golden file must never be regenerated once committed: tests/test_file_format.py loads each to
+prove that files written by earlier releases still load and answer the same. A new format version
+gets a new golden file next to the others. Run from the repository root:
 
-    python tests/data/make_golden.py            # writes tests/data/golden_v1.sam
+    python tests/data/make_golden.py            # writes tests/data/golden_v2.sam
     python tests/data/make_golden.py --answers  # prints the answers the test pins
 """
 
@@ -25,17 +25,29 @@ DOCUMENTS = [
     [7, 1, 2, 3, 1],
 ]
 FINGERPRINT = "golden-tokenizer-v1"
-METADATA = {"purpose": "format-version-1 golden file", "documents": 4}
 QUERIES = [[1, 2], [1, 2, 3], [9, 2, 3], [2147483647, 2], [7, 1, 2, 3, 1], [4], [8]]
+# Version 2 stores token ids in 16 bits when all are below 65535 (0xFFFF marks a separator): its
+# golden file has the largest such id where version 1's has the largest id of all.
+LARGEST_ID = {1: 2147483647, 2: 65534}
 
 
-def build() -> StaticAutomaton:
-    return StaticAutomaton.build(DOCUMENTS, tokenizer_fingerprint=FINGERPRINT, metadata=METADATA)
+def with_largest_id(sequences: list[list[int]], version: int) -> list[list[int]]:
+    return [[LARGEST_ID[version] if token == LARGEST_ID[1] else token for token in tokens]
+            for tokens in sequences]
 
 
-def answers(automaton: StaticAutomaton) -> list[dict]:
+def metadata(version: int) -> dict:
+    return {"purpose": f"format-version-{version} golden file", "documents": 4}
+
+
+def build(version: int = FORMAT_VERSION) -> StaticAutomaton:
+    return StaticAutomaton.build(with_largest_id(DOCUMENTS, version), tokenizer_fingerprint=FINGERPRINT,
+                                 metadata=metadata(version))
+
+
+def answers(automaton: StaticAutomaton, version: int = FORMAT_VERSION) -> list[dict]:
     results = []
-    for query in QUERIES:
+    for query in with_largest_id(QUERIES, version):
         cursor = automaton.cursor()
         cursor.feed(query)
         tree = cursor.draft_tree(6)

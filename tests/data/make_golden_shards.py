@@ -1,10 +1,11 @@
-"""Writes golden_shards_v1/, the committed example of a sharded corpus (manifest version 1 over
-automaton files of format version 1): make_golden.py's documents in three shards of one document each.
+"""Writes golden_shards_v1_format2/, the committed example of a sharded corpus of manifest version 1
+over automaton files of format version 2 (golden_shards_v1/ holds format version 1 files):
+make_golden.py's documents in three shards of one document each.
 
-Never regenerated once committed: tests/test_shards.py loads it and checks it answers exactly
+Never regenerated once committed: tests/test_shards.py loads each and checks it answers exactly
 as golden_v1.sam (one automaton over the same documents) does. Run from the repository root:
 
-    python tests/data/make_golden_shards.py     # writes tests/data/golden_shards_v1/
+    python tests/data/make_golden_shards.py     # writes tests/data/golden_shards_v1_format2/
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from make_golden import DOCUMENTS, FINGERPRINT
 
-from sam_decoding import ShardedAutomaton
+from sam_decoding import FORMAT_VERSION, ShardedAutomaton
 from sam_decoding.shards import MANIFEST_VERSION
 
 METADATA = {"purpose": "manifest-version-1 golden sharded corpus"}
@@ -27,7 +28,7 @@ def build(directory: Path) -> ShardedAutomaton:
 
 
 def main() -> None:
-    target = Path(__file__).with_name(f"golden_shards_v{MANIFEST_VERSION}")
+    target = Path(__file__).with_name(f"golden_shards_v{MANIFEST_VERSION}_format{FORMAT_VERSION}")
     if target.exists():
         raise SystemExit(f"{target} exists; golden files are never regenerated")
     corpus = build(target)

@@ -26,6 +26,8 @@
 #include "dynamic_automaton.hpp"
 #include "static_automaton.hpp"
 #include "static_cursor.hpp"
+#include "suffix_array.hpp"
+#include "suffix_tree_construction.hpp"
 
 namespace {
 
@@ -259,6 +261,109 @@ void check_cursor_position(const Documents& documents, const Tokens& stream,
 }
 
 // ---- tests ------------------------------------------------------------------------------------
+
+// ---- suffix-array construction against the online builder ------------------------------------
+
+// The text a build indexes: each document followed by the separator.
+Tokens corpus_text(const Documents& documents) {
+  Tokens text;
+  for (const Tokens& document : documents) {
+    text.insert(text.end(), document.begin(), document.end());
+    text.push_back(sam::kSeparator);
+  }
+  return text;
+}
+
+bool same_frozen_arrays(const sam::FrozenArrays& a, const sam::FrozenArrays& b) {
+  return a.text == b.text && a.link == b.link && a.count == b.count &&
+         a.count_overflow == b.count_overflow && a.clone_length == b.clone_length &&
+         a.clone_end == b.clone_end && a.edge_offset == b.edge_offset &&
+         a.edge_token == b.edge_token && a.edge_target == b.edge_target;
+}
+
+void check_constructions_agree(const Documents& documents) {
+  const Tokens text = corpus_text(documents);
+  CHECK(sam::reversed_suffix_array(text) == sam::reversed_suffix_array_by_sorting(text));
+  bool same = false;
+  try {
+    same = same_frozen_arrays(sam::build_frozen_arrays(Tokens(text)),
+                              sam::build_frozen_arrays_online(Tokens(text)));
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "  %s\n", error.what());
+  }
+  CHECK(same);
+  if (!same) {
+    std::fprintf(stderr, "  constructions differ on a text of %zu tokens:", text.size());
+    for (const Token token : text) std::fprintf(stderr, " %d", static_cast<int>(token));
+    std::fprintf(stderr, "\n");
+  }
+}
+
+Documents random_corpus(std::mt19937& rng, Token alphabet, std::size_t max_documents,
+                        std::size_t max_length) {
+  std::uniform_int_distribution<std::size_t> count(1, max_documents), size(1, max_length);
+  std::uniform_int_distribution<Token> token(0, alphabet - 1);
+  Documents documents(count(rng));
+  for (Tokens& document : documents) {
+    document.resize(size(rng));
+    for (Token& value : document) value = token(rng);
+  }
+  return documents;
+}
+
+void test_suffix_array_construction_equals_the_online_build() {
+  std::mt19937 rng(2024);
+  for (int round = 0; round < 1500; ++round) {
+    const Token alphabet = std::vector<Token>{1, 2, 3, 4, 8, 50, 3000}[static_cast<std::size_t>(round % 7)];
+    const std::size_t max_documents = round % 3 == 0 ? 40 : 4;
+    const std::size_t max_length = round % 5 == 0 ? 200 : 24;
+    check_constructions_agree(random_corpus(rng, alphabet, max_documents, max_length));
+  }
+  // Ids past 16 bits (buckets indexed by id) and near the top of the token range (renumbered
+  // densely first): the suffix array's other two symbol maps.
+  for (const Token base : {Token{70000}, sam::kMaxToken}) {
+    for (int round = 0; round < 100; ++round) {
+      Documents documents = random_corpus(rng, 6, 5, 30);
+      for (Tokens& document : documents) {
+        for (Token& value : document) value = base == sam::kMaxToken ? base - value * 1000003u : base + value * 3u;
+      }
+      check_constructions_agree(documents);
+    }
+  }
+  // Periodic and repeated texts: deep LCP intervals and long suffix-link paths.
+  check_constructions_agree({{7}});
+  check_constructions_agree({Tokens(300, 5)});
+  check_constructions_agree({Tokens(100, 1), Tokens(100, 1), Tokens(3, 1)});
+  Tokens periodic;
+  for (int index = 0; index < 240; ++index) periodic.push_back(static_cast<Token>(index % 3 == 0));
+  check_constructions_agree({periodic, periodic, {0, 1}});
+  // Long repeats: LCP values beyond the 16-bit entries.
+  Tokens long_document(70000);
+  for (std::size_t index = 0; index < long_document.size(); ++index) {
+    long_document[index] = static_cast<Token>(index % 1000 == 0 ? index / 1000 % 7 : 9);
+  }
+  const Tokens text = corpus_text({long_document, long_document});
+  CHECK(same_frozen_arrays(sam::build_frozen_arrays(Tokens(text)),
+                           sam::build_frozen_arrays_online(Tokens(text))));
+}
+
+void test_lcp_against_direct_comparison() {
+  std::mt19937 rng(7);
+  for (int round = 0; round < 300; ++round) {
+    const Tokens text = corpus_text(random_corpus(rng, static_cast<Token>(1 + round % 4), 3, 40));
+    const std::vector<sam::SuffixIndex> suffixes = sam::reversed_suffix_array(text);
+    const sam::CompactLcp lcp(text, suffixes);
+    sam::CompactLcp::SequentialReader reader(lcp);
+    const Tokens reversed(text.rbegin(), text.rend());
+    for (std::size_t rank = 1; rank < suffixes.size(); ++rank) {
+      const auto a = reversed.begin() + suffixes[rank - 1];
+      const auto b = reversed.begin() + suffixes[rank];
+      const std::size_t common = static_cast<std::size_t>(
+          std::mismatch(a, reversed.end(), b, reversed.end()).first - a);
+      CHECK(reader.at(rank) == common);
+    }
+  }
+}
 
 void test_builder_recognises_exactly_the_substrings() {
   std::mt19937 rng(1);
@@ -515,6 +620,7 @@ void test_save_load_round_trip() {
       CHECK(loaded->num_edges() == built->num_edges());
       CHECK(loaded->nbytes() == built->nbytes());
       CHECK(loaded->vocab_bound() == built->vocab_bound());
+      CHECK(loaded->format_version() == sam::kFormatVersion);
       CHECK(loaded->tokenizer_fingerprint() == "fingerprint-" + std::to_string(round));
       CHECK(loaded->metadata() == "{}");
       sam::StaticCursor a(built), b(loaded);
@@ -525,6 +631,34 @@ void test_save_load_round_trip() {
           CHECK(a.draft(20) == b.draft(20));
           CHECK(a.draft_tree(8, 8).counts == b.draft_tree(8, 8).counts);
         }
+      }
+    }
+  }
+  std::remove(path.c_str());
+}
+
+// Token 0xFFFE is the largest a 16-bit file holds (0xFFFF is its separator); 0xFFFF needs 32 bits.
+void test_token_width_boundary() {
+  const std::string path = temp_path("width.sam");
+  auto documents_with = [](Token top) {
+    Documents documents = {{2, top, 1, top}, {}};
+    for (Token index = 0; index < 60; ++index) documents[1].push_back(index % 7 == 0 ? top : index % 5);
+    return documents;
+  };
+  const std::size_t wide_bytes = build(documents_with(1000000))->nbytes();
+  for (const Token top : {Token{0xFFFE}, Token{0xFFFF}}) {
+    const Documents documents = documents_with(top);
+    build(documents)->save(path);
+    const auto loaded = sam::StaticAutomaton::load(path, true);
+    loaded->verify();
+    CHECK((loaded->nbytes() < wide_bytes) == (top == 0xFFFE));
+    for (const Tokens& stream : {Tokens{top, 1}, Tokens{2, top}, Tokens{top}, Tokens{1, top, 2}, Tokens{0, top, 1}}) {
+      sam::StaticCursor cursor(loaded);
+      Tokens fed;
+      for (const Token token : stream) {
+        cursor.feed_one(token);
+        fed.push_back(token);
+        check_cursor_position(documents, fed, cursor);
       }
     }
   }
@@ -721,6 +855,8 @@ void test_save_into_a_missing_directory_throws() {
 
 int main() {
   test_builder_recognises_exactly_the_substrings();
+  test_suffix_array_construction_equals_the_online_build();
+  test_lcp_against_direct_comparison();
   test_static_cursor_against_brute_force();
   test_dynamic_against_brute_force();
   test_dynamic_single_token_extends_grow_geometrically();
@@ -728,6 +864,7 @@ int main() {
   test_tree_scan_budget_bounds_the_work();
   test_sharded_cursor_equals_one_automaton();
   test_save_load_round_trip();
+  test_token_width_boundary();
   test_large_counts();
   test_corrupted_files_throw_format_error();
   test_corrupted_suffix_link_cannot_loop_forever();
