@@ -7,7 +7,7 @@ vocabularies are small (96 tokens) so that random prompts repeat and drafts get 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -155,3 +155,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line(f"{len(_TIES)} tie(s)")
     for tie in _TIES:
         terminalreporter.write_line(f"  {tie.where}: position {tie.position}, top-2 gap {tie.gap:.3g}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Many short forward passes of tiny models: one torch thread avoids contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -278,15 +278,7 @@ def test_golden_file_loads_and_answers(verify):
     assert (automaton.num_tokens, automaton.num_documents, automaton.num_states) == (24, 3, 33)
     assert (automaton.num_edges, automaton.vocab_bound, automaton.nbytes) == (21, 2**31, 1664)
     automaton.check_tokenizer("golden-tokenizer-v1")
-    for expected in GOLDEN_ANSWERS:
-        cursor = automaton.cursor()
-        cursor.feed(expected["query"])
-        tree = cursor.draft_tree(6)
-        assert cursor.match_length == expected["match_length"]
-        assert cursor.draft(8).tolist() == expected["draft"]
-        assert tree.tokens.tolist() == expected["tree_tokens"]
-        assert tree.parents.tolist() == expected["tree_parents"]
-        assert tree.counts.tolist() == expected["tree_counts"]
+    assert_golden_answers(automaton, GOLDEN_ANSWERS)
 
 
 def import_make_golden():
@@ -309,6 +301,18 @@ def test_golden_v1_answers_as_a_build_today():
 
 GOLDEN_V2_SHA256 = "5da9435e1990325a6ef2d39bcd3d54daf9fa25c7e77c2adef4b0ac3f23456bfc"
 LARGEST_NARROW_ID = 65534
+
+
+def assert_golden_answers(automaton, answers: list[dict]) -> None:
+    """``automaton`` (one file or a sharded corpus) matches, drafts and drafts trees as ``answers`` record."""
+    for expected in answers:
+        cursor = automaton.cursor()
+        cursor.feed(expected["query"])
+        tree = cursor.draft_tree(6)
+        assert cursor.match_length == expected["match_length"]
+        assert cursor.draft(8).tolist() == expected["draft"]
+        assert (tree.tokens.tolist(), tree.parents.tolist(), tree.counts.tolist()) == (
+            expected["tree_tokens"], expected["tree_parents"], expected["tree_counts"])
 
 
 def as_v2_answers(answers: list[dict]) -> list[dict]:
@@ -348,14 +352,7 @@ def test_golden_v2_file_loads_and_answers(verify):
     assert automaton.format_version == FORMAT_VERSION == 2
     assert automaton.metadata == {"documents": 4, "purpose": "format-version-2 golden file"}
     assert (automaton.num_states, automaton.num_edges, automaton.nbytes) == (33, 21, 1536)
-    for expected in as_v2_answers(GOLDEN_ANSWERS):
-        cursor = automaton.cursor()
-        cursor.feed(expected["query"])
-        tree = cursor.draft_tree(6)
-        assert cursor.match_length == expected["match_length"]
-        assert cursor.draft(8).tolist() == expected["draft"]
-        assert (tree.tokens.tolist(), tree.parents.tolist(), tree.counts.tolist()) == (
-            expected["tree_tokens"], expected["tree_parents"], expected["tree_counts"])
+    assert_golden_answers(automaton, as_v2_answers(GOLDEN_ANSWERS))
 
 
 def test_golden_v2_file_is_what_the_builder_writes_today(tmp_path):

@@ -13,7 +13,6 @@ bounded), capped at ``MAX_EXAMPLES`` because each example runs the model twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -39,13 +38,7 @@ KINDS = (
 _TOKENS = st.integers(0, TINY_VOCAB - 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Many short forward passes of tiny models: one thread avoids contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _WIDTH = 24  # most nodes of a drawn random part

@@ -196,7 +196,7 @@ def test_sam_drafter_takes_a_sharded_corpus(tmp_path):
 
 @pytest.mark.parametrize("verify", [False, True])
 def test_golden_sharded_corpus_answers_as_the_golden_file(verify):
-    from test_file_format import GOLDEN, GOLDEN_ANSWERS
+    from test_file_format import GOLDEN, GOLDEN_ANSWERS, assert_golden_answers
 
     corpus = ShardedAutomaton.load(GOLDEN_SHARDS, verify=verify)
     assert corpus.num_shards == 3 and corpus.is_memory_mapped
@@ -204,33 +204,18 @@ def test_golden_sharded_corpus_answers_as_the_golden_file(verify):
     assert corpus.metadata == {"purpose": "manifest-version-1 golden sharded corpus", "shard_tokens": 10}
     single = StaticAutomaton.load(GOLDEN)
     assert (corpus.num_tokens, corpus.num_documents) == (single.num_tokens, single.num_documents)
-    for expected in GOLDEN_ANSWERS:
-        cursor = corpus.cursor()
-        cursor.feed(expected["query"])
-        tree = cursor.draft_tree(6)
-        assert cursor.match_length == expected["match_length"]
-        assert cursor.draft(8).tolist() == expected["draft"]
-        assert tree.tokens.tolist() == expected["tree_tokens"]
-        assert tree.parents.tolist() == expected["tree_parents"]
-        assert tree.counts.tolist() == expected["tree_counts"]
+    assert_golden_answers(corpus, GOLDEN_ANSWERS)
 
 
 @pytest.mark.parametrize("verify", [False, True])
 def test_golden_sharded_corpus_of_format_2_answers_as_the_golden_file(verify):
-    from test_file_format import GOLDEN_ANSWERS
+    from test_file_format import GOLDEN_ANSWERS, assert_golden_answers
 
     corpus = ShardedAutomaton.load(GOLDEN_SHARDS_FORMAT2, verify=verify)
     assert (corpus.num_shards, corpus.format_version) == (3, 2)
     # The middle shard holds id 2^31-1, so it alone stores 32-bit tokens.
     assert [shard.vocab_bound for shard in corpus.shards] == [6, 2**31, 8]
-    for expected in GOLDEN_ANSWERS:
-        cursor = corpus.cursor()
-        cursor.feed(expected["query"])
-        tree = cursor.draft_tree(6)
-        assert cursor.match_length == expected["match_length"]
-        assert cursor.draft(8).tolist() == expected["draft"]
-        assert (tree.tokens.tolist(), tree.parents.tolist(), tree.counts.tolist()) == (
-            expected["tree_tokens"], expected["tree_parents"], expected["tree_counts"])
+    assert_golden_answers(corpus, GOLDEN_ANSWERS)
 
 
 def test_golden_sharded_corpus_is_what_the_writer_writes_today(tmp_path):

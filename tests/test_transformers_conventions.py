@@ -8,7 +8,6 @@ public hook that receives them), so the comparison follows whatever the installe
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,13 +23,7 @@ from conftest import TINY_PAD, TINY_VOCAB
 PROMPT = torch.tensor([[3, 77, 14, 14, 52, 9, 30, 77, 14, 52, 9]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Many short forward passes of tiny models: one thread avoids contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _transformers_processors(model: torch.nn.Module, **kwargs) -> LogitsProcessorList:
