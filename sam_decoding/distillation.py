@@ -118,10 +118,11 @@ def greedy_continuations(
                 on_step(ids.shape[1] - width)
             return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
 
+    device = next(model.parameters()).device
     with torch.inference_mode():
         output = model.generate(
-            input_ids,
-            attention_mask=attention_mask,
+            input_ids.to(device),
+            attention_mask=attention_mask.to(device),
             do_sample=False,
             max_new_tokens=max_new_tokens,
             eos_token_id=list(eos) or None,

@@ -413,6 +413,10 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "bench-missing-questions": ["bench", "--questions", root / "nope.jsonl"],
         "bench-missing-data": ["bench", "--data", root / "nope.jsonl"],
         "bench-sam-without-corpus": ["bench", "--questions", no_prompts, "--prompt-field", "answer"],
+        "bench-missing-cuda": ["bench", "--model", model, "--methods", "vanilla", "--limit", "1", "--device", "cuda:7"],
+        "profile-bad-dtype": ["profile", "--model", model, "--dtype", "int8"],
+        "profile-missing-cuda": ["profile", "--model", model, "--device", "cuda:7"],
+        "profile-zero-budget": ["profile", "--model", model, "--budget", "0"],
         "usage-missing-output": ["build", empty],
         "usage-unknown-command": ["compile"],
         "usage-bad-integer": ["generate", "--prompt", "x", "--max-new-tokens", "many"],
@@ -433,6 +437,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "generate-draft-flag-without-speculation", "generate-two-prompts", "distill-missing-prompts", "distill-no-prompt-field",
         "distill-zero-batch", "distill-resume-foreign-output",
         "bench-unknown-method", "bench-zero-chain-cap", "bench-missing-questions", "bench-missing-data", "bench-sam-without-corpus",
+        "bench-missing-cuda", "profile-bad-dtype", "profile-missing-cuda", "profile-zero-budget",
         "usage-missing-output", "usage-unknown-command", "usage-bad-integer",
     ],
 )
@@ -444,6 +449,25 @@ def test_bad_input_fails_with_one_line(capsys, tmp_path, tiny_model_dir, corpus,
     assert len(lines) == 1, err
     assert lines[0].startswith("sam-decoding") and "error:" in lines[0]
     assert "Traceback" not in err
+
+
+def test_profile_measures_caches_and_writes_the_profile_for_a_dtype(capsys, tmp_path, monkeypatch, tiny_model_dir) -> None:
+    from sam_decoding.policy import CostProfile
+
+    monkeypatch.setenv("SAM_DECODING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAM_DECODING_COST_PROFILE_CACHE", "1")  # the suite turns the disk cache off
+    out = tmp_path / "profile.json"
+    argv = ["profile", "--model", tiny_model_dir, "--dtype", "bfloat16", "--device", "cpu", "--budget", "0.3", "--out", out]
+    code, first, _ = run_cli(capsys, *argv)
+    assert code == 0 and "measured now" in first
+    assert CostProfile.load(out).seconds(4, 200) > 0
+    assert len(list((tmp_path / "cache" / "cost_profiles").glob("*.json"))) == 1
+    code, second, _ = run_cli(capsys, *argv)
+    assert code == 0 and "from the cache" in second
+    code, _, _ = run_cli(capsys, "profile", "--model", tiny_model_dir, "--budget", "0.3")
+    assert code == 0
+    # float32 and bfloat16 are different profiles: a second file in the cache.
+    assert len(list((tmp_path / "cache" / "cost_profiles").glob("*.json"))) == 2
 
 
 def test_every_command_has_help_with_examples(capsys) -> None:

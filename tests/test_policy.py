@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from sam_decoding.drafters import Draft, Drafter, Verified
 from sam_decoding.generation import generate
 from sam_decoding.policy import AcceptanceModel, CostAwarePolicy, CostProfile, best_subtree
 from sam_decoding.policy.acceptance import path_products
-from sam_decoding.policy.cost_profile import Q_GRID
+from sam_decoding.policy.cost_profile import CALIBRATION_LENGTH, Q_GRID, calibrate
 from conftest import TINY_PAD
 
 
@@ -125,6 +126,28 @@ def test_profile_learns_from_observations_robustly() -> None:
     fresh.observe(4, 100, 0.08)
     fresh.observe(4, 100, 10.0)  # one pass stalled by the OS must not wreck a young estimate
     assert fresh.seconds(4, 100) < 0.11
+
+
+def test_calibration_does_not_charge_the_first_pass_of_a_shape_to_its_cell(tiny_models) -> None:
+    # On a GPU the first pass of each new shape also selects kernels and took 3x a normal pass
+    # (bench/results/gpu/calibration-sweep-smollm2-bf16.json); simulate that one-time cost.
+    model = tiny_models[("llama", "sdpa")]
+    seen: set[tuple[int, ...]] = set()
+
+    def slow_first_pass(module, args, kwargs) -> None:
+        shape = tuple(kwargs["input_ids"].shape)
+        if shape not in seen:
+            seen.add(shape)
+            time.sleep(0.1)
+
+    handle = model.register_forward_pre_hook(slow_first_pass, with_kwargs=True)
+    try:
+        profile = CostProfile()
+        calibrate(model, profile, budget_seconds=0.5)
+    finally:
+        handle.remove()
+    for q in (1, 4, 16, 64):
+        assert profile.seconds(q, CALIBRATION_LENGTH) < 0.03
 
 
 def test_profile_file_round_trip_and_bad_files(tmp_path) -> None:

@@ -37,8 +37,8 @@ def first_difference(tokens: Sequence[int], reference: Sequence[int]) -> int | N
     return None
 
 
-def machine_description() -> str:
-    """CPU model, core count and library versions, for the report."""
+def machine_description(device: Any = None) -> str:
+    """CPU model, core count, the GPU (for a model on ``device`` of type cuda) and library versions, for the report."""
     import torch
     import transformers
 
@@ -51,8 +51,11 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
+    gpu = ""
+    if device is not None and device.type == "cuda":
+        gpu = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), "
     return (
-        f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"{gpu}{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"load average {os.getloadavg()[0]:.1f} at start; "
         f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
     )
@@ -93,6 +96,7 @@ def run_suite(
     ``progress``: ``None`` shows a bar on a terminal only. ``on_question`` is called after each
     question with its index and measurements (one per method).
     """
+    import torch
     from tqdm import tqdm
 
     from sam_decoding.prompts import chat_prompt_ids, eos_token_ids
@@ -100,21 +104,26 @@ def run_suite(
     if not suite.questions:
         raise ValueError(f"suite {suite.name} has no questions")
     eos = eos_token_ids(model, tokenizer)
-    warmup_ids = chat_prompt_ids(tokenizer, suite.questions[0].prompt)
+    device = next(model.parameters()).device
+    # On a GPU the clock must wait for the queued kernels before it reads a method's time.
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    warmup_ids = chat_prompt_ids(tokenizer, suite.questions[0].prompt).to(device)
     for method in methods:
         method.run(model, warmup_ids, max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), eos=eos)
 
     measurements: list[Measurement] = []
     bar = tqdm(suite.questions, unit=" questions", file=sys.stderr, disable=not progress if progress is not None else None)
     for number, question in enumerate(bar):
-        input_ids = chat_prompt_ids(tokenizer, question.prompt)
+        input_ids = chat_prompt_ids(tokenizer, question.prompt).to(device)
         shift = number % len(methods)
         outcomes = {}
         seconds = {}
         cpu_seconds = {}
         for method in list(methods[shift:]) + list(methods[:shift]):
+            synchronize()
             started, cpu_started = time.perf_counter(), time.process_time()
             outcomes[method.name] = method.run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
+            synchronize()
             seconds[method.name] = time.perf_counter() - started
             cpu_seconds[method.name] = time.process_time() - cpu_started
         reference = outcomes.get(REFERENCE_METHOD)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_decoding.cli.errors import CliError
+from sam_decoding.cli.loading import add_placement_arguments
 
 _EPILOG = """\
 suites:
@@ -70,6 +71,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--prompt-field", metavar="NAME", help="field of --questions holding the prompt")
     parser.add_argument("--data", type=Path, metavar="PATH", help="Spec-Bench question.jsonl (default: the copy shipped with sam-decoding)")
     parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
+    add_placement_arguments(parser)
     parser.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus for the sam methods instead of the suite's own")
     parser.add_argument("--heads", type=Path, metavar="FILE", help="heads file for the heads methods (default: the default model's shipped heads)")
     parser.add_argument(
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print(busy, file=sys.stderr, flush=True)
     if args.model is None and not default_model_is_converted():
         print("converting the default model from its GGUF file (once, about 30 s; cached)", file=sys.stderr, flush=True)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     model_name = args.model or DEFAULT_MODEL
     corpus_path = corpus_description = None
     if needs_corpus:
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         methods={method.name: method.description for method in method_objects},
         command="sam-decoding " + shlex.join(argv),
-        machine=machine_description(),
+        machine=machine_description(next(model.parameters()).device),
         started_at=started_at,
         static_corpus=corpus_description,
         questions_per_category=per_category,

@@ -39,7 +39,7 @@ FALLBACKS = ("token-recycling", "prompt-lookup", "none")
 
 def register(commands: Any) -> None:
     """Add the ``generate`` subcommand to ``commands``."""
-    from sam_decoding.cli.loading import DTYPES
+    from sam_decoding.cli.loading import add_placement_arguments
 
     parser = commands.add_parser(
         "generate",
@@ -58,8 +58,7 @@ def register(commands: Any) -> None:
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="MODEL", help="local Hugging Face model directory or hub id (default: SmolLM2-135M-Instruct)")
-    model.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: float32)")
-    model.add_argument("--device", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    add_placement_arguments(model)
 
     decoding = parser.add_argument_group("decoding (unset options come from the model's generation_config)")
     decoding.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens to generate (default: %(default)s)")

@@ -28,6 +28,12 @@ def quiet_transformers() -> None:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def add_placement_arguments(parser: Any) -> None:
+    """Add ``--dtype`` and ``--device`` (where and in what precision the model runs) to ``parser``."""
+    parser.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: float32)")
+    parser.add_argument("--device", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+
+
 def load_model_and_tokenizer(
     name_or_path: str | None, *, dtype: str | None = None, device: str | None = None
 ) -> tuple[Any, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_decoding.cli.errors import CliError
+from sam_decoding.cli.loading import add_placement_arguments
 
 _EPILOG = """\
 The profile t(q, L) is what the cost-aware policy sizes every draft by. It is measured the first
@@ -30,6 +31,7 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", metavar="MODEL", help="local model directory (default: SmolLM2-135M-Instruct)")
+    add_placement_arguments(parser)
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--reset", action="store_true", help="delete the cached profile and measure afresh")
     parser.add_argument("--budget", type=float, default=2.0, metavar="SECONDS", help="calibration time (default: %(default)s)")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, _ = load_model_and_tokenizer(args.model)
+    model, _ = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     if args.reset:
         reset_profile(model)
     profile, spent = model_profile(model, args.budget)

@@ -90,7 +90,7 @@ class HeadsDrafter(Drafter):
             return Draft.empty(SOURCE)
         width = max(self.widths[:depth]) if self.use_tree else 1
         tokens, probabilities = self.heads.top_candidates(self._hidden, width)
-        tokens, probabilities = tokens[:depth].numpy(), probabilities[:depth].numpy()
+        tokens, probabilities = tokens[:depth].cpu().numpy(), probabilities[:depth].cpu().numpy()
         if not self.use_tree:
             return self._chain(tokens[:, 0], probabilities[:, 0])
         return best_first_tree(tokens, probabilities, self.widths[:depth], self.max_nodes, self.min_probability)

@@ -152,5 +152,5 @@ class TokenRecyclingDrafter(Drafter):
         top = torch.topk(logits, self.top_k, dim=-1, sorted=True)
         probabilities = torch.exp(top.values.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True))
         rows = verified.tokens.numpy()
-        self.table[rows] = top.indices.numpy()
-        self.table_probabilities[rows] = probabilities.numpy()
+        self.table[rows] = top.indices.cpu().numpy()
+        self.table_probabilities[rows] = probabilities.cpu().numpy()

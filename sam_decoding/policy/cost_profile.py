@@ -38,6 +38,9 @@ CALIBRATION_LENGTH = 200
 #: A second, longer cache length timed at a few ``q`` so growth with ``L`` is known from the start.
 CALIBRATION_LONG_LENGTH = 1000
 CALIBRATION_LONG_Q: tuple[int, ...] = (1, 8, 32)
+#: Larger passes timed when the sweep has time left (on a GPU, where cost stays flat far beyond
+#: 64 tokens, they are what lets the policy verify trees of hundreds of nodes).
+CALIBRATION_LARGE_Q: tuple[int, ...] = (128, 256)
 #: Relative cost growth per cached token assumed where no two lengths were ever measured.
 DEFAULT_GROWTH_PER_TOKEN = 2e-4
 #: Largest step an observation moves a cell's log-time (robust to a stray slow pass).
@@ -309,7 +312,14 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
     length = min(CALIBRATION_LENGTH, max(positions_limit - max(CALIBRATION_Q), 1))
     long_length = CALIBRATION_LONG_LENGTH if CALIBRATION_LONG_LENGTH + max(CALIBRATION_LONG_Q) <= positions_limit else 0
 
+    warmed: set[tuple[int, int]] = set()
+
     def timed_pass(q: int, length: int) -> float:
+        if (q, length) not in warmed:
+            # The first pass of a new shape also picks its kernels (on a GPU several times the
+            # pass itself): run it untimed, or that one-time cost would stick to the cell.
+            warmed.add((q, length))
+            timed_pass(q, length)
         ids = torch.randint(0, vocab, (1, q), generator=generator).to(device)
         positions = torch.arange(length, length + q, device=device).unsqueeze(0)
         tick = time.perf_counter()
@@ -327,8 +337,6 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
 
     with torch.no_grad():
         prefill(length)
-        timed_pass(1, length)  # warm-up: first calls allocate and pick kernels
-        timed_pass(8, length)
         for sweep in range(3):
             for index, q in enumerate(CALIBRATION_Q):
                 if index >= _ESSENTIAL_Q and time.perf_counter() - started > budget_seconds * 0.7:
@@ -336,6 +344,10 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
                 profile.observe(q, length, timed_pass(q, length), force=True)
             if time.perf_counter() - started > budget_seconds * 0.6:
                 break
+        for q in CALIBRATION_LARGE_Q:
+            if length + q > positions_limit or time.perf_counter() - started > budget_seconds * 0.6:
+                break
+            profile.observe(q, length, timed_pass(q, length), force=True)
         if long_length and time.perf_counter() - started < budget_seconds * 0.8:
             prefill(long_length)
             for q in CALIBRATION_LONG_Q:
