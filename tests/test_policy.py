@@ -138,7 +138,7 @@ def test_calibration_does_not_charge_the_first_pass_of_a_shape_to_its_cell(tiny_
         shape = tuple(kwargs["input_ids"].shape)
         if shape not in seen:
             seen.add(shape)
-            time.sleep(0.1)
+            time.sleep(0.2)
 
     handle = model.register_forward_pre_hook(slow_first_pass, with_kwargs=True)
     try:
@@ -147,7 +147,7 @@ def test_calibration_does_not_charge_the_first_pass_of_a_shape_to_its_cell(tiny_
     finally:
         handle.remove()
     for q in (1, 4, 16, 64):
-        assert profile.seconds(q, CALIBRATION_LENGTH) < 0.03
+        assert profile.seconds(q, CALIBRATION_LENGTH) < 0.06
 
 
 def test_profile_file_round_trip_and_bad_files(tmp_path) -> None:

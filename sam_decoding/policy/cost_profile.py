@@ -35,6 +35,8 @@ L_EDGES: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 CALIBRATION_Q: tuple[int, ...] = (1, 4, 16, 64, 2, 8, 32, 3, 6, 12, 24, 48, 5, 10)
 _ESSENTIAL_Q = 4
 CALIBRATION_LENGTH = 200
+#: Most passes over :data:`CALIBRATION_Q` (a GPU fits several in the budget; each cell averages them).
+CALIBRATION_SWEEPS = 5
 #: A second, longer cache length timed at a few ``q`` so growth with ``L`` is known from the start.
 CALIBRATION_LONG_LENGTH = 1000
 CALIBRATION_LONG_Q: tuple[int, ...] = (1, 8, 32)
@@ -337,7 +339,7 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
 
     with torch.no_grad():
         prefill(length)
-        for sweep in range(3):
+        for sweep in range(CALIBRATION_SWEEPS):
             for index, q in enumerate(CALIBRATION_Q):
                 if index >= _ESSENTIAL_Q and time.perf_counter() - started > budget_seconds * 0.7:
                     break
