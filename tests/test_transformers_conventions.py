@@ -179,3 +179,14 @@ def test_stop_strings_need_the_tokenizer(tiny_models) -> None:
     model = tiny_models[("llama", "sdpa")]
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model, PROMPT, max_new_tokens=4, stop_strings=["x"])
+
+
+def test_the_output_is_an_ordinary_tensor_as_model_generate_returns(tiny_models) -> None:
+    # generate runs in inference mode for speed; what it returns must still work with autograd.
+    model = tiny_models[("llama", "sdpa")]
+    result = generate(model, torch.tensor([[5, 6, 7, 5, 6]]), drafter=PromptLookupDrafter(), max_new_tokens=4, policy=None)
+    assert not result.sequences.is_inference()
+    try:
+        model(result.sequences).logits.sum().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
