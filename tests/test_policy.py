@@ -150,6 +150,21 @@ def test_calibration_does_not_charge_the_first_pass_of_a_shape_to_its_cell(tiny_
         assert profile.seconds(q, CALIBRATION_LENGTH) < 0.06
 
 
+def test_real_passes_move_the_cells_the_policy_never_chooses() -> None:
+    # A sweep that ran slow everywhere (an idle GPU's clock still ramping up), then real steps at
+    # the one size the policy chose: the other sizes must follow, or they are never tried again.
+    profile = CostProfile()
+    for _ in range(5):
+        for q in Q_GRID:
+            profile.observe(q, 300, 0.030, force=True)
+    for _ in range(40):
+        profile.observe(24, 300, 0.019)
+    assert profile.seconds(24, 300) == pytest.approx(0.019, rel=0.1)
+    assert profile.seconds(8, 300) < 0.025
+    # The sweep's shape between sizes is kept: a real step moves its own cell furthest.
+    assert profile.seconds(8, 300) > profile.seconds(24, 300)
+
+
 def test_profile_file_round_trip_and_bad_files(tmp_path) -> None:
     profile = _flat_profile()
     path = tmp_path / "profile.json"

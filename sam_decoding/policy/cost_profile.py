@@ -37,6 +37,8 @@ _ESSENTIAL_Q = 4
 CALIBRATION_LENGTH = 200
 #: Most passes over :data:`CALIBRATION_Q` (a GPU fits several in the budget; each cell averages them).
 CALIBRATION_SWEEPS = 5
+#: Share of the calibration budget spent on untimed passes before the sweep.
+CALIBRATION_BURN_SHARE = 0.1
 #: A second, longer cache length timed at a few ``q`` so growth with ``L`` is known from the start.
 CALIBRATION_LONG_LENGTH = 1000
 CALIBRATION_LONG_Q: tuple[int, ...] = (1, 8, 32)
@@ -47,6 +49,8 @@ CALIBRATION_LARGE_Q: tuple[int, ...] = (128, 256)
 DEFAULT_GROWTH_PER_TOKEN = 2e-4
 #: Largest step an observation moves a cell's log-time (robust to a stray slow pass).
 _MAX_LOG_STEP = 0.25
+#: Share of a real pass's correction of its own cell that the rest of its row follows.
+ROW_DRIFT_SHARE = 0.5
 #: Cells stop averaging after this many observations and track drift instead.
 _MAX_WEIGHT = 50.0
 FILE_VERSION = 1
@@ -103,10 +107,26 @@ class CostProfile:
             self.log_time[row, column] = value
         else:
             step = (value - self.log_time[row, column]) / (weight + 1)
-            self.log_time[row, column] += max(-_MAX_LOG_STEP, min(_MAX_LOG_STEP, step))
+            step = max(-_MAX_LOG_STEP, min(_MAX_LOG_STEP, step))
+            self.log_time[row, column] += step
+            if not force:
+                self._drift_row(row, column, step)
         self.weight[row, column] = min(weight + 1, _MAX_WEIGHT)
         self._dirty = True
         self._curves.pop(row, None)
+
+    def _drift_row(self, row: int, column: int, step: float) -> None:
+        """Move the rest of the row by a share of a real pass's correction of its own cell.
+
+        The policy only ever runs the sizes it believes cheapest, so without this the other cells
+        keep the calibration's error forever: on a GPU whose sweep ran while its clock was still
+        ramping up, the two sizes chosen first learned their true 19 ms and every other size stayed
+        at 30 ms, so the policy verified those two sizes and nothing else. A real pass tells the
+        row's level as well as its own cell; the shape between sizes stays the sweep's.
+        """
+        others = ~np.isnan(self.log_time[row])
+        others[column] = False
+        self.log_time[row, others] += ROW_DRIFT_SHARE * step
 
     @classmethod
     def synthetic(cls, seconds: Callable[[int, int], float], *, key: str = "synthetic") -> CostProfile:
@@ -339,6 +359,13 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
 
     with torch.no_grad():
         prefill(length)
+        # Untimed passes first: an idle GPU runs at a fraction of its clock until it has been busy
+        # for a moment (on the H200 here the first sweep timed 27-37 ms passes that take 16-19 ms).
+        burn_until = time.perf_counter() + budget_seconds * CALIBRATION_BURN_SHARE
+        for _ in range(1000):
+            timed_pass(1, length)
+            if time.perf_counter() >= burn_until:
+                break
         for sweep in range(CALIBRATION_SWEEPS):
             for index, q in enumerate(CALIBRATION_Q):
                 if index >= _ESSENTIAL_Q and time.perf_counter() - started > budget_seconds * 0.7:
