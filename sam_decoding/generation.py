@@ -138,8 +138,8 @@ def speculate(
         raise TypeError(f"drafter must be a sam_decoding Drafter, got {type(drafter).__name__}")
     if drafter.proposes_trees:
         check_tree_support(model)
-    # Inference mode, not just no_grad: tensors skip autograd's version tracking, which made each
-    # forward pass about 4% slower than transformers' generate on a 2-core CPU.
+    # Inference mode, not just no_grad: tensors skip autograd's version tracking, which made the loop
+    # about 3% slower than transformers' generate on a 2-core CPU (bench/engine_overhead.py).
     with torch.inference_mode():
         result = SpeculativeRun(model, prompt, settings, drafter, resolve_policy(policy, model)).run()
     # Copied outside inference mode, the output is an ordinary tensor (usable with autograd later),
