@@ -92,6 +92,13 @@ def parse_header(data: bytes) -> tuple[dict, list[tuple[int, int]]]:
     return fields, sections
 
 
+def set_header_fields(data: bytearray, **changes: int) -> None:
+    """Overwrite the named header fields of ``data`` in place (the checksum is left as it was)."""
+    fields, _ = parse_header(bytes(data))
+    fields.update(changes)
+    HEADER_FIELDS.pack_into(data, 0, *[fields[name] for name in FIELD_NAMES])
+
+
 def reseal_header(data: bytearray) -> None:
     """Recompute the header checksum, as a writer of a (forged) valid header would."""
     struct.pack_into("<Q", data, HEADER_CHECKSUM_OFFSET, 0)
@@ -398,9 +405,7 @@ def test_forged_token_width_is_refused(tmp_path, version, token_bytes, reserved,
     struct.pack_into("<I", forged, VERSION_OFFSET, version)
     struct.pack_into("<II", forged, TOKEN_BYTES_OFFSET, token_bytes, reserved)
     if vocab_bound is not None:
-        fields, _ = parse_header(data)
-        fields["vocab_bound"] = vocab_bound
-        HEADER_FIELDS.pack_into(forged, 0, *[fields[name] for name in FIELD_NAMES])
+        set_header_fields(forged, vocab_bound=vocab_bound)
     reseal_header(forged)
     path.write_bytes(forged)
     with pytest.raises(FormatError):
@@ -538,9 +543,7 @@ def test_version_zero_with_a_valid_checksum_is_refused(tmp_path):
 def test_forged_headers_with_valid_checksums_are_refused(tmp_path, field, value):
     path, data = small_file(tmp_path)
     forged = bytearray(data)
-    fields, _ = parse_header(data)
-    fields[field] = value
-    HEADER_FIELDS.pack_into(forged, 0, *[fields[name] for name in FIELD_NAMES])
+    set_header_fields(forged, **{field: value})
     reseal_header(forged)
     path.write_bytes(forged)
     with pytest.raises(FormatError):
