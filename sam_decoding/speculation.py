@@ -236,6 +236,7 @@ class SpeculativeRun:
             self.policy.observe_cost(len(draft) + 1, cache_length, forward_seconds)
             if plan is not None:
                 self.policy.learn(plan, path, last_child)
+                self.policy.advance(emitted)
                 expected = plan.expected_accepted
         learned = time.perf_counter()
         if not walker.stopped:

@@ -105,6 +105,12 @@ def subset_draft(draft: Draft, keep: np.ndarray) -> Draft:
     return replace(draft, tokens=draft.tokens[keep], parents=parents, probabilities=probabilities)
 
 
+def is_path(draft: Draft) -> bool:
+    """Whether ``draft`` is a single path from the root: a chain, an empty draft, or a tree without branches."""
+    parents = draft.parents
+    return parents is None or bool(np.array_equal(parents, np.arange(-1, len(parents) - 1)))
+
+
 @dataclass
 class StepInputs:
     """Model inputs for one verification pass and the tree's child index.
@@ -143,7 +149,8 @@ def build_step_inputs(
     ids[0] = last_token
     ids[1:] = draft.tokens
     input_ids = torch.from_numpy(ids).to(device).unsqueeze(0)
-    if draft.parents is None:
+    if is_path(draft):
+        # Laid out as a chain: the model's own causal mask instead of building one of ours.
         position_ids = torch.arange(past_length, past_length + q, device=device).unsqueeze(0)
         return StepInputs(input_ids, position_ids, None, None, ids.tolist())
 

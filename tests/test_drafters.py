@@ -19,6 +19,7 @@ from sam_decoding.drafters import (
     TreeTemplate,
     Verified,
 )
+from sam_decoding.drafters.token_recycling import largest_entries
 
 
 def _brute_force_lookup(context: list[int], max_ngram: int, min_ngram: int, num_tokens: int) -> list[int]:
@@ -95,6 +96,20 @@ def test_token_recycling_nodes_carry_the_targets_probability() -> None:
     for i, token in enumerate(draft.tokens.tolist()):
         parent_token = 0 if parents[i] < 0 else int(draft.tokens[parents[i]])
         assert draft.probabilities[i] == pytest.approx(softmax[parent_token, token], rel=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [49152, 50257, 1000, 20])
+@pytest.mark.parametrize("rows", [1, 3, 17])
+def test_largest_entries_equal_torch_topk(vocab: int, rows: int) -> None:
+    # Vocabularies a whole number of blocks long, with a ragged last block, and too small to block.
+    generator = torch.Generator().manual_seed(vocab + rows)
+    logits = torch.randn(rows, vocab, generator=generator) * 4
+    # The largest entries crowded into one block, and spread one per block, in some rows.
+    logits[0, 5:13] += 100.0
+    logits[-1, :: max(vocab // 8, 1)] += 100.0
+    values, indices = largest_entries(logits, 8)
+    expected = torch.topk(logits, 8, dim=-1)
+    assert torch.equal(indices, expected.indices) and torch.equal(values, expected.values)
 
 
 def test_token_recycling_skips_unknown_rows() -> None:

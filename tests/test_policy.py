@@ -73,7 +73,8 @@ def _flat_profile() -> CostProfile:
 
 
 def _steep_profile() -> CostProfile:
-    return CostProfile.synthetic(lambda q, length: 0.010 * q, key="steep")
+    # Every extra fed token costs two plain steps: no draft pays, not even one certain to be accepted.
+    return CostProfile.synthetic(lambda q, length: 0.010 * (2 * q - 1), key="steep")
 
 
 def _tree_draft(depth: int = 6, width: int = 3) -> Draft:

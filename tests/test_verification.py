@@ -59,6 +59,20 @@ def test_chain_layout_is_plain_causal() -> None:
     assert inputs.child(0, 1) == 1 and inputs.child(1, 2) == 2 and inputs.child(3, 4) is None and inputs.child(0, 2) is None
 
 
+@pytest.mark.parametrize("parents", [[-1, 0, 1], []])
+def test_a_tree_without_branches_is_laid_out_as_a_chain(parents: list[int]) -> None:
+    # The policy often keeps one path of a tree, or nothing; neither needs a mask of ours.
+    tokens = [1, 2, 3][: len(parents)]
+    draft = Draft(np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int32), "t")
+    inputs = build_step_inputs(9, draft, past_length=5, dtype=torch.float32, device=torch.device("cpu"))
+    assert inputs.attention_mask is None and inputs.children is None
+    assert inputs.position_ids.tolist() == [list(range(5, 6 + len(tokens)))]
+    emitted, path = walk(inputs, {0: 1, 1: 2, 2: 3, 3: 4}.__getitem__, lambda token: False)
+    assert emitted == [1, 2, 3, 4][: len(tokens) + 1] and path == list(range(len(tokens) + 1))
+    branching = Draft(np.array([1, 2], dtype=np.int64), np.array([-1, -1], dtype=np.int32), "t")
+    assert build_step_inputs(9, branching, 5, dtype=torch.float32, device=torch.device("cpu")).attention_mask is not None
+
+
 def test_walk_follows_matching_children_and_emits_the_bonus() -> None:
     inputs = build_step_inputs(9, TREE, past_length=0, dtype=torch.float32, device=torch.device("cpu"))
     # The target picks: after root -> 4 (node 0, input 1); after input 1 -> 6 (input 3); after input 3 -> 8 (input 6);

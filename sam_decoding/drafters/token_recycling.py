@@ -14,6 +14,7 @@ continuation (after ``(`` in code) from a guess (after ``the``) and verify only 
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 import torch
@@ -24,6 +25,33 @@ from sam_decoding.drafters.base import Draft, Drafter, Verified
 # of products of these matters, so they shape the template (more width near the root, long
 # spine along rank 0) rather than claim exact probabilities.
 _RANK_PRIOR = (0.55, 0.18, 0.08, 0.05, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01)
+
+
+#: Width of the blocks :func:`largest_entries` first ranks by their maxima.
+_BLOCK = 128
+
+
+def largest_entries(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of ``logits`` ``[q, vocab]``, largest first: ``(values, indices)``.
+
+    Equal to ``torch.topk(logits, k)`` up to the order of equal values, at about half its cost on a
+    large vocabulary (it runs every step, on every fed position). Each row is cut into blocks and
+    only the ``k`` blocks with the largest maxima are searched: a block holding one of the ``k``
+    largest entries has a maximum at least that large, and at most ``k - 1`` other blocks can.
+    """
+    rows, vocab = logits.shape
+    blocks = -(-vocab // _BLOCK)
+    if blocks < 4 * k:
+        top = torch.topk(logits, k, dim=-1)
+        return top.values, top.indices
+    padding = blocks * _BLOCK - vocab
+    padded = torch.nn.functional.pad(logits, (0, padding), value=-math.inf) if padding else logits
+    blocked = padded.reshape(rows, blocks, _BLOCK)
+    best_blocks = torch.topk(blocked.amax(dim=-1), k, dim=-1).indices
+    candidates = torch.gather(blocked, 1, best_blocks.unsqueeze(-1).expand(rows, k, _BLOCK))
+    values, positions = torch.topk(candidates.reshape(rows, k * _BLOCK), k, dim=-1)
+    indices = torch.gather(best_blocks, 1, positions // _BLOCK) * _BLOCK + positions % _BLOCK
+    return values, indices
 
 
 class TreeTemplate:
@@ -149,8 +177,8 @@ class TokenRecyclingDrafter(Drafter):
         if self.table is None:
             self.table = np.full((logits.shape[-1], self.top_k), -1, dtype=np.int64)
             self.table_probabilities = np.zeros((logits.shape[-1], self.top_k), dtype=np.float64)
-        top = torch.topk(logits, self.top_k, dim=-1, sorted=True)
-        probabilities = torch.exp(top.values.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True))
+        values, indices = largest_entries(logits, self.top_k)
+        probabilities = torch.exp(values.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True))
         rows = verified.tokens.numpy()
-        self.table[rows] = top.indices.cpu().numpy()
+        self.table[rows] = indices.cpu().numpy()
         self.table_probabilities[rows] = probabilities.cpu().numpy()

@@ -14,6 +14,7 @@ import numpy as np
 from sam_decoding.drafters.base import Draft
 from sam_decoding.policy.acceptance import AcceptanceModel, NodeEstimates
 from sam_decoding.policy.cost_profile import CostProfile, calibrate, hardware_key
+from sam_decoding.policy.hindsight import Hindsight
 from sam_decoding.policy.selection import best_subtree
 from sam_decoding.verification import subset_draft
 
@@ -36,12 +37,18 @@ class Plan:
         estimates: Acceptance estimates of the kept nodes.
         expected_accepted: Expected accepted draft tokens.
         expected_rate: Expected emitted tokens per second of the step.
+        proposal: The whole draft the kept nodes were chosen from.
+        proposal_estimates: Acceptance estimates of every node of ``proposal``.
+        keep: Indices of the kept nodes in ``proposal``.
     """
 
     draft: Draft
     estimates: NodeEstimates
     expected_accepted: float
     expected_rate: float
+    proposal: Draft
+    proposal_estimates: NodeEstimates
+    keep: np.ndarray
 
 
 def profile_path(model: Any) -> Path | None:
@@ -63,16 +70,23 @@ class CostAwarePolicy:
         acceptance: The acceptance model (learns across calls of this policy).
         max_nodes: Most draft nodes one step verifies.
         calibration_budget_seconds: Time the first calibration may take.
+        learn_in_hindsight: Also learn from the nodes no step verified, judged against the text once
+            it reaches them (see :mod:`sam_decoding.policy.hindsight`); ``False``: verified nodes only.
     """
 
     profile: CostProfile | None = None
     acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
     max_nodes: int = DEFAULT_MAX_NODES
     calibration_budget_seconds: float = 2.0
+    learn_in_hindsight: bool = True
     overhead_seconds: float = 0.0
     # This call's accepted draft tokens and what the calibrated estimates predicted for them.
     call_accepted: float = 0.0
     call_predicted: float = 0.0
+    hindsight: Hindsight = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hindsight = Hindsight(self.acceptance)
 
     @classmethod
     def shared(cls, model: Any) -> CostAwarePolicy:
@@ -86,6 +100,7 @@ class CostAwarePolicy:
         """Start a generate call: give the policy ``model``'s cost profile if it has none; return
         calibration seconds (0 if none ran)."""
         self.call_accepted = self.call_predicted = 0.0
+        self.hindsight.reset()
         if self.profile is not None:
             return 0.0
         self.profile, spent = model_profile(model, self.calibration_budget_seconds)
@@ -100,18 +115,24 @@ class CostAwarePolicy:
         choice = best_subtree(path_probabilities, costs, draft_seconds + self.overhead_seconds)
         keep = choice.keep
         if len(keep) == len(draft):
-            kept = draft
+            kept, kept_estimates = draft, estimates
         else:
-            kept = subset_draft(draft, keep)
-            estimates = estimates.subset(keep)
-        return Plan(kept, estimates, choice.expected_accepted, choice.expected_rate)
+            kept, kept_estimates = subset_draft(draft, keep), estimates.subset(keep)
+        return Plan(kept, kept_estimates, choice.expected_accepted, choice.expected_rate, draft, estimates, keep)
 
     def choose(self, candidates: list[Draft], context_length: int, draft_seconds: float) -> Plan:
         """The best plan over alternative drafts (e.g. dynamic, static and fallback): the highest expected rate."""
         plans = [self.select(draft, context_length, draft_seconds) for draft in candidates if len(draft)]
         if not plans:
             return self.select(Draft.empty(candidates[0].source if candidates else "none"), context_length, draft_seconds)
-        return max(plans, key=lambda plan: plan.expected_rate)
+        chosen = max(plans, key=lambda plan: plan.expected_rate)
+        if self.learn_in_hindsight:
+            for plan in plans:
+                verified = np.zeros(len(plan.proposal), dtype=bool)
+                if plan is chosen:
+                    verified[plan.keep] = True
+                self.hindsight.record(plan.proposal, plan.proposal_estimates, verified)
+        return chosen
 
     @property
     def call_correction(self) -> float:
@@ -150,8 +171,16 @@ class CostAwarePolicy:
         self.call_accepted += float(accepted.sum())
         self.call_predicted += float(plan.estimates.path_probabilities.sum())
 
+    def advance(self, emitted: Any) -> None:
+        """A step emitted ``emitted`` (token ids, after :meth:`learn`): judge earlier proposals the text now covers."""
+        if self.learn_in_hindsight:
+            self.hindsight.advance(emitted)
+
     def finish(self) -> None:
-        """End of a generate call: save the refined cost profile (if it has a file)."""
+        """End of a generate call: learn what the text tells of proposals still waiting; save the refined
+        cost profile (if it has a file)."""
+        if self.learn_in_hindsight:
+            self.hindsight.flush()
         if self.profile is not None:
             self.profile.save_if_changed()
 
