@@ -57,6 +57,7 @@ class NodeEstimates:
         path_probabilities: float64 ``[k]``: P(node is accepted) = product of ``probabilities`` along its path.
         priors: float64 ``[k]``: the uncalibrated estimates (the drafter's own, or the default prior).
         coarse_cells, cells: int64 ``[k]``: each node's coarse and fine calibration cell.
+        depths: int64 ``[k]``: each node's depth (1 for children of the context's last token).
     """
 
     probabilities: np.ndarray
@@ -64,12 +65,24 @@ class NodeEstimates:
     priors: np.ndarray
     coarse_cells: np.ndarray
     cells: np.ndarray
+    depths: np.ndarray
 
     def subset(self, keep: np.ndarray) -> NodeEstimates:
         """The estimates of the nodes ``keep`` only."""
         return NodeEstimates(
-            self.probabilities[keep], self.path_probabilities[keep], self.priors[keep], self.coarse_cells[keep], self.cells[keep]
+            self.probabilities[keep],
+            self.path_probabilities[keep],
+            self.priors[keep],
+            self.coarse_cells[keep],
+            self.cells[keep],
+            self.depths[keep],
         )
+
+
+#: Shapes of recent tree drafts, by their parent arrays: template drafters (Token Recycling, heads)
+#: propose the same shape every step. Cleared when full; the arrays are read-only.
+_SHAPES: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+_MAX_SHAPES = 256
 
 
 def tree_shape(draft: Draft) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +90,26 @@ def tree_shape(draft: Draft) -> tuple[np.ndarray, np.ndarray]:
     k = len(draft)
     if draft.parents is None:
         return np.arange(1, k + 1, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    key = draft.parents.astype(np.int32, copy=False).tobytes()
+    shape = _SHAPES.get(key)
+    if shape is None:
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        shape = _SHAPES[key] = _tree_shape(draft.parents)
+    return shape
+
+
+def _tree_shape(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k = len(parents)
     depth = np.empty(k, dtype=np.int64)
     rank = np.empty(k, dtype=np.int64)
     children_seen: dict[int, int] = {}
-    for node, parent in enumerate(draft.parents.tolist()):
+    for node, parent in enumerate(parents.tolist()):
         depth[node] = 1 if parent < 0 else depth[parent] + 1
         rank[node] = children_seen.get(parent, 0)
         children_seen[parent] = rank[node] + 1
+    depth.setflags(write=False)
+    rank.setflags(write=False)
     return depth, rank
 
 
@@ -148,7 +174,7 @@ class AcceptanceModel:
         correction = (self.coarse_accepted[coarse] + k) / (self.coarse_predicted[coarse] + k)
         coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
         probabilities = (self.accepted[cells] + k * coarse_probability) / (self.judged[cells] + k)
-        return NodeEstimates(probabilities, path_products(probabilities, draft.parents), prior, coarse, cells)
+        return NodeEstimates(probabilities, path_products(probabilities, draft.parents), prior, coarse, cells, depth)
 
     def learn(self, estimates: NodeEstimates, judged: np.ndarray, accepted: np.ndarray) -> None:
         """Record the outcome of verified nodes: ``judged`` (parent accepted) and ``accepted`` (bool ``[k]`` each)."""

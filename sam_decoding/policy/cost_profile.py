@@ -10,6 +10,7 @@ Nothing assumes the curve is monotonic: on a CPU a pass of 2-3 tokens can cost m
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -66,7 +67,7 @@ def _q_index(q: int) -> int:
 
 
 def _l_bucket(length: int) -> int:
-    return int(np.searchsorted(np.asarray(L_EDGES), length, side="right"))
+    return bisect.bisect_right(L_EDGES, length)
 
 
 def _bucket_length(bucket: int) -> float:

@@ -29,16 +29,10 @@ class _Proposal:
     """A draft waiting for the text to reach its deepest node."""
 
     position: int  # tokens of the text before the draft's first node
-    tokens: list[int]
-    parents: list[int]
-    depths: list[int]
+    draft: Draft
     estimates: NodeEstimates
     verified: np.ndarray  # bool per node: verified at its step (learned already)
-
-    @property
-    def end(self) -> int:
-        """Length of text needed to judge every node."""
-        return self.position + max(self.depths)
+    end: int  # length of text needed to judge every node
 
 
 class Hindsight:
@@ -46,32 +40,36 @@ class Hindsight:
 
     def __init__(self, acceptance: AcceptanceModel) -> None:
         self.acceptance = acceptance
-        self._text: list[int] = []
+        self._text = np.empty(256, dtype=np.int64)
+        self._length = 0
         self._pending: list[_Proposal] = []
 
     def reset(self) -> None:
         """Start a new call (a new text)."""
-        self._text.clear()
+        self._length = 0
         self._pending.clear()
 
     def record(self, draft: Draft, estimates: NodeEstimates, verified: np.ndarray) -> None:
         """Remember ``draft``, proposed after the text so far; ``verified`` marks the nodes verified now."""
-        if len(draft) == 0 or bool(verified.all()):
-            return
-        parents = list(range(-1, len(draft) - 1)) if draft.parents is None else draft.parents.tolist()
-        depths: list[int] = []
-        for parent in parents:
-            depths.append(1 if parent < 0 else depths[parent] + 1)
-        self._pending.append(_Proposal(len(self._text), draft.tokens.tolist(), parents, depths, estimates, verified))
+        if len(draft) and not verified.all():
+            end = self._length + int(estimates.depths.max())
+            self._pending.append(_Proposal(self._length, draft, estimates, verified, end))
 
     def advance(self, emitted: Sequence[int]) -> None:
         """Extend the text by ``emitted`` and judge the proposals it now covers entirely."""
-        self._text.extend(emitted)
-        ready = [proposal for proposal in self._pending if proposal.end <= len(self._text)]
-        if ready:
-            self._pending = [proposal for proposal in self._pending if proposal.end > len(self._text)]
-            for proposal in ready:
-                self._judge(proposal)
+        length = self._length + len(emitted)
+        if length > len(self._text):
+            self._text = np.concatenate((self._text, np.empty(max(length, len(self._text)), dtype=np.int64)))
+        self._text[self._length : length] = emitted
+        self._length = length
+        if any(proposal.end <= length for proposal in self._pending):
+            waiting = []
+            for proposal in self._pending:
+                if proposal.end <= length:
+                    self._judge(proposal)
+                else:
+                    waiting.append(proposal)
+            self._pending = waiting
 
     def flush(self) -> None:
         """End of the call: judge what the text covers of the proposals still waiting."""
@@ -80,15 +78,19 @@ class Hindsight:
         self._pending.clear()
 
     def _judge(self, proposal: _Proposal) -> None:
-        text, start = self._text, proposal.position
-        count = len(proposal.tokens)
-        judged = np.zeros(count, dtype=bool)
-        accepted = np.zeros(count, dtype=bool)
-        for node, (parent, token, depth) in enumerate(zip(proposal.parents, proposal.tokens, proposal.depths)):
-            index = start + depth - 1
-            if index < len(text) and (parent < 0 or accepted[parent]):
-                judged[node] = True
-                accepted[node] = text[index] == token
+        draft = proposal.draft
+        index = proposal.position + proposal.estimates.depths - 1
+        reached = index < self._length
+        matches = reached & (draft.tokens == self._text[np.minimum(index, self._length - 1)])
+        if draft.parents is None:
+            accepted = np.logical_and.accumulate(matches)
+            judged = reached & np.concatenate(([True], accepted[:-1]))
+        else:
+            accepted = matches.copy()
+            judged = reached.copy()
+            for node, parent in enumerate(draft.parents.tolist()):  # parents come before their children
+                if parent >= 0 and not accepted[parent]:
+                    judged[node] = accepted[node] = False
         judged &= ~proposal.verified
         if judged.any():
             self.acceptance.learn(proposal.estimates, judged, accepted)
