@@ -142,6 +142,7 @@ def speculate(
     # about 3% slower than transformers' generate on a 2-core CPU (bench/engine_overhead.py).
     with torch.inference_mode():
         result = SpeculativeRun(model, prompt, settings, drafter, resolve_policy(policy, model)).run()
+    drafter.finish()
     # Copied outside inference mode, the output is an ordinary tensor (usable with autograd later),
     # like model.generate's.
     return GenerationResult(result.sequences.clone(), result.stats)

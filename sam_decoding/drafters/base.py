@@ -2,7 +2,9 @@
 
 A drafter sees one request at a time. The loop calls :meth:`Drafter.begin` with the prompt,
 then alternates :meth:`Drafter.propose` (before each verification forward pass) and
-:meth:`Drafter.accept` (after it, with the tokens that were appended to the context).
+:meth:`Drafter.accept` (after it, with the tokens that were appended to the context), and calls
+:meth:`Drafter.finish` once the request has ended normally (a drafter that learns across
+requests records the response there; a run that raised never reaches it).
 Drafts never influence *which* tokens are emitted, only how many are verified per forward
 pass, so a drafter can be arbitrarily wrong without breaking losslessness.
 """
@@ -132,4 +134,11 @@ class Drafter(ABC):
         """Append ``tokens`` (int64 ``[m]``, ``m >= 1``: the accepted draft tokens and the bonus token) to the context.
 
         ``verified`` is the target's output of this step if :attr:`wants_logits` is set, else ``None``.
+        """
+
+    def finish(self) -> None:
+        """The request has ended normally: its whole text was passed to :meth:`accept` (default: nothing).
+
+        Called once per :meth:`begin`, after the last :meth:`accept`, and only when the generate loop
+        completed; a drafter that learns across requests (a response cache) records the response here.
         """

@@ -163,3 +163,7 @@ class SamDrafter(Drafter):
             self._cursor.feed(tokens)
         if self.fallback is not None:
             self.fallback.accept(tokens, verified)
+
+    def finish(self) -> None:
+        if self.fallback is not None:
+            self.fallback.finish()
