@@ -124,6 +124,70 @@ class DraftChain(NamedTuple):
         return int(self.tokens.shape[0])
 
 
+@dataclass(frozen=True)
+class ScoredDraft:
+    """Continuations of the context scored across every matched suffix length, best first.
+
+    The estimate of node ``i`` blends, by Witten-Bell interpolation, what followed each of the
+    context's matched suffixes (the longest, then each shorter one whose occurrences differ) and the
+    path to the node: per suffix, ``n`` occurrences continued by some token, ``c`` of them by this
+    one, ``u`` distinct tokens, and ``p = (c + u * p_shorter) / (n + u)`` from the shortest suffix up.
+    A continuation seen once is worth 1/2, one seen ``n`` times out of ``n``, ``n / (n + 1)``. With
+    ``trusted_length`` > 0, a context (matched suffix plus the path above the node) of ``L`` tokens
+    longer than that weighs ``u`` by ``trusted_length / L``: a long match seen once is rarely chance.
+
+    Attributes:
+        tokens: int32 ``[k]``; ``parents``: int32 ``[k]`` (``-1``: follows the context; ``parents[i] < i``).
+        probabilities: float64 ``[k]``: estimated P(node accepted | parent accepted).
+        path_probabilities: float64 ``[k]``: their product from the context; never increases along the array.
+        match_length: Longest matched suffix blended, in tokens (0: nothing matched).
+        num_orders: How many matched suffix lengths were blended at the root.
+        expected_tokens: Sum of ``path_probabilities``: the expected number of accepted tokens.
+        transitions_scanned: Automaton transitions the search read.
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray
+    probabilities: np.ndarray
+    path_probabilities: np.ndarray
+    match_length: int
+    num_orders: int
+    expected_tokens: float
+    transitions_scanned: int
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether every node continues the one before it."""
+        return bool(np.array_equal(self.parents, np.arange(-1, len(self) - 1, dtype=np.int32)))
+
+
+#: Defaults of scored drafts (see :meth:`StaticCursor.scored_draft`).
+SCORED_MAX_ORDERS = 8
+SCORED_ENOUGH_OCCURRENCES = 64
+SCORED_TRUSTED_LENGTH = 0.0
+
+
+def _scored(native_call: Any, max_nodes: int, max_depth: int | None, min_probability: float, chain: bool,
+            max_orders: int, enough_occurrences: int, trusted_length: float) -> ScoredDraft:
+    max_nodes = _check_count("max_nodes", max_nodes)
+    depth = max_nodes if max_depth is None else _check_count("max_depth", max_depth)
+    probability = float(min_probability)
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
+    orders = _check_count("max_orders", max_orders)
+    if orders < 1:
+        raise ValueError("max_orders must be >= 1")
+    trusted = float(trusted_length)
+    if not trusted >= 0.0:
+        raise ValueError(f"trusted_length must be >= 0, got {trusted_length}")
+    fields = native_call(max_nodes, depth, probability, bool(chain), orders,
+                         _check_count("enough_occurrences", enough_occurrences), trusted)
+    return ScoredDraft(*fields)
+
+
 def _check_token(token: int) -> int:
     token = int(token)
     if not 0 <= token <= MAX_TOKEN_ID:
@@ -187,6 +251,29 @@ class StaticCursor:
         depth = max_nodes if max_depth is None else _check_count("max_depth", max_depth)
         tokens, parents, probabilities, counts = self._native.draft_tree(max_nodes, depth)
         return DraftTree(tokens, parents, probabilities, counts)
+
+    def scored_draft(
+        self,
+        max_nodes: int,
+        *,
+        max_depth: int | None = None,
+        min_probability: float = 0.0,
+        chain: bool = False,
+        max_orders: int = SCORED_MAX_ORDERS,
+        enough_occurrences: int = SCORED_ENOUGH_OCCURRENCES,
+        trusted_length: float = SCORED_TRUSTED_LENGTH,
+    ) -> ScoredDraft:
+        """The ``max_nodes`` most probable continuation nodes, blending every matched suffix length.
+
+        Matched suffixes are taken longest first, skipping those nothing continues, up to
+        ``max_orders``, and none shorter once one has occurred ``enough_occurrences`` times (counts
+        summed over shards). Nodes whose path probability is below ``min_probability`` are left out,
+        so the draft ends where confidence ends; ``chain=True`` keeps one child per node. At most
+        ``max_depth`` deep (default: ``max_nodes``); reads at most 32,768 transitions. Releases the GIL.
+        See :class:`ScoredDraft` for the estimate.
+        """
+        return _scored(self._native.scored_draft, max_nodes, max_depth, min_probability, chain, max_orders,
+                       enough_occurrences, trusted_length)
 
     def copy(self) -> StaticCursor:
         """An independent cursor at the same position."""
@@ -382,6 +469,26 @@ class DynamicAutomaton:
     def draft(self, n: int) -> np.ndarray:
         """Up to ``n`` tokens (int32) that followed the first earlier occurrence of that suffix."""
         return self._native.draft(_check_count("n", n))
+
+    def scored_draft(
+        self,
+        max_nodes: int,
+        *,
+        max_depth: int | None = None,
+        min_probability: float = 0.0,
+        chain: bool = False,
+        max_orders: int = SCORED_MAX_ORDERS,
+        enough_occurrences: int = SCORED_ENOUGH_OCCURRENCES,
+        trusted_length: float = SCORED_TRUSTED_LENGTH,
+    ) -> ScoredDraft:
+        """As :meth:`StaticCursor.scored_draft`, over every suffix of the text that also ended earlier
+        (the text's last position, which nothing follows yet, is not an occurrence that continues)."""
+        return _scored(self._native.scored_draft, max_nodes, max_depth, min_probability, chain, max_orders,
+                       enough_occurrences, trusted_length)
+
+    def occurrences(self, tokens: TokenSequence) -> int:
+        """How many times ``tokens`` occurs in the text (end positions; the text's length for no tokens)."""
+        return int(self._native.occurrences(as_token_array(tokens)))
 
     def reset(self) -> None:
         """Clear the text (keeps allocated memory for the next request)."""

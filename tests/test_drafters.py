@@ -139,30 +139,44 @@ class CountingFallback(Drafter):
         self.seen += tokens.tolist()
 
 
-def test_sam_drafter_chooses_between_dynamic_static_and_fallback() -> None:
-    corpus = StaticAutomaton.build([np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], dtype=np.int64)])
+def test_sam_drafter_drafts_from_the_source_expected_to_be_accepted_furthest() -> None:
+    tokens = np.arange(1, 13, dtype=np.int64)
     fallback = CountingFallback()
-    drafter = SamDrafter(corpus, fallback=fallback, l_bias=2, l_threshold=3, max_draft=4, use_tree=False)
-    # No match anywhere: fallback.
+    # Nine agreeing occurrences in the corpus: each node is worth 9/10.
+    drafter = SamDrafter(StaticAutomaton.build([tokens] * 9), fallback=fallback, max_draft=4, use_tree=False)
+    # No match anywhere: the fallback drafts.
     drafter.begin(np.array([50, 51], dtype=np.int64))
     assert drafter.propose(10).source == "fallback"
-    # Static match of 5 (discounted to 3) beats a dynamic match of 0.
     drafter.begin(np.array([50, 1, 2, 3, 4, 5], dtype=np.int64))
     draft = drafter.propose(10)
     assert draft.source == "static" and draft.tokens.tolist() == [6, 7, 8, 9]
+    np.testing.assert_allclose(draft.probabilities, [0.9] * 4)
     assert drafter.propose(2).tokens.tolist() == [6, 7]
-    # A dynamic match of 3 ties the discounted static match of 5: the request's own text wins.
-    drafter.begin(np.array([1, 2, 3, 60, 61, 1, 2, 3], dtype=np.int64))
+    # The fallback sees the whole context.
+    drafter.accept(np.array([6], dtype=np.int64), None)
+    assert fallback.seen == [50, 1, 2, 3, 4, 5, 6]
+    # A corpus seen once against a request that keeps repeating itself: its own text wins.
+    drafter = SamDrafter(StaticAutomaton.build([tokens]), max_draft=4, use_tree=False)
+    drafter.begin(np.array([1, 2, 3, 60, 61] * 4 + [1, 2, 3], dtype=np.int64))
     draft = drafter.propose(10)
     assert draft.source == "dynamic" and draft.tokens.tolist() == [60, 61, 1, 2]
-    # The fallback sees the whole context.
-    drafter.accept(np.array([60], dtype=np.int64), None)
-    assert fallback.seen == [1, 2, 3, 60, 61, 1, 2, 3, 60]
+
+
+class ConfidentFallback(CountingFallback):
+    def propose(self, max_tokens: int) -> Draft:
+        return Draft.chain([0, 0], "fallback", probabilities=np.array([0.99, 0.99]))
+
+
+def test_sam_drafter_prefers_a_fallback_expected_to_do_better() -> None:
+    drafter = SamDrafter(StaticAutomaton.build([np.arange(1, 13)]), fallback=ConfidentFallback(), use_tree=False)
+    drafter.begin(np.array([50, 1, 2, 3], dtype=np.int64))
+    assert drafter.propose(10).source == "fallback"  # 0.99 + 0.98 against a corpus seen once
+    assert {draft.source for draft in drafter.propose_candidates(10)} == {"static", "fallback"}
 
 
 def test_sam_drafter_static_tree() -> None:
     corpus = StaticAutomaton.build([np.array([1, 2, 3, 4], dtype=np.int64), np.array([1, 2, 3, 5, 6], dtype=np.int64)])
-    drafter = SamDrafter(corpus, l_bias=0, l_threshold=2, tree_nodes=8)
+    drafter = SamDrafter(corpus, tree_nodes=8)
     assert drafter.proposes_trees and not drafter.wants_logits
     drafter.begin(np.array([9, 1, 2, 3], dtype=np.int64))
     draft = drafter.propose(5)

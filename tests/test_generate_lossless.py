@@ -44,9 +44,9 @@ def _drafters(draft_model: torch.nn.Module, corpus: torch.Tensor) -> dict[str, C
         "default": lambda: None,
         "sam_chain_pld": lambda: SamDrafter(None, fallback=PromptLookupDrafter(), use_tree=False),
         "sam_static_tree": lambda: SamDrafter(
-            StaticAutomaton.build([corpus[0].numpy()]), fallback=TokenRecyclingDrafter(), l_bias=0, l_threshold=1
+            StaticAutomaton.build([corpus[0].numpy()]), fallback=TokenRecyclingDrafter()
         ),
-        "sam_static_chain": lambda: SamDrafter(StaticAutomaton.build([corpus[0].numpy()]), use_tree=False, l_bias=2),
+        "sam_static_chain": lambda: SamDrafter(StaticAutomaton.build([corpus[0].numpy()]), use_tree=False),
         "token_recycling": lambda: TokenRecyclingDrafter(max_nodes=24),
         "prompt_lookup": lambda: PromptLookupDrafter(),
         "model": lambda: ModelDrafter(draft_model, num_tokens=4),
@@ -88,7 +88,7 @@ def test_repetitive_prompt_accepts_long_drafts(tiny_models) -> None:
     model = tiny_models[("llama", "sdpa")]
     prompt = PROMPTS["repetitive"]
     reference = _vanilla(model, prompt, [])
-    drafter = SamDrafter(StaticAutomaton.build([reference[0].numpy()]), use_tree=False, l_bias=0, l_threshold=1)
+    drafter = SamDrafter(StaticAutomaton.build([reference[0].numpy()]), use_tree=False, min_probability=0.0)
     # policy=None: every drafted token is verified, so MAT shows the drafts themselves (the policy's
     # sizing depends on the machine's timings).
     result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=drafter, eos_token_id=[], policy=None)
@@ -102,7 +102,7 @@ def test_max_new_tokens_inside_a_draft_ends_exactly_there(tiny_models) -> None:
     prompt = PROMPTS["repetitive"]
     reference = _vanilla(model, prompt, [], new_tokens=40)
     for limit in (0, 1, 2, 3, 17):
-        drafter = SamDrafter(StaticAutomaton.build([reference[0].numpy()]), use_tree=False, l_bias=0, l_threshold=1)
+        drafter = SamDrafter(StaticAutomaton.build([reference[0].numpy()]), use_tree=False, min_probability=0.0)
         result = generate(model, prompt, max_new_tokens=limit, drafter=drafter, eos_token_id=[])
         assert torch.equal(result.sequences, reference[:, : prompt.shape[1] + limit])
         assert result.stats.new_tokens == limit
@@ -137,6 +137,6 @@ def test_default_model_matches_vanilla_greedy(default_model, real_references, dr
         else:
             # A corpus that holds the other prompt's answer: static drafts are offered, mostly wrong.
             other = [ref for t, (_, ref) in real_references.items() if t != text][0]
-            drafter = SamDrafter(StaticAutomaton.build([other[0].numpy()]), fallback=TokenRecyclingDrafter(), l_bias=0)
+            drafter = SamDrafter(StaticAutomaton.build([other[0].numpy()]), fallback=TokenRecyclingDrafter())
         result = generate(model, ids, max_new_tokens=40, drafter=drafter)
         assert_greedy_equal(model, result.sequences, reference, f"smollm2/{drafter_name}/{text[:20]}")

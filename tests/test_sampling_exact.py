@@ -118,7 +118,7 @@ def drafter_factories(model: torch.nn.Module, prompt: torch.Tensor, exact: dict[
     return {
         "prompt_lookup": lambda: PromptLookupDrafter(),
         "token_recycling": lambda: recycling,
-        "sam_static_tree": lambda: SamDrafter(corpus, l_bias=0, l_threshold=1, use_tree=True),
+        "sam_static_tree": lambda: SamDrafter(corpus, use_tree=True),
         "model": lambda: ModelDrafter(model, num_tokens=COUNT),
     }
 

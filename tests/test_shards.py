@@ -185,7 +185,7 @@ def test_sam_drafter_takes_a_sharded_corpus(tmp_path):
     directory = tmp_path / "corpus"
     sharded = ShardedAutomaton.build(documents, directory, shard_tokens=300)
     for static in (sharded, directory):
-        drafter = SamDrafter(static, l_threshold=2, use_tree=True)
+        drafter = SamDrafter(static, use_tree=True)
         drafter.begin(np.asarray(documents[4][:30], dtype=np.int64))
         draft = drafter.propose(8)
         assert draft.source in ("static", "dynamic") and len(draft) > 0

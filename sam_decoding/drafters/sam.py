@@ -1,169 +1,181 @@
-"""SAM-Decoding's drafter: retrieval from a corpus automaton and from the request's own text.
+"""SAM-Decoding's drafter: retrieval from suffix automata, scored across every match length.
 
-Each step compares how long a suffix of the context matches in the static (corpus) automaton,
-``m_s``, and in the dynamic automaton over prompt + generated text, ``m_d``. The static match is
-discounted by ``l_bias`` because the request's own text predicts its continuation better than a
-corpus match of the same length. The larger of ``m_s - l_bias`` and ``m_d`` wins if it reaches
-``l_threshold``; otherwise the fallback drafter (e.g. Token Recycling) drafts.
+Up to three automata match the context: the request's own text (the dynamic automaton), a corpus
+(static, memory-mapped) and, optionally, a :class:`~sam_decoding.ResponseCache` of the responses this
+process served before. Each proposes the draft with the most expected accepted tokens that it can
+back with its counts: every matched suffix length is blended into each node's estimate, and nodes
+whose path probability falls below ``min_probability`` are not drafted, so a draft is as deep as the
+evidence for it (see :class:`~sam_decoding.ScoredDraft`). The source with the most expected accepted
+tokens drafts the step; under the cost-aware policy every source's draft is a candidate instead.
+A fallback drafter (e.g. Token Recycling) drafts when that is worth more or nothing matched.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
 
 if TYPE_CHECKING:
-    from sam_decoding.automaton import StaticAutomaton
+    from sam_decoding.automaton import ScoredDraft, StaticAutomaton
+    from sam_decoding.response_cache import ResponseCache
+    from sam_decoding.shards import ShardedAutomaton
 
-# Defaults from a greedy sweep with SmolLM2-135M-Instruct on Spec-Bench prompts (3 categories,
-# 48 new tokens, Token Recycling fallback): MAT 1.40 at l_threshold 2, 1.44 at 3 and at 5, so the
-# lowest threshold that is as good as the paper's is used. l_bias keeps the paper's 5: the sweep
-# had no corpus. Draft sizes are generous (the paper's 40-token depth limit, a 64-node static
-# tree) because the cost-aware policy, not the drafter, decides how much of a draft is verified.
-DEFAULT_L_BIAS = 5
-DEFAULT_L_THRESHOLD = 3
+# Draft sizes are generous (the paper's 40-token depth limit, a 64-node tree) because the floor on
+# path probability and the cost-aware policy, not a size cap, decide how much is verified.
 DEFAULT_MAX_DRAFT = 40
 DEFAULT_TREE_NODES = 64
-DEFAULT_MIN_MATCH = 1
-#: Pseudo-count of "something else follows" added to a state's count when its continuation counts
-#: become acceptance estimates (count / (state count + 1)): 1 of 1 is 0.5, 20 of 20 is 0.95.
-COUNT_SMOOTHING = 1.0
-
-
-def _match_confidence(match_length: int) -> float:
-    """How far a corpus continuation after a match of ``match_length`` tokens predicts the model:
-    a short match says little about the request (``m / (m + 2)``: 1 -> 0.33, 8 -> 0.8)."""
-    return match_length / (match_length + 2.0)
+#: Nodes whose estimated chance of acceptance (along their whole path) is below this are not drafted.
+DEFAULT_MIN_PROBABILITY = 0.1
 
 
 class SamDrafter(Drafter):
-    """Drafts from suffix automata, falling back to another drafter when neither matches well.
+    """Drafts from suffix automata, falling back to another drafter when that is expected to do better.
 
     Args:
-        static: A corpus :class:`~sam_decoding.StaticAutomaton`, a path to one, or ``None`` (dynamic only).
-        fallback: Drafter used when both matches are shorter than ``l_threshold``; ``None``: draft nothing.
-        l_bias: Discount, in tokens, applied to the static match length before comparing it with the dynamic one.
-        l_threshold: Minimum (discounted) match length, in tokens, for a retrieval draft.
-        max_draft: Longest retrieval draft, in tokens (depth of a static tree).
-        use_tree: Draft a frequency-ranked tree from the static automaton instead of a single chain.
-        tree_nodes: Node budget of a static tree draft, in tokens.
-        min_match: Shortest match, in tokens, for which a retrieval draft is offered to a verification
-            policy (:meth:`propose_candidates`); ``l_bias`` and ``l_threshold`` apply without a policy.
-        tokenizer_fingerprint: If given, checked against the static automaton's (raises
+        static: A corpus :class:`~sam_decoding.StaticAutomaton` or :class:`~sam_decoding.ShardedAutomaton`,
+            a path to one, or ``None`` (the request's own text only).
+        fallback: Drafter used when the automata propose nothing, or (when its drafts carry acceptance
+            estimates, as Token Recycling's do) when its draft is expected to be accepted further.
+        responses: A :class:`~sam_decoding.ResponseCache` shared across requests: every response this
+            drafter finishes is recorded in it, and each request drafts from what it held when the
+            request began.
+        max_draft: Deepest draft, in tokens.
+        use_tree: Draft trees (several continuations per node) instead of single chains.
+        tree_nodes: Node budget of one source's tree, in tokens.
+        min_probability: Floor on a node's estimated path probability (see :class:`~sam_decoding.ScoredDraft`).
+        tokenizer_fingerprint: If given, checked against the corpus's and the cache's (raises
             :class:`~sam_decoding.TokenizerMismatchError` on a mismatch).
     """
 
     def __init__(
         self,
-        static: StaticAutomaton | str | os.PathLike[str] | None = None,
+        static: StaticAutomaton | ShardedAutomaton | str | os.PathLike[str] | None = None,
         *,
         fallback: Drafter | None = None,
-        l_bias: int = DEFAULT_L_BIAS,
-        l_threshold: int = DEFAULT_L_THRESHOLD,
+        responses: ResponseCache | None = None,
         max_draft: int = DEFAULT_MAX_DRAFT,
         use_tree: bool = True,
         tree_nodes: int = DEFAULT_TREE_NODES,
-        min_match: int = DEFAULT_MIN_MATCH,
+        min_probability: float = DEFAULT_MIN_PROBABILITY,
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
         from sam_decoding.shards import ShardedAutomaton, load_corpus
 
-        if l_threshold < 1:
-            raise ValueError("l_threshold must be >= 1 token")
-        if max_draft < 1 or tree_nodes < 1 or min_match < 1:
-            raise ValueError("max_draft, tree_nodes and min_match must be positive")
+        if max_draft < 1 or tree_nodes < 1:
+            raise ValueError("max_draft and tree_nodes must be positive")
+        if not 0.0 <= min_probability <= 1.0:
+            raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
+        if fallback is not None and not isinstance(fallback, Drafter):
+            raise TypeError(f"fallback must be a sam_decoding Drafter, got {type(fallback).__name__}")
         if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
             static = load_corpus(static)
+        self.static = static
+        self.responses = responses
         if static is not None and tokenizer_fingerprint is not None:
             static.check_tokenizer(tokenizer_fingerprint)
-        self.static = static
+        if responses is not None:
+            for fingerprint in (tokenizer_fingerprint, static.tokenizer_fingerprint if static is not None else ""):
+                if fingerprint:
+                    responses.check_tokenizer(fingerprint)
         self.fallback = fallback
-        self.l_bias = l_bias
-        self.l_threshold = l_threshold
         self.max_draft = max_draft
         self.use_tree = use_tree
         self.tree_nodes = tree_nodes
-        self.min_match = min_match
+        self.min_probability = float(min_probability)
         self._cursor = static.cursor() if static is not None else None
+        self._responses_cursor: Any = None
+        self._response: list[np.ndarray] = []
         self._dynamic = DynamicAutomaton()
         self.wants_logits = bool(fallback is not None and fallback.wants_logits)
         self.wants_hidden_states = bool(fallback is not None and fallback.wants_hidden_states)
-        self.proposes_trees = bool((static is not None and use_tree) or (fallback is not None and fallback.proposes_trees))
+        self.proposes_trees = bool(use_tree or (fallback is not None and fallback.proposes_trees))
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         self._dynamic.reset()
         self._dynamic.extend(prompt_ids)
+        self._response = []
         if self._cursor is not None:
             self._cursor.reset()
             self._cursor.feed(prompt_ids)
+        # The responses cached when the request begins; later ones serve later requests.
+        snapshot = self.responses.snapshot() if self.responses is not None else None
+        self._responses_cursor = snapshot.cursor() if snapshot is not None else None
+        if self._responses_cursor is not None:
+            self._responses_cursor.feed(prompt_ids)
         if self.fallback is not None:
             self.fallback.begin(prompt_ids)
 
-    def _static_draft(self, limit: int) -> Draft:
-        assert self._cursor is not None
-        match = self._cursor.match_length
-        # Continuation counts give each node's acceptance estimate: child count over state count,
-        # smoothed (a continuation seen once in the corpus is weak evidence of what the model says).
-        if self.use_tree:
-            tree = self._cursor.draft_tree(self.tree_nodes, max_depth=limit)
-            state_counts = tree.counts / np.maximum(tree.probabilities, 1e-12)
-            probabilities = tree.counts / (state_counts + COUNT_SMOOTHING) * _match_confidence(match)
-            return Draft(tree.tokens.astype(np.int64), tree.parents.astype(np.int32), "static", probabilities, match)
-        chain = self._cursor.draft_with_counts(limit)
-        probabilities = chain.counts / (chain.state_counts + COUNT_SMOOTHING) * _match_confidence(match)
-        return Draft.chain(chain.tokens, "static", probabilities, match)
-
-    def _dynamic_draft(self, limit: int) -> Draft:
-        return Draft.chain(self._dynamic.draft(limit), "dynamic", match_length=self._dynamic.match_length)
+    def _retrieval_drafts(self, max_tokens: int) -> list[Draft]:
+        """Each automaton's scored draft that has at least one node, best expected first."""
+        depth = min(self.max_draft, max_tokens)
+        sources = [("dynamic", self._dynamic), ("static", self._cursor), ("responses", self._responses_cursor)]
+        scored: list[tuple[float, Draft]] = []
+        for source, automaton in sources:
+            if automaton is None:
+                continue
+            draft: ScoredDraft = automaton.scored_draft(
+                self.tree_nodes if self.use_tree else depth, max_depth=depth,
+                min_probability=self.min_probability, chain=not self.use_tree,
+            )
+            if len(draft):
+                scored.append((draft.expected_tokens, _as_draft(draft, source)))
+        scored.sort(key=lambda item: -item[0])
+        return [draft for _, draft in scored]
 
     def propose(self, max_tokens: int) -> Draft:
-        limit = min(self.max_draft, max_tokens)
-        dynamic_score = self._dynamic.match_length
-        static_score = self._cursor.match_length - self.l_bias if self._cursor is not None else -1
-        # Ties go to the dynamic automaton: the request's own text is the better predictor.
-        order = (self._dynamic_draft, self._static_draft)
-        scores = (dynamic_score, static_score)
-        if static_score > dynamic_score:
-            order, scores = order[::-1], scores[::-1]
-        for make, score in zip(order, scores):
-            if score < self.l_threshold:
-                break
-            draft = make(limit)
-            if len(draft):
-                return draft
-        if self.fallback is not None:
-            return self.fallback.propose(max_tokens)
-        return Draft.empty("none")
+        retrieved = self._retrieval_drafts(max_tokens)
+        if self.fallback is None:
+            return retrieved[0] if retrieved else Draft.empty("none")
+        fallback = self.fallback.propose(max_tokens)
+        if not retrieved:
+            return fallback
+        # A fallback without estimates cannot be weighed: it drafts only where retrieval has nothing.
+        if fallback.probabilities is not None and expected_tokens(fallback) > expected_tokens(retrieved[0]):
+            return fallback
+        return retrieved[0]
 
     def propose_candidates(self, max_tokens: int) -> list[Draft]:
-        """Every source's draft, for the policy to weigh by calibrated acceptance and cost.
-
-        Under a policy the blend is learned instead of thresholded: retrieval drafts are offered
-        from a match of ``min_match`` tokens (the policy knows, per source and match length, how
-        often they are accepted) next to the fallback's own, and the step verifies the best.
-        """
-        limit = min(self.max_draft, max_tokens)
-        candidates = []
-        if self._dynamic.match_length >= self.min_match:
-            candidates.append(self._dynamic_draft(limit))
-        if self._cursor is not None and self._cursor.match_length >= self.min_match:
-            candidates.append(self._static_draft(limit))
+        """Every source's draft, for the policy to weigh by calibrated acceptance and cost."""
+        candidates = self._retrieval_drafts(max_tokens)
         if self.fallback is not None:
             candidates.extend(self.fallback.propose_candidates(max_tokens))
         return [draft for draft in candidates if len(draft)] or [Draft.empty("none")]
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
         self._dynamic.extend(tokens)
+        self._response.append(np.asarray(tokens, dtype=np.int64))
         if self._cursor is not None:
             self._cursor.feed(tokens)
+        if self._responses_cursor is not None:
+            self._responses_cursor.feed(tokens)
         if self.fallback is not None:
             self.fallback.accept(tokens, verified)
 
     def finish(self) -> None:
+        if self.responses is not None and self._response:
+            self.responses.record(np.concatenate(self._response))
+        self._response = []
         if self.fallback is not None:
             self.fallback.finish()
+
+
+def _as_draft(scored: ScoredDraft, source: str) -> Draft:
+    parents = None if scored.is_chain else scored.parents
+    return Draft(scored.tokens.astype(np.int64), parents, source, scored.probabilities, scored.match_length)
+
+
+def expected_tokens(draft: Draft) -> float:
+    """Expected accepted tokens of a draft with per-node estimates: the sum of its path probabilities."""
+    if draft.probabilities is None or len(draft) == 0:
+        return 0.0
+    if draft.parents is None:
+        return float(np.cumprod(draft.probabilities).sum())
+    path = np.empty(len(draft), dtype=np.float64)
+    for index, parent in enumerate(draft.parents.tolist()):
+        path[index] = draft.probabilities[index] * (path[parent] if parent >= 0 else 1.0)
+    return float(path.sum())

@@ -32,6 +32,8 @@ void AutomatonBuilder::clear() {
   text_length_ = 0;
   new_state(0, kNoState, 0);
   last_ = 0;
+  last_clone_ = kNoState;
+  last_split_source_ = kNoState;
 }
 
 void AutomatonBuilder::release() {
@@ -167,6 +169,8 @@ void AutomatonBuilder::append(Token token) {
   }
   const auto position = static_cast<std::uint32_t>(text_length_);
   const StateId current = new_state(states_[last_].length + 1, kNoState, position);
+  last_clone_ = kNoState;
+  last_split_source_ = kNoState;
   StateId state = last_;
   // Every suffix of the old text that cannot be followed by `token` gains a transition to the
   // new state; the walk stops at the first one that can, which bounds the total work.
@@ -203,6 +207,8 @@ void AutomatonBuilder::append(Token token) {
       }
       states_[next].link = clone;
       states_[current].link = clone;
+      last_clone_ = clone;
+      last_split_source_ = next;
     }
   }
   last_ = current;

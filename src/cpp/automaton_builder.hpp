@@ -38,6 +38,10 @@ class AutomatonBuilder {
     return state != 0 && states_[state].length != states_[state].first_end + 1;
   }
   StateId transition(StateId state, Token token) const;
+  // The clone made by the last append and the state it was split from (whose occurrences it
+  // inherits), or kNoState twice when that append made no clone.
+  StateId last_clone() const { return last_clone_; }
+  StateId last_split_source() const { return last_split_source_; }
 
   // Calls visit(token, target) for every outgoing transition of `state`, in no set order.
   template <typename Visit>
@@ -126,6 +130,8 @@ class AutomatonBuilder {
   std::size_t num_edges_ = 0;
   std::size_t text_length_ = 0;
   StateId last_ = 0;
+  StateId last_clone_ = kNoState;
+  StateId last_split_source_ = kNoState;
 };
 
 }  // namespace sam

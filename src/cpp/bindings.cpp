@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "draft_search.hpp"
+#include "scored_draft.hpp"
 #include "dynamic_automaton.hpp"
 #include "sharded_cursor.hpp"
 #include "static_automaton.hpp"
@@ -119,6 +120,47 @@ py::array_t<std::int64_t> to_int64_array(const std::vector<std::uint64_t>& value
   return result;
 }
 
+// Options of a scored draft, checked where they enter.
+sam::ScoredDraftOptions scored_options(std::size_t max_nodes, std::size_t max_depth,
+                                       double min_probability, bool chain, std::size_t max_orders,
+                                       std::uint64_t enough_occurrences, double trusted_length) {
+  if (!(min_probability >= 0.0 && min_probability <= 1.0)) {
+    throw py::value_error("min_probability must be in [0, 1]");
+  }
+  if (max_orders == 0) throw py::value_error("max_orders must be >= 1");
+  if (!(trusted_length >= 0.0)) throw py::value_error("trusted_length must be >= 0");
+  sam::ScoredDraftOptions options;
+  options.max_nodes = max_nodes;
+  options.max_depth = max_depth;
+  options.min_path_probability = min_probability;
+  options.chain = chain;
+  options.max_orders = max_orders;
+  options.enough_occurrences = enough_occurrences;
+  options.trusted_length = trusted_length;
+  return options;
+}
+
+py::tuple scored_tuple(const sam::ScoredDraft& draft) {
+  return py::make_tuple(to_array(draft.tokens), to_array(draft.parents), to_array(draft.probabilities),
+                        to_array(draft.path_probabilities), draft.match_length, draft.num_orders,
+                        draft.expected_tokens, draft.transitions_scanned);
+}
+
+// Calls draft(options) without the GIL and returns scored_tuple's fields.
+template <typename Drafting>
+py::tuple scored(const Drafting& draft, std::size_t max_nodes, std::size_t max_depth,
+                 double min_probability, bool chain, std::size_t max_orders,
+                 std::uint64_t enough_occurrences, double trusted_length) {
+  const sam::ScoredDraftOptions options = scored_options(
+      max_nodes, max_depth, min_probability, chain, max_orders, enough_occurrences, trusted_length);
+  sam::ScoredDraft result;
+  {
+    py::gil_scoped_release release;
+    result = draft(options);
+  }
+  return scored_tuple(result);
+}
+
 struct StaticHandle {
   std::shared_ptr<const sam::StaticAutomaton> automaton;
 };
@@ -175,6 +217,16 @@ void bind_cursor(py::class_<Cursor>& cursor) {
                                   to_array(tree.probabilities), to_array(tree.counts));
           },
           py::arg("max_nodes"), py::arg("max_depth"))
+      .def(
+          "scored_draft",
+          [](const Cursor& self, std::size_t max_nodes, std::size_t max_depth, double min_probability,
+             bool chain, std::size_t max_orders, std::uint64_t enough_occurrences, double trusted_length) {
+            return scored([&](const sam::ScoredDraftOptions& options) { return self.scored_draft(options); },
+                          max_nodes, max_depth, min_probability, chain, max_orders, enough_occurrences,
+                          trusted_length);
+          },
+          py::arg("max_nodes"), py::arg("max_depth"), py::arg("min_probability"), py::arg("chain"),
+          py::arg("max_orders"), py::arg("enough_occurrences"), py::arg("trusted_length"))
       .def("copy", [](const Cursor& self) { return Cursor(self); })
       .def("reset", &Cursor::reset);
 }
@@ -321,6 +373,23 @@ PYBIND11_MODULE(_core, module) {
             return to_int32_array(self.draft(max_tokens));
           },
           py::arg("max_tokens"))
+      .def(
+          "scored_draft",
+          [](const sam::DynamicAutomaton& self, std::size_t max_nodes, std::size_t max_depth,
+             double min_probability, bool chain, std::size_t max_orders, std::uint64_t enough_occurrences, double trusted_length) {
+            return scored([&](const sam::ScoredDraftOptions& options) { return self.scored_draft(options); },
+                          max_nodes, max_depth, min_probability, chain, max_orders, enough_occurrences,
+                          trusted_length);
+          },
+          py::arg("max_nodes"), py::arg("max_depth"), py::arg("min_probability"), py::arg("chain"),
+          py::arg("max_orders"), py::arg("enough_occurrences"), py::arg("trusted_length"))
+      .def(
+          "occurrences",
+          [](const sam::DynamicAutomaton& self, const py::array& tokens) {
+            const TokenView view(tokens);
+            return self.occurrences(view.data(), view.size());
+          },
+          py::arg("tokens"))
       .def("reset", &sam::DynamicAutomaton::reset)
       .def_property_readonly("num_tokens", &sam::DynamicAutomaton::num_tokens)
       .def_property_readonly("num_states", &sam::DynamicAutomaton::num_states)

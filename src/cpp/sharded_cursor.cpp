@@ -1,6 +1,7 @@
 #include "sharded_cursor.hpp"
 
 #include <algorithm>
+#include <functional>
 
 namespace sam {
 
@@ -78,6 +79,38 @@ DraftTree ShardedCursor::draft_tree(std::size_t max_nodes, std::size_t max_depth
                                     std::size_t scan_budget) const {
   if (max_nodes == 0 || max_depth == 0) return {};
   return sam::draft_tree(draft_context(), max_nodes, max_depth, scan_budget);
+}
+
+ScoredDraft ShardedCursor::scored_draft(const ScoredDraftOptions& options) const {
+  // Shard k holds the suffix of length L in the state of its chain whose lengths span L. The
+  // orders of the whole corpus are the union of the shards' chain lengths, since a suffix's
+  // total count changes exactly where some shard's does.
+  std::vector<std::vector<std::pair<std::uint32_t, StateId>>> chains;
+  std::vector<std::uint32_t> lengths;
+  chains.reserve(cursors_.size());
+  for (const StaticCursor& cursor : cursors_) {
+    chains.push_back(cursor.matched_orders());
+    for (const auto& order : chains.back()) lengths.push_back(order.first);
+  }
+  std::sort(lengths.begin(), lengths.end(), std::greater<>());
+  lengths.erase(std::unique(lengths.begin(), lengths.end()), lengths.end());
+  if (lengths.size() > kMaxMatchedOrders) lengths.resize(kMaxMatchedOrders);
+  std::vector<std::size_t> position(chains.size(), 0);
+  std::vector<MatchedOrder<StaticAutomaton>> orders;
+  orders.reserve(lengths.size());
+  for (const std::uint32_t length : lengths) {
+    MatchedOrder<StaticAutomaton> order{length, {}};
+    for (std::size_t shard = 0; shard < chains.size(); ++shard) {
+      const auto& chain = chains[shard];
+      if (chain.empty() || chain.front().first < length) continue;  // too short a match there
+      // Chain entries come longest first; the one holding `length` is the last one >= length.
+      std::size_t& at = position[shard];
+      while (at + 1 < chain.size() && chain[at + 1].first >= length) ++at;
+      order.states.push_back({&cursors_[shard].automaton(), chain[at].second});
+    }
+    orders.push_back(std::move(order));
+  }
+  return sam::scored_draft(orders, options);
 }
 
 }  // namespace sam

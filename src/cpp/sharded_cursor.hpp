@@ -31,6 +31,9 @@ class ShardedCursor {
   DraftChain draft_with_counts(std::size_t max_tokens) const;
   DraftTree draft_tree(std::size_t max_nodes, std::size_t max_depth,
                        std::size_t scan_budget = kTreeScanBudget) const;
+  // As StaticCursor's: every matched suffix length of any shard, blended over all the shards
+  // where it occurs.
+  ScoredDraft scored_draft(const ScoredDraftOptions& options) const;
 
  private:
   // The longest suffix of the match that some shard continues, located in every shard where

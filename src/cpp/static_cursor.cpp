@@ -64,4 +64,24 @@ DraftTree StaticCursor::draft_tree(std::size_t max_nodes, std::size_t max_depth,
   return sam::draft_tree(draft_context(), max_nodes, max_depth, scan_budget);
 }
 
+std::vector<std::pair<std::uint32_t, StateId>> StaticCursor::matched_orders() const {
+  std::vector<std::pair<std::uint32_t, StateId>> orders;
+  if (match_length_ == 0) return orders;
+  const StaticAutomaton& automaton = *automaton_;
+  orders.emplace_back(match_length_, state_);
+  for (StateId state = automaton.link(state_); state != 0 && orders.size() < kMaxMatchedOrders;
+       state = automaton.link(state)) {
+    orders.emplace_back(automaton.length(state), state);
+  }
+  return orders;
+}
+
+ScoredDraft StaticCursor::scored_draft(const ScoredDraftOptions& options) const {
+  std::vector<MatchedOrder<StaticAutomaton>> orders;
+  for (const auto& [length, state] : matched_orders()) {
+    orders.push_back(MatchedOrder<StaticAutomaton>{length, {{automaton_.get(), state}}});
+  }
+  return sam::scored_draft(orders, options);
+}
+
 }  // namespace sam

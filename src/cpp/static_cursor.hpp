@@ -4,12 +4,17 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "draft_search.hpp"
+#include "scored_draft.hpp"
 #include "static_automaton.hpp"
 
 namespace sam {
+
+// Suffix-link chains longer than this (only in pathological corpora) offer no shorter orders.
+constexpr std::size_t kMaxMatchedOrders = 256;
 
 class StaticCursor {
  public:
@@ -37,6 +42,11 @@ class StaticCursor {
   // The `max_nodes` most frequent continuation paths, best-first, at most `max_depth` deep.
   DraftTree draft_tree(std::size_t max_nodes, std::size_t max_depth,
                        std::size_t scan_budget = kTreeScanBudget) const;
+  // The draft scored across every matched suffix length (scored_draft.hpp).
+  ScoredDraft scored_draft(const ScoredDraftOptions& options) const;
+  // The matched suffixes, longest first: (length, state) along the suffix-link chain of the
+  // match, at most kMaxMatchedOrders of them.
+  std::vector<std::pair<std::uint32_t, StateId>> matched_orders() const;
 
  private:
   // The draft state as a one-shard context; empty if there is nothing to draft from.

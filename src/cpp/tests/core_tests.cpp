@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -853,6 +854,101 @@ void test_save_into_a_missing_directory_throws() {
 
 }  // namespace
 
+// ---- scored drafts -------------------------------------------------------------------------------
+
+std::uint32_t count_occurrences(const Tokens& text, const Tokens& pattern) {
+  std::uint32_t found = 0;
+  for (std::size_t end = pattern.size(); end <= text.size(); ++end) {
+    if (equal_at(text, end - pattern.size(), pattern)) ++found;
+  }
+  return found;
+}
+
+void test_dynamic_counts_against_brute_force() {
+  std::mt19937 rng(71);
+  for (int round = 0; round < 200; ++round) {
+    sam::DynamicAutomaton automaton;
+    Tokens text;
+    // Small alphabets and long runs: the latter take the recount path (a long suffix-link chain).
+    const Token alphabet = round % 3 == 0 ? 1 : 3;
+    std::uniform_int_distribution<Token> token(0, alphabet - 1);
+    std::uniform_int_distribution<int> piece(1, round % 3 == 0 ? 90 : 12);
+    for (int extend = 0; extend < 6; ++extend) {
+      Tokens added(static_cast<std::size_t>(piece(rng)));
+      for (Token& value : added) value = token(rng);
+      automaton.extend(added.data(), added.size());
+      text.insert(text.end(), added.begin(), added.end());
+      for (int probe = 0; probe < 5; ++probe) {
+        Tokens pattern(static_cast<std::size_t>(1 + probe * 2));
+        for (Token& value : pattern) value = token(rng);
+        CHECK(automaton.occurrences(pattern.data(), pattern.size()) == count_occurrences(text, pattern));
+      }
+    }
+  }
+}
+
+// Shape and arithmetic every scored draft must have, whatever the automaton.
+void check_scored_invariants(const sam::ScoredDraft& draft, const sam::ScoredDraftOptions& options) {
+  CHECK(draft.tokens.size() <= options.max_nodes);
+  CHECK(draft.parents.size() == draft.tokens.size());
+  double expected = 0.0;
+  for (std::size_t index = 0; index < draft.tokens.size(); ++index) {
+    const std::int32_t parent = draft.parents[index];
+    CHECK(parent >= -1 && parent < static_cast<std::int32_t>(index));
+    if (options.chain) CHECK(parent == static_cast<std::int32_t>(index) - 1);
+    CHECK(draft.probabilities[index] > 0.0 && draft.probabilities[index] <= 1.0);
+    const double above = parent < 0 ? 1.0 : draft.path_probabilities[static_cast<std::size_t>(parent)];
+    CHECK(std::abs(draft.path_probabilities[index] - above * draft.probabilities[index]) < 1e-12);
+    CHECK(draft.path_probabilities[index] >= options.min_path_probability);
+    if (index > 0) CHECK(draft.path_probabilities[index] <= draft.path_probabilities[index - 1]);
+    expected += draft.path_probabilities[index];
+  }
+  CHECK(std::abs(draft.expected_tokens - expected) < 1e-9);
+  CHECK(draft.num_orders <= options.max_orders);
+}
+
+void test_scored_drafts_invariants_and_shards() {
+  std::mt19937 rng(83);
+  for (int round = 0; round < 300; ++round) {
+    const Documents documents = nonempty(random_documents(rng, 4, false));
+    sam::ScoredDraftOptions options;
+    options.max_nodes = 1 + static_cast<std::size_t>(round % 12);
+    options.max_depth = 1 + static_cast<std::size_t>(round % 5);
+    options.min_path_probability = (round % 4) * 0.05;
+    options.max_orders = 1 + static_cast<std::size_t>(round % 3) * 3;
+    options.trusted_length = (round % 3) * 1.5;
+    options.chain = round % 5 == 0;
+    const auto whole = build(documents);
+    std::vector<std::shared_ptr<const sam::StaticAutomaton>> shards;
+    for (std::size_t first = 0; first < documents.size(); first += 2) {
+      shards.push_back(build(Documents(documents.begin() + static_cast<std::ptrdiff_t>(first),
+                                       documents.begin() + static_cast<std::ptrdiff_t>(
+                                                               std::min(first + 2, documents.size())))));
+    }
+    sam::StaticCursor cursor(whole);
+    sam::ShardedCursor sharded(shards);
+    sam::DynamicAutomaton dynamic;
+    std::uniform_int_distribution<Token> token(0, 3);
+    for (int step = 0; step < 12; ++step) {
+      const Token next = token(rng);
+      cursor.feed_one(next);
+      sharded.feed_one(next);
+      dynamic.extend(&next, 1);
+      const sam::ScoredDraft one = cursor.scored_draft(options);
+      const sam::ScoredDraft many = sharded.scored_draft(options);
+      check_scored_invariants(one, options);
+      check_scored_invariants(many, options);
+      check_scored_invariants(dynamic.scored_draft(options), options);
+      // Shards answer as one automaton over all their documents.
+      CHECK(one.tokens == many.tokens && one.parents == many.parents);
+      CHECK(one.match_length == many.match_length && one.num_orders == many.num_orders);
+      for (std::size_t index = 0; index < one.tokens.size() && index < many.tokens.size(); ++index) {
+        CHECK(std::abs(one.probabilities[index] - many.probabilities[index]) < 1e-12);
+      }
+    }
+  }
+}
+
 int main() {
   test_builder_recognises_exactly_the_substrings();
   test_suffix_array_construction_equals_the_online_build();
@@ -863,6 +959,8 @@ int main() {
   test_dynamic_concurrent_extend_and_draft();
   test_tree_scan_budget_bounds_the_work();
   test_sharded_cursor_equals_one_automaton();
+  test_dynamic_counts_against_brute_force();
+  test_scored_drafts_invariants_and_shards();
   test_save_load_round_trip();
   test_token_width_boundary();
   test_large_counts();
