@@ -175,7 +175,7 @@ def test_generate_json_from_a_file_with_system_and_draft_settings(capsys, tmp_pa
               "--json", "--dtype", "float32", "--device", "cpu"]
     code, out, err = run_cli(
         capsys, *common, "--corpus", corpus, "--fallback", "prompt-lookup", "--no-tree", "--max-draft", "4",
-        "--l-threshold", "2", "--l-bias", "0", "--no-policy",
+        "--min-probability", "0.05", "--no-policy",
     )
     assert code == 0, err
     assert err == "" and len(out.splitlines()) == 1
@@ -213,13 +213,13 @@ def test_generate_reads_the_prompt_from_stdin(capsys, monkeypatch, tmp_path, tin
 
 
 def test_generate_help_names_the_drafters_defaults(capsys) -> None:
-    from sam_decoding.drafters.sam import DEFAULT_L_BIAS, DEFAULT_L_THRESHOLD, DEFAULT_MAX_DRAFT
+    from sam_decoding.drafters.sam import DEFAULT_MAX_DRAFT, DEFAULT_MIN_PROBABILITY
 
     code, out, _ = run_cli(capsys, "generate", "--help")
     assert code == 0
     flat = " ".join(out.split())
-    for flag, default in (("--l-bias", DEFAULT_L_BIAS), ("--l-threshold", DEFAULT_L_THRESHOLD), ("--max-draft", DEFAULT_MAX_DRAFT)):
-        assert f"(default: {default})" in flat.split(flag + " N", 2)[-1].split("--", 1)[0], flag
+    for flag, default in (("--min-probability P", DEFAULT_MIN_PROBABILITY), ("--max-draft N", DEFAULT_MAX_DRAFT)):
+        assert f"(default: {default})" in flat.split(flag, 2)[-1].split("--", 1)[0], flag
 
 
 def test_generate_refuses_a_corpus_of_another_tokenizer(capsys, tmp_path, tiny_model_dir) -> None:
@@ -389,7 +389,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "generate-not-a-model": ["generate", "--model", not_a_model, "--prompt", "hi"],
         "generate-corrupt-corpus": ["generate", "--model", model, "--corpus", junk, "--prompt", "hi"],
         "generate-zero-tokens": ["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "0"],
-        "generate-bad-l-threshold": ["generate", "--model", model, "--prompt", "hi", "--l-threshold", "0"],
+        "generate-bad-min-probability": ["generate", "--model", model, "--prompt", "hi", "--min-probability", "1.5"],
         "generate-bad-max-draft": ["generate", "--model", model, "--prompt", "hi", "--max-draft", "-2"],
         "generate-bad-top-k": ["generate", "--model", model, "--prompt", "hi", "--do-sample", "--top-k", "-1"],
         "generate-bad-fallback": ["generate", "--model", model, "--prompt", "hi", "--fallback", "medusa"],
@@ -430,7 +430,7 @@ def _bad_inputs(root: Path, model: Path, corpus: Path) -> dict[str, list[str | P
         "build-missing-input", "build-missing-output-dir", "build-empty-input", "build-binary-input",
         "build-undetectable-jsonl", "build-missing-tokenizer", "build-tokenizer-not-a-model", "info-missing",
         "info-junk", "info-truncated", "info-directory", "generate-missing-model", "generate-not-a-model",
-        "generate-corrupt-corpus", "generate-zero-tokens", "generate-bad-l-threshold", "generate-bad-max-draft",
+        "generate-corrupt-corpus", "generate-zero-tokens", "generate-bad-min-probability", "generate-bad-max-draft",
         "generate-bad-top-k", "generate-bad-fallback", "generate-bad-dtype", "generate-bad-device", "generate-missing-cuda",
         "generate-missing-prompt-file", "generate-directory-prompt-file", "generate-binary-prompt-file",
         "generate-empty-prompt-file", "generate-system-without-chat", "generate-stream-and-json",

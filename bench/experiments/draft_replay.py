@@ -95,7 +95,8 @@ def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]]) -> dict[str
     }
     try:
         from sam_decoding.benchmark.suffix_decoding import SuffixDecodingDrafter
-    except ImportError:
+    except ImportError as error:
+        print(f"suffix baseline skipped: {error}", file=sys.stderr)
         return made
     try:
         made["suffix-tree"] = lambda: SuffixDecodingDrafter(documents, use_tree=True)

@@ -258,7 +258,7 @@ def make_methods(
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
     probe = SamDrafter(None)
     sam_parameters = (
-        f"l_bias={probe.l_bias}, l_threshold={probe.l_threshold}, max_draft={probe.max_draft}, "
+        f"min_probability={probe.min_probability}, max_draft={probe.max_draft}, "
         + (f"static tree of {probe.tree_nodes} nodes" if probe.use_tree else "static chain")
     )
     policy_note = "cost-aware policy" if cost_profile is None else f"cost-aware policy under the given cost profile `{cost_profile.key}`"

@@ -73,10 +73,8 @@ def register(commands: Any) -> None:
     drafting = parser.add_argument_group("drafting")
     drafting.add_argument("--corpus", type=Path, metavar="FILE", help="static corpus automaton built by 'build'")
     # The defaults are SamDrafter's (named in the help, not imported: that would load torch for --help).
-    drafting.add_argument("--l-bias", type=int, metavar="N",
-                          help="tokens subtracted from a corpus match before comparing it with a match in the request's own text (default: 5)")
-    drafting.add_argument("--l-threshold", type=int, metavar="N",
-                          help="shortest match, in tokens, that drafts by retrieval instead of the fallback (default: 3)")
+    drafting.add_argument("--min-probability", type=float, metavar="P",
+                          help="draft only nodes whose estimated chance of acceptance, along their whole path, is at least P (default: 0.1)")
     drafting.add_argument("--max-draft", type=int, metavar="N", help="longest retrieval draft, in tokens (default: 40)")
     drafting.add_argument("--no-tree", action="store_true", help="draft a single chain from the corpus instead of a tree")
     drafting.add_argument("--fallback", choices=FALLBACKS, default=None,
@@ -93,7 +91,7 @@ def register(commands: Any) -> None:
 
 
 #: Drafting flags by their attribute names; none has a use with --no-speculation.
-_DRAFT_FLAGS = ("corpus", "l_bias", "l_threshold", "max_draft", "no_tree", "fallback", "no_fallback", "no_policy")
+_DRAFT_FLAGS = ("corpus", "min_probability", "max_draft", "no_tree", "fallback", "no_fallback", "no_policy")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -109,10 +107,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CliError("--min-p must lie in [0, 1]")
     if args.repetition_penalty is not None and not args.repetition_penalty > 0:
         raise CliError("--repetition-penalty must be positive")
-    if args.l_bias is not None and args.l_bias < 0:
-        raise CliError("--l-bias must be at least 0")
-    if args.l_threshold is not None and args.l_threshold < 1:
-        raise CliError("--l-threshold must be at least 1")
+    if args.min_probability is not None and not 0.0 <= args.min_probability <= 1.0:
+        raise CliError("--min-probability must be in [0, 1]")
     if args.max_draft is not None and args.max_draft < 1:
         raise CliError("--max-draft must be at least 1")
     if args.no_fallback and args.fallback not in (None, "none"):
@@ -177,7 +173,7 @@ def make_drafter(args: argparse.Namespace, corpus: Any) -> Any:
 
     choice = "none" if args.no_fallback else (args.fallback or "token-recycling")
     fallback = {"token-recycling": TokenRecyclingDrafter, "prompt-lookup": PromptLookupDrafter}.get(choice)
-    settings = {"l_bias": args.l_bias, "l_threshold": args.l_threshold, "max_draft": args.max_draft}
+    settings = {"min_probability": args.min_probability, "max_draft": args.max_draft}
     return SamDrafter(
         corpus,
         fallback=fallback() if fallback is not None else None,
