@@ -239,13 +239,14 @@ class SpeculativeRun:
                 self.policy.advance(emitted)
                 expected = plan.expected_accepted
         learned = time.perf_counter()
-        if not walker.stopped:
-            feedback = None
-            if self.wants_feedback:
-                hidden = output.hidden_states[-1][0] if self.drafter.wants_hidden_states else None
-                feedback = Verified(inputs.input_ids[0].cpu(), logits, tuple(path), hidden)
-            self.drafter.accept(np.asarray(emitted, dtype=np.int64), feedback)
-            self.last_token = emitted[-1]
+        # The final step is accepted too, so that the drafter has seen the whole response when the
+        # loop calls its finish() (a response cache records it then).
+        feedback = None
+        if self.wants_feedback:
+            hidden = output.hidden_states[-1][0] if self.drafter.wants_hidden_states else None
+            feedback = Verified(inputs.input_ids[0].cpu(), logits, tuple(path), hidden)
+        self.drafter.accept(np.asarray(emitted, dtype=np.int64), feedback)
+        self.last_token = emitted[-1]
         stats.proposed_tokens += sum(len(proposal) for proposal in proposals)
         stats.count_step(draft.source, len(draft), accepted, expected)
         if self.settings.streamer is not None:

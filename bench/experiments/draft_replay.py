@@ -88,20 +88,31 @@ def replay(drafter: Drafter, prompt: list[int], answer: list[int], budget: int) 
     return steps, accepted_total, verified_total
 
 
-def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]]) -> dict[str, Callable[[], Drafter]]:
-    made: dict[str, Callable[[], Drafter]] = {
-        "sam-tree": lambda: sd.SamDrafter(corpus, use_tree=True),
-        "sam-chain": lambda: sd.SamDrafter(corpus, use_tree=False),
+def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]], grid: list[tuple[float, float]]
+             ) -> dict[str, Callable[[int], Drafter]]:
+    """Factories of each drafter for a budget of verified nodes per step."""
+    made: dict[str, Callable[[int], Drafter]] = {
+        "sam-tree": lambda budget: sd.SamDrafter(corpus, use_tree=True, tree_nodes=budget),
+        "sam-chain": lambda budget: sd.SamDrafter(corpus, use_tree=False),
     }
+    for floor, trusted in grid:
+        for shape in ("tree", "chain"):
+            made[f"sam-{shape} p>={floor} L*={trusted}"] = (
+                lambda budget, floor=floor, trusted=trusted, shape=shape: sd.SamDrafter(
+                    corpus, use_tree=shape == "tree", tree_nodes=budget, min_probability=floor,
+                    trusted_length=trusted))
     try:
         from sam_decoding.benchmark.suffix_decoding import SuffixDecodingDrafter
-    except ImportError as error:
-        print(f"suffix baseline skipped: {error}", file=sys.stderr)
-        return made
+    except ImportError:
+        try:  # the baseline copied beside arctic_inference, outside the package (see NOTES)
+            from suffix_baseline import SuffixDecodingDrafter  # type: ignore[no-redef]
+        except ImportError as error:
+            print(f"suffix baseline skipped: {error}", file=sys.stderr)
+            return made
     try:
-        made["suffix-tree"] = lambda: SuffixDecodingDrafter(documents, use_tree=True)
-        made["suffix-chain"] = lambda: SuffixDecodingDrafter(documents, use_tree=False)
-        made["suffix-tree"]()
+        made["suffix-tree"] = lambda budget: SuffixDecodingDrafter(documents, use_tree=True, max_spec_tokens=budget)
+        made["suffix-chain"] = lambda budget: SuffixDecodingDrafter(documents, use_tree=False, max_spec_tokens=budget)
+        made["suffix-tree"](4)
     except Exception as error:  # an optional baseline: say why it is left out
         print(f"suffix baseline skipped: {error}", file=sys.stderr)
         made.pop("suffix-tree", None)
@@ -109,24 +120,25 @@ def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]]) -> dict[str
     return made
 
 
-def run(data: Path, budgets: list[int], names: list[str] | None) -> None:
+def run(data: Path, budgets: list[int], names: list[str] | None, grid: list[tuple[float, float]]) -> None:
     loaded = json.loads(data.read_text())
     rows = loaded["rows"]
     documents = [row["answer"] for row in rows if row["role"] == "corpus"]
     corpus = sd.StaticAutomaton.build(documents, tokenizer_fingerprint=loaded["fingerprint"])
     evaluated = [row for row in rows if row["role"] == "eval"]
-    made = drafters(corpus, documents)
+    made = drafters(corpus, documents, grid)
     print(f"corpus {corpus.num_tokens} tokens from {len(documents)} answers; {len(evaluated)} questions replayed")
     print("| drafter | budget | MAT | verified/step | accepted/verified | draft us/step |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, make in made.items():
-        if names and name not in names:
+        if names and not any(name.startswith(prefix) for prefix in names):
             continue
         for budget in budgets:
             steps = accepted = verified = tokens = 0
+            drafter = make(budget)  # one drafter serves every question, as in a bench run
             started = time.perf_counter()
             for row in evaluated:
-                s, a, v = replay(make(), row["prompt"], row["answer"], budget)
+                s, a, v = replay(drafter, row["prompt"], row["answer"], budget)
                 steps, accepted, verified, tokens = steps + s, accepted + a, verified + v, tokens + len(row["answer"])
             elapsed = time.perf_counter() - started
             print(f"| {name} | {budget} | {tokens / steps:.3f} | {verified / steps:.2f} | "
@@ -144,12 +156,15 @@ def main() -> None:
     use = commands.add_parser("run")
     use.add_argument("--data", type=Path, required=True)
     use.add_argument("--budgets", default="1,2,4,8,16")
-    use.add_argument("--drafters", default=None, help="comma-separated names (default: all)")
+    use.add_argument("--drafters", default=None, help="comma-separated name prefixes (default: all)")
+    use.add_argument("--grid", default="", help="extra SamDrafter settings, e.g. 0.05:0,0.1:8 (min_probability:trusted_length)")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.eval, args.corpus, args.max_new_tokens)
     else:
-        run(args.data, [int(b) for b in args.budgets.split(",")], args.drafters.split(",") if args.drafters else None)
+        grid = [(float(item.split(":")[0]), float(item.split(":")[1])) for item in args.grid.split(",") if item]
+        run(args.data, [int(b) for b in args.budgets.split(",")], args.drafters.split(",") if args.drafters else None,
+            grid)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ DEFAULT_MAX_DRAFT = 40
 DEFAULT_TREE_NODES = 64
 #: Nodes whose estimated chance of acceptance (along their whole path) is below this are not drafted.
 DEFAULT_MIN_PROBABILITY = 0.1
+#: Contexts longer than this many tokens trust their counts more (see :class:`~sam_decoding.ScoredDraft`).
+DEFAULT_TRUSTED_LENGTH = 0.0
 
 
 class SamDrafter(Drafter):
@@ -47,6 +49,8 @@ class SamDrafter(Drafter):
         use_tree: Draft trees (several continuations per node) instead of single chains.
         tree_nodes: Node budget of one source's tree, in tokens.
         min_probability: Floor on a node's estimated path probability (see :class:`~sam_decoding.ScoredDraft`).
+        trusted_length: Matched contexts longer than this, in tokens, discount the chance that what followed
+            them was a coincidence (see :class:`~sam_decoding.ScoredDraft`); 0 turns that off.
         tokenizer_fingerprint: If given, checked against the corpus's and the cache's (raises
             :class:`~sam_decoding.TokenizerMismatchError` on a mismatch).
     """
@@ -61,6 +65,7 @@ class SamDrafter(Drafter):
         use_tree: bool = True,
         tree_nodes: int = DEFAULT_TREE_NODES,
         min_probability: float = DEFAULT_MIN_PROBABILITY,
+        trusted_length: float = DEFAULT_TRUSTED_LENGTH,
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
@@ -70,6 +75,8 @@ class SamDrafter(Drafter):
             raise ValueError("max_draft and tree_nodes must be positive")
         if not 0.0 <= min_probability <= 1.0:
             raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
+        if not trusted_length >= 0.0:
+            raise ValueError(f"trusted_length must be >= 0, got {trusted_length}")
         if fallback is not None and not isinstance(fallback, Drafter):
             raise TypeError(f"fallback must be a sam_decoding Drafter, got {type(fallback).__name__}")
         if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
@@ -87,6 +94,7 @@ class SamDrafter(Drafter):
         self.use_tree = use_tree
         self.tree_nodes = tree_nodes
         self.min_probability = float(min_probability)
+        self.trusted_length = float(trusted_length)
         self._cursor = static.cursor() if static is not None else None
         self._responses_cursor: Any = None
         self._response: list[np.ndarray] = []
@@ -120,7 +128,7 @@ class SamDrafter(Drafter):
                 continue
             draft: ScoredDraft = automaton.scored_draft(
                 self.tree_nodes if self.use_tree else depth, max_depth=depth,
-                min_probability=self.min_probability, chain=not self.use_tree,
+                min_probability=self.min_probability, chain=not self.use_tree, trusted_length=self.trusted_length,
             )
             if len(draft):
                 scored.append((draft.expected_tokens, _as_draft(draft, source)))
