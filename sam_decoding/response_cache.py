@@ -445,26 +445,32 @@ def read_response_cache(path: str | os.PathLike[str]) -> tuple[str, np.ndarray, 
     """The tokenizer fingerprint, response lengths (int64) and tokens (uint32) of a response cache
     file, every field checked (the file is untrusted). Raises ``FormatError`` in one line."""
     path = Path(path)
-    data = path.read_bytes()
 
     def bad(why: str) -> FormatError:
         return FormatError(f"{path}: {why}; the file was left as it is")
 
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise bad("not a sam-decoding response cache (wrong magic bytes)")
-    if len(data) < _HEADER.size:
-        raise bad(f"truncated ({len(data)} bytes, shorter than the {_HEADER.size}-byte header)")
-    _, version, fingerprint_bytes, _, responses, tokens = _HEADER.unpack_from(data)
-    if version > FORMAT_VERSION:
-        raise bad(f"response cache format version {version}, newer than this sam-decoding reads "
-                  f"({FORMAT_VERSION}); upgrade sam-decoding")
-    if version != FORMAT_VERSION:
-        raise bad(f"unknown response cache format version {version}")
-    if fingerprint_bytes > MAX_FINGERPRINT_BYTES or responses > tokens:
-        raise bad("corrupted header (impossible sizes)")
-    expected = _HEADER.size + fingerprint_bytes + 4 * responses + 4 * tokens + _DIGEST_BYTES
+    with open(path, "rb") as file:
+        header = file.read(_HEADER.size)
+        if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
+            raise bad("not a sam-decoding response cache (wrong magic bytes)")
+        if len(header) < _HEADER.size:
+            raise bad(f"truncated ({len(header)} bytes, shorter than the {_HEADER.size}-byte header)")
+        _, version, fingerprint_bytes, _, responses, tokens = _HEADER.unpack(header)
+        if version > FORMAT_VERSION:
+            raise bad(f"response cache format version {version}, newer than this sam-decoding reads "
+                      f"({FORMAT_VERSION}); upgrade sam-decoding")
+        if version != FORMAT_VERSION:
+            raise bad(f"unknown response cache format version {version}")
+        if fingerprint_bytes > MAX_FINGERPRINT_BYTES or responses > tokens:
+            raise bad("corrupted header (impossible sizes)")
+        # Sizes are checked against the file before anything is allocated for them.
+        expected = _HEADER.size + fingerprint_bytes + 4 * responses + 4 * tokens + _DIGEST_BYTES
+        size = os.fstat(file.fileno()).st_size
+        if size != expected:
+            raise bad(f"truncated or padded ({size} bytes, the header says {expected})")
+        data = header + file.read()
     if len(data) != expected:
-        raise bad(f"truncated or padded ({len(data)} bytes, the header says {expected})")
+        raise bad(f"changed while being read ({len(data)} bytes, the header says {expected})")
     body = memoryview(data)[: expected - _DIGEST_BYTES]
     if hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() != data[-_DIGEST_BYTES:]:
         raise bad("corrupted (checksum mismatch)")
