@@ -308,21 +308,27 @@ def run(args: argparse.Namespace) -> int:
             cache_info = {"path": str(responses.path), "responses": responses.num_responses,
                           "tokens": responses.num_tokens}
     text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    extra = {"response_cache": cache_info} if cache_info is not None else {}
+    print_answer(args, text, new_tokens.tolist(), int(input_ids.shape[1]), stats, summary, streamed=streamer is not None, extra=extra)
+    return 0
+
+
+def print_answer(args: argparse.Namespace, text: str, new_token_ids: list[int], prompt_tokens: int, stats: dict[str, Any],
+                 summary: str, *, streamed: bool, extra: dict[str, Any]) -> None:
+    """The answer on stdout and the stats line on stderr, or with --json one JSON object on stdout."""
     if args.json:
         record = {
             "text": text,
-            "new_token_ids": new_tokens.tolist(),
-            "prompt_tokens": int(input_ids.shape[1]),
+            "new_token_ids": new_token_ids,
+            "prompt_tokens": prompt_tokens,
             "model": args.model or "SmolLM2-135M-Instruct",
             "speculation": not args.no_speculation,
             "stats": stats,
+            **extra,
         }
-        if cache_info is not None:
-            record["response_cache"] = cache_info
         print(json.dumps(record, ensure_ascii=False))
-        return 0
-    if streamer is None:
+        return
+    if not streamed:
         print(text)
     sys.stdout.flush()
     print(summary, file=sys.stderr)
-    return 0
