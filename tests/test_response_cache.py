@@ -310,3 +310,42 @@ def test_threads_record_snapshot_and_draft_concurrently() -> None:
     assert sorted(map(tuple, kept_lists(cache))) == recorded
     assert cache.num_tokens == sum(map(len, recorded)) == cache.snapshot().num_tokens
     assert cache.num_responses == 320
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+       st.integers(0, 3), st.integers(0, 5), st.integers(0, 40), st.integers(0, 2))
+def test_files_forged_in_several_fields_at_once_load_or_are_refused_cleanly(tmp_path_factory, flips, fingerprint_bytes,
+                                                                           responses, tokens, version) -> None:
+    # The header's sizes and bytes anywhere changed together, and the checksum made to match:
+    # opening must either load a consistent cache or raise FormatError, never anything else.
+    path = tmp_path_factory.mktemp("forged") / "responses.cache"
+    cache = ResponseCache(1000, tokenizer_fingerprint="fp")
+    for response in ([1, 2, 3], [4, 5], [6, 7, 8, 9]):
+        cache.record(response)
+    cache.save(path)
+    data = bytearray(path.read_bytes()[:-8])
+    data[8:40] = struct.pack("<IIQQQ", version, fingerprint_bytes, 1000, responses, tokens)
+    for position, value in flips:
+        if 40 <= position < len(data):
+            data[position] = value
+    path.write_bytes(bytes(data) + hashlib.blake2b(bytes(data), digest_size=8).digest())
+    try:
+        loaded = ResponseCache(1000, path)
+    except FormatError as error:
+        assert "\n" not in str(error)
+        return
+    kept = kept_lists(loaded)
+    assert loaded.num_tokens == sum(map(len, kept)) == tokens and loaded.num_responses == len(kept) == responses
+    assert all(kept) and loaded.tokenizer_fingerprint == bytes(data[40 : 40 + fingerprint_bytes]).decode()
+
+
+def test_torch_tensors_and_numpy_arrays_are_recorded_as_copies() -> None:
+    import torch
+
+    cache = ResponseCache(100)
+    array = np.array([3, 4, 5], dtype=np.uint32)
+    cache.record(array)
+    cache.record(torch.tensor([6, 7], dtype=torch.int32))
+    array[0] = 99  # the caller's buffer changing later does not change the cache
+    assert kept_lists(cache) == [[3, 4, 5], [6, 7]]
