@@ -132,13 +132,14 @@ def _check_positive_int(name: str, value: Any) -> int:
 
 
 def _as_response(tokens: TokenSequence) -> np.ndarray:
-    """A private uint32 copy of one response, range-checked (raises ``TypeError``/``ValueError``)."""
+    """One response as uint32, range-checked (raises ``TypeError``/``ValueError``); possibly the
+    caller's buffer, which the cache never keeps: a record builds from a new concatenation."""
     array = as_token_array(tokens)
     if array.shape[0]:
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > MAX_TOKEN_ID:
             raise ValueError(f"token ids must be in [0, 2^31-1], got {low if low < 0 else high}")
-    return array.astype(np.uint32, copy=True)
+    return array.astype(np.uint32, copy=False)
 
 
 class ResponseCache:
