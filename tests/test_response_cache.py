@@ -348,6 +348,7 @@ def test_torch_tensors_and_numpy_arrays_are_recorded_as_copies() -> None:
     cache = ResponseCache(100)
     array = np.array([3, 4, 5], dtype=np.uint32)
     cache.record(array)
-    cache.record(torch.tensor([6, 7], dtype=torch.int32))
     array[0] = 99  # the caller's buffer changing later does not change the cache
+    assert kept_lists(cache) == [[3, 4, 5]]
+    cache.record(torch.tensor([6, 7], dtype=torch.int32))
     assert kept_lists(cache) == [[3, 4, 5], [6, 7]]
