@@ -352,3 +352,37 @@ def test_torch_tensors_and_numpy_arrays_are_recorded_as_copies() -> None:
     assert kept_lists(cache) == [[3, 4, 5]]
     cache.record(torch.tensor([6, 7], dtype=torch.int32))
     assert kept_lists(cache) == [[3, 4, 5], [6, 7]]
+
+
+def test_generate_calls_in_threads_share_one_cache_and_stay_lossless(tiny_models, assert_greedy_equal) -> None:
+    import torch
+
+    from sam_decoding import SamDrafter, generate
+
+    model = tiny_models[("llama", "sdpa")]
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(2, 96, (1, 6), generator=generator) for _ in range(4)]
+    references = [model.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0) for prompt in prompts]
+    cache = ResponseCache(10_000)
+    outputs: dict[tuple[int, int], torch.Tensor] = {}
+    failures: list[BaseException] = []
+
+    def serve(thread: int) -> None:
+        try:
+            drafter = SamDrafter(None, responses=cache)  # one drafter per thread, one cache for all
+            for repeat in range(2):  # each prompt twice: the second time drafts from the first answer
+                index = (thread + repeat) % len(prompts)
+                outputs[thread, repeat] = generate(model, prompts[index], drafter=drafter, max_new_tokens=24).sequences
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            failures.append(error)
+
+    threads = [threading.Thread(target=serve, args=(thread,)) for thread in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    for (thread, repeat), sequence in outputs.items():
+        index = (thread + repeat) % len(prompts)
+        assert_greedy_equal(model, sequence, references[index], f"thread {thread} call {repeat}")
+    assert cache.num_responses == 8 and cache.snapshot().num_documents == 8
