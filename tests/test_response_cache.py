@@ -8,6 +8,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -354,7 +355,7 @@ def test_torch_tensors_and_numpy_arrays_are_recorded_as_copies() -> None:
     assert kept_lists(cache) == [[3, 4, 5], [6, 7]]
 
 
-def test_generate_calls_in_threads_share_one_cache_and_stay_lossless(tiny_models, assert_greedy_equal) -> None:
+def test_generate_calls_in_threads_share_one_cache_and_stay_lossless(tiny_models, assert_greedy_equal, one_torch_thread) -> None:
     import torch
 
     from sam_decoding import SamDrafter, generate
@@ -364,15 +365,17 @@ def test_generate_calls_in_threads_share_one_cache_and_stay_lossless(tiny_models
     prompts = [torch.randint(2, 96, (1, 6), generator=generator) for _ in range(4)]
     references = [model.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0) for prompt in prompts]
     cache = ResponseCache(10_000)
-    outputs: dict[tuple[int, int], torch.Tensor] = {}
+    outputs: dict[tuple[int, int], Any] = {}
     failures: list[BaseException] = []
+    start = threading.Barrier(4)
 
     def serve(thread: int) -> None:
         try:
             drafter = SamDrafter(None, responses=cache)  # one drafter per thread, one cache for all
-            for repeat in range(2):  # each prompt twice: the second time drafts from the first answer
+            start.wait()
+            for repeat in range(2):  # the second call's prompt is another thread's first
                 index = (thread + repeat) % len(prompts)
-                outputs[thread, repeat] = generate(model, prompts[index], drafter=drafter, max_new_tokens=24).sequences
+                outputs[thread, repeat] = generate(model, prompts[index], drafter=drafter, max_new_tokens=24, policy=None)
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             failures.append(error)
 
@@ -382,7 +385,9 @@ def test_generate_calls_in_threads_share_one_cache_and_stay_lossless(tiny_models
     for thread in threads:
         thread.join()
     assert failures == []
-    for (thread, repeat), sequence in outputs.items():
+    for (thread, repeat), result in outputs.items():
         index = (thread + repeat) % len(prompts)
-        assert_greedy_equal(model, sequence, references[index], f"thread {thread} call {repeat}")
+        assert_greedy_equal(model, result.sequences, references[index], f"thread {thread} call {repeat}")
     assert cache.num_responses == 8 and cache.snapshot().num_documents == 8
+    # Second calls answer what another thread answered first: they draft from its recorded answer.
+    assert sum(outputs[thread, 1].stats.accepted_by_source.get("responses", 0) for thread in range(4)) > 0
