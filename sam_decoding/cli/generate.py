@@ -215,7 +215,8 @@ def save_response_cache(cache: Any) -> str:
         cache.save()
     except OSError as error:
         raise CliError(f"--response-cache {cache.path}: could not save: {error}") from None
-    return f"; response cache: {cache.num_responses} answers, {cache.num_tokens} tokens, saved to {cache.path}"
+    answers = "answer" if cache.num_responses == 1 else "answers"
+    return f"; response cache: {cache.num_responses} {answers}, {cache.num_tokens} tokens, saved to {cache.path}"
 
 
 def make_drafter(args: argparse.Namespace, corpus: Any, responses: Any = None) -> Any:
