@@ -21,6 +21,7 @@ from sam_decoding.automaton import (
     StaticCursor,
     TokenizerMismatchError,
 )
+from sam_decoding.response_cache import ResponseCache
 from sam_decoding.shards import ShardedAutomaton, ShardWriter, load_corpus
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ __all__ = [
     "MedusaHeads",
     "ModelDrafter",
     "PromptLookupDrafter",
+    "ResponseCache",
     "SamDrafter",
     "ShardWriter",
     "ShardedAutomaton",

@@ -477,3 +477,48 @@ def test_every_command_has_help_with_examples(capsys) -> None:
         assert "examples:" in out and f"sam-decoding {command}" in out
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and all(name in out for name in ("build", "info", "generate", "distill", "bench"))
+
+
+def test_generate_learns_from_its_answers_in_a_response_cache(capsys, tmp_path, tiny_model_dir) -> None:
+    from sam_decoding import ResponseCache
+
+    path = tmp_path / "answers.cache"
+    common = ["generate", "--model", tiny_model_dir, "--chat", "The cat sat", "--max-new-tokens", "24", "--json"]
+    runs = []
+    for _ in range(2):
+        code, out, err = run_cli(capsys, *common, "--response-cache", path)
+        assert code == 0, err
+        runs.append(json.loads(out))
+    plain = json.loads(run_cli(capsys, *common, "--no-speculation")[1])
+    assert runs[0]["new_token_ids"] == runs[1]["new_token_ids"] == plain["new_token_ids"]
+    assert [run["response_cache"]["responses"] for run in runs] == [1, 2]
+    answer = plain["new_token_ids"]
+    cached = [response.tolist() for response in ResponseCache(path=path).responses()]
+    # Each answer is recorded (so far without the tokens of the run's last step, which the loop does
+    # not pass to the drafter).
+    assert len(cached) == 2 and all(0 < len(response) <= len(answer) and answer[: len(response)] == response for response in cached)
+    # The second answer is drafted from the first: fewer steps for the same tokens.
+    assert runs[1]["stats"]["steps"] < runs[0]["stats"]["steps"]
+
+
+def test_generate_refuses_a_bad_response_cache_and_leaves_it_unchanged(capsys, tmp_path, tiny_model_dir) -> None:
+    from sam_decoding import ResponseCache
+
+    damaged = tmp_path / "damaged.cache"
+    damaged.write_bytes(b"SAMRESP\0" + b"\1" * 40)
+    # Refused before the model is loaded (this model does not exist).
+    code, _, err = run_cli(capsys, "generate", "--model", tmp_path / "no-model", "--response-cache", damaged, "--prompt", "hi")
+    assert code == 1 and "--response-cache" in err and "damaged.cache" in err and err.count("\n") == 1
+    assert damaged.read_bytes() == b"SAMRESP\0" + b"\1" * 40
+    foreign = tmp_path / "foreign.cache"
+    cache = ResponseCache(100, tokenizer_fingerprint="vocab32000-sha256:0123456789abcdef")
+    cache.record([5, 6, 7])
+    cache.save(foreign)
+    saved = foreign.read_bytes()
+    code, _, err = run_cli(capsys, "generate", "--model", tiny_model_dir, "--response-cache", foreign, "--prompt", "hi")
+    assert code == 1 and "vocab32000-sha256:0123456789abcdef" in err and "vocab49152-" in err
+    assert foreign.read_bytes() == saved
+    code, _, err = run_cli(capsys, "generate", "--response-cache-tokens", "10", "--prompt", "hi")
+    assert code == 1 and "needs --response-cache" in err
+    code, _, err = run_cli(capsys, "generate", "--response-cache", foreign, "--no-speculation", "--prompt", "hi")
+    assert code == 1 and "no use with --no-speculation" in err

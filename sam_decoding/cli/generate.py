@@ -16,17 +16,22 @@ _EPILOG = """\
 The output is exactly what the model alone would write (greedy: token for token; sampling: the
 same distribution); the drafts only decide how many tokens each forward pass verifies.
 Drafting: the static corpus automaton (--corpus) and a dynamic one over prompt + answer,
-with a fallback drafter (Token Recycling by default) when neither matches.
+with a fallback drafter (Token Recycling by default) when neither matches. With
+--response-cache FILE, earlier answers kept in FILE draft too, and this answer is added to FILE
+(created if missing; the oldest answers are dropped beyond --response-cache-tokens; the file is
+replaced only after a successful run, and a damaged or foreign file is refused, not overwritten).
 Decoding options the flags leave unset come from the model's generation_config, as with
 model.generate (e.g. its temperature, top_p or repetition_penalty when sampling).
 
 --json prints one JSON object on stdout and nothing else there: "text" (the answer), "new_token_ids",
 "prompt_tokens", "model", "speculation" and "stats" (every counter and timing of the call:
-new_tokens, steps, mean_accepted_tokens, tokens_per_second, accepted_by_source, *_seconds, ...).
+new_tokens, steps, mean_accepted_tokens, tokens_per_second, accepted_by_source, *_seconds, ...),
+and with --response-cache "response_cache" (its path, answers and tokens after this one).
 
 examples:
   sam-decoding generate --chat 'Write a haiku about autumn.'
   sam-decoding generate --corpus docs.sam --chat 'How do I install the package?' --stream
+  sam-decoding generate --response-cache answers.cache --chat 'How do I install the package?'
   sam-decoding generate --model ./my-llama --prompt 'def fibonacci(n):' --max-new-tokens 64
   sam-decoding generate --chat-file question.txt --system 'Answer in one sentence.' --json
   git diff | sam-decoding generate --chat-file - --system 'Review this patch.' --dtype bfloat16
@@ -80,6 +85,10 @@ def register(commands: Any) -> None:
     drafting.add_argument("--fallback", choices=FALLBACKS, default=None,
                           help="drafter when neither automaton matches (default: token-recycling)")
     drafting.add_argument("--no-fallback", action="store_true", help="same as --fallback none")
+    drafting.add_argument("--response-cache", type=Path, metavar="FILE",
+                          help="draft also from earlier answers kept in FILE, and add this answer to it (created if missing)")
+    drafting.add_argument("--response-cache-tokens", type=int, metavar="N",
+                          help="most tokens the response cache keeps, the oldest answers dropped first (default: 1000000)")
     drafting.add_argument("--no-policy", action="store_true",
                           help="verify every drafted node instead of letting the cost-aware policy choose")
     drafting.add_argument("--no-speculation", action="store_true", help="plain decoding with the model's own generate (for comparison)")
@@ -91,7 +100,9 @@ def register(commands: Any) -> None:
 
 
 #: Drafting flags by their attribute names; none has a use with --no-speculation.
-_DRAFT_FLAGS = ("corpus", "min_probability", "max_draft", "no_tree", "fallback", "no_fallback", "no_policy")
+_DRAFT_FLAGS = ("corpus", "min_probability", "max_draft", "no_tree", "fallback", "no_fallback", "no_policy",
+                "response_cache", "response_cache_tokens")
+DEFAULT_RESPONSE_CACHE_TOKENS = 1_000_000
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -111,6 +122,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CliError("--min-probability must be in [0, 1]")
     if args.max_draft is not None and args.max_draft < 1:
         raise CliError("--max-draft must be at least 1")
+    if args.response_cache_tokens is not None and args.response_cache_tokens < 1:
+        raise CliError("--response-cache-tokens must be at least 1")
+    if args.response_cache_tokens is not None and args.response_cache is None:
+        raise CliError("--response-cache-tokens needs --response-cache")
     if args.no_fallback and args.fallback not in (None, "none"):
         raise CliError(f"--no-fallback contradicts --fallback {args.fallback}")
     if args.system is not None and args.chat is None and args.chat_file is None:
@@ -167,8 +182,45 @@ def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def make_drafter(args: argparse.Namespace, corpus: Any) -> Any:
-    """The SamDrafter the drafting flags describe."""
+def check_response_cache_file(path: Path) -> None:
+    """Refuse, before the model loads, a --response-cache file that cannot be read (a missing one is created later)."""
+    from sam_decoding.response_cache import read_response_cache
+
+    if path.is_dir():
+        raise CliError(f"--response-cache {path}: is a directory, not a file")
+    if not path.parent.is_dir():
+        raise CliError(f"--response-cache {path}: directory {path.parent} does not exist")
+    if path.exists():
+        try:
+            read_response_cache(path)
+        except (ValueError, OSError) as error:  # FormatError: truncated, corrupted, foreign, newer
+            raise CliError(f"--response-cache {error}") from None
+
+
+def open_response_cache(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """The --response-cache file as a ResponseCache of the model's tokenizer (empty if the file does not exist yet)."""
+    from sam_decoding.models import tokenizer_fingerprint
+    from sam_decoding.response_cache import ResponseCache
+
+    max_tokens = args.response_cache_tokens or DEFAULT_RESPONSE_CACHE_TOKENS
+    try:
+        return ResponseCache(max_tokens, args.response_cache, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
+    except (ValueError, OSError) as error:  # TokenizerMismatchError names both tokenizers
+        raise CliError(f"--response-cache {error}") from None
+
+
+def save_response_cache(cache: Any) -> str:
+    """Save the cache (atomically) and describe it for the stats line."""
+    try:
+        cache.save()
+    except OSError as error:
+        raise CliError(f"--response-cache {cache.path}: could not save: {error}") from None
+    answers = "answer" if cache.num_responses == 1 else "answers"
+    return f"; response cache: {cache.num_responses} {answers}, {cache.num_tokens} tokens, saved to {cache.path}"
+
+
+def make_drafter(args: argparse.Namespace, corpus: Any, responses: Any = None) -> Any:
+    """The SamDrafter the drafting flags describe (``responses``: a ResponseCache to draft from and record into)."""
     from sam_decoding.drafters import PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
 
     choice = "none" if args.no_fallback else (args.fallback or "token-recycling")
@@ -178,6 +230,7 @@ def make_drafter(args: argparse.Namespace, corpus: Any) -> Any:
         corpus,
         fallback=fallback() if fallback is not None else None,
         use_tree=not args.no_tree,
+        responses=responses,
         **{name: value for name, value in settings.items() if value is not None},
     )
 
@@ -204,8 +257,11 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)  # a bad device fails before the model loads, as does a bad corpus
     if args.corpus is not None:
         open_corpus(args.corpus)
+    if args.response_cache is not None:
+        check_response_cache_file(args.response_cache)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     corpus = open_corpus_for_tokenizer(args.corpus, tokenizer) if args.corpus is not None else None
+    responses = open_response_cache(args, tokenizer) if args.response_cache is not None else None
     input_ids = prompt_ids(args, tokenizer).to(next(model.parameters()).device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -214,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     options = decoding_options(args)
 
     started = time.perf_counter()
+    cache_info = None
     if args.no_speculation:
         with torch.inference_mode():
             sequences = model.generate(
@@ -233,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         result = generate(
             model,
             input_ids,
-            drafter=make_drafter(args, corpus),
+            drafter=make_drafter(args, corpus, responses),
             policy=None if args.no_policy else "auto",
             eos_token_id=eos,
             generator=generator,
@@ -247,20 +304,32 @@ def run(args: argparse.Namespace) -> int:
             f"{result.stats.new_tokens} tokens in {seconds:.2f} s ({result.stats.new_tokens / seconds:.1f} tokens/s), "
             f"{result.stats.steps} steps, MAT {result.stats.mean_accepted_tokens:.2f}; tokens from: {draft_shares(result.stats)}"
         )
+        if responses is not None:  # the drafter recorded the answer when the request finished
+            summary += save_response_cache(responses)
+            cache_info = {"path": str(responses.path), "responses": responses.num_responses,
+                          "tokens": responses.num_tokens}
     text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    extra = {"response_cache": cache_info} if cache_info is not None else {}
+    print_answer(args, text, new_tokens.tolist(), int(input_ids.shape[1]), stats, summary, streamed=streamer is not None, extra=extra)
+    return 0
+
+
+def print_answer(args: argparse.Namespace, text: str, new_token_ids: list[int], prompt_tokens: int, stats: dict[str, Any],
+                 summary: str, *, streamed: bool, extra: dict[str, Any]) -> None:
+    """The answer on stdout and the stats line on stderr, or with --json one JSON object on stdout."""
     if args.json:
         record = {
             "text": text,
-            "new_token_ids": new_tokens.tolist(),
-            "prompt_tokens": int(input_ids.shape[1]),
+            "new_token_ids": new_token_ids,
+            "prompt_tokens": prompt_tokens,
             "model": args.model or "SmolLM2-135M-Instruct",
             "speculation": not args.no_speculation,
             "stats": stats,
+            **extra,
         }
         print(json.dumps(record, ensure_ascii=False))
-        return 0
-    if streamer is None:
+        return
+    if not streamed:
         print(text)
     sys.stdout.flush()
     print(summary, file=sys.stderr)
-    return 0
