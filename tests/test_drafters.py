@@ -150,7 +150,10 @@ def test_sam_drafter_drafts_from_the_source_expected_to_be_accepted_furthest() -
     drafter.begin(np.array([50, 1, 2, 3, 4, 5], dtype=np.int64))
     draft = drafter.propose(10)
     assert draft.source == "static" and draft.tokens.tolist() == [6, 7, 8, 9]
-    np.testing.assert_allclose(draft.probabilities, [0.9] * 4)
+    # 9 of 9 occurrences agree; the escape count 1 is weighed by trusted_length / context length
+    # (the 5 matched tokens plus the path above the node).
+    trusted = drafter.trusted_length
+    np.testing.assert_allclose(draft.probabilities, [9 / (9 + min(1.0, trusted / (5 + depth))) for depth in range(4)])
     assert drafter.propose(2).tokens.tolist() == [6, 7]
     # The fallback sees the whole context.
     drafter.accept(np.array([6], dtype=np.int64), None)

@@ -88,19 +88,19 @@ def replay(drafter: Drafter, prompt: list[int], answer: list[int], budget: int) 
     return steps, accepted_total, verified_total
 
 
-def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]], grid: list[tuple[float, float]]
+def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]], grid: list[tuple[float, float, int]]
              ) -> dict[str, Callable[[int], Drafter]]:
     """Factories of each drafter for a budget of verified nodes per step."""
     made: dict[str, Callable[[int], Drafter]] = {
         "sam-tree": lambda budget: sd.SamDrafter(corpus, use_tree=True, tree_nodes=budget),
         "sam-chain": lambda budget: sd.SamDrafter(corpus, use_tree=False),
     }
-    for floor, trusted in grid:
+    for floor, trusted, orders in grid:
         for shape in ("tree", "chain"):
-            made[f"sam-{shape} p>={floor} L*={trusted}"] = (
-                lambda budget, floor=floor, trusted=trusted, shape=shape: sd.SamDrafter(
+            made[f"sam-{shape} p>={floor} L*={trusted} orders={orders}"] = (
+                lambda budget, floor=floor, trusted=trusted, orders=orders, shape=shape: sd.SamDrafter(
                     corpus, use_tree=shape == "tree", tree_nodes=budget, min_probability=floor,
-                    trusted_length=trusted))
+                    trusted_length=trusted, max_orders=orders))
     try:
         from sam_decoding.benchmark.suffix_decoding import SuffixDecodingDrafter
     except ImportError:
@@ -120,7 +120,7 @@ def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]], grid: list[
     return made
 
 
-def run(data: Path, budgets: list[int], names: list[str] | None, grid: list[tuple[float, float]]) -> None:
+def run(data: Path, budgets: list[int], names: list[str] | None, grid: list[tuple[float, float, int]]) -> None:
     loaded = json.loads(data.read_text())
     rows = loaded["rows"]
     documents = [row["answer"] for row in rows if row["role"] == "corpus"]
@@ -157,12 +157,15 @@ def main() -> None:
     use.add_argument("--data", type=Path, required=True)
     use.add_argument("--budgets", default="1,2,4,8,16")
     use.add_argument("--drafters", default=None, help="comma-separated name prefixes (default: all)")
-    use.add_argument("--grid", default="", help="extra SamDrafter settings, e.g. 0.05:0,0.1:8 (min_probability:trusted_length)")
+    use.add_argument("--grid", default="", help="extra SamDrafter settings, e.g. 0.05:0,0.1:8:1 (min_probability:trusted_length[:max_orders])")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.eval, args.corpus, args.max_new_tokens)
     else:
-        grid = [(float(item.split(":")[0]), float(item.split(":")[1])) for item in args.grid.split(",") if item]
+        grid = []
+        for item in filter(None, args.grid.split(",")):
+            fields = item.split(":") + ["8"]
+            grid.append((float(fields[0]), float(fields[1]), int(fields[2])))
         run(args.data, [int(b) for b in args.budgets.split(",")], args.drafters.split(",") if args.drafters else None,
             grid)
 

@@ -31,7 +31,9 @@ DEFAULT_TREE_NODES = 64
 #: Nodes whose estimated chance of acceptance (along their whole path) is below this are not drafted.
 DEFAULT_MIN_PROBABILITY = 0.1
 #: Contexts longer than this many tokens trust their counts more (see :class:`~sam_decoding.ScoredDraft`).
-DEFAULT_TRUSTED_LENGTH = 0.0
+DEFAULT_TRUSTED_LENGTH = 2.0
+#: How many matched suffix lengths, longest first, are blended into each estimate.
+DEFAULT_MAX_ORDERS = 1
 
 
 class SamDrafter(Drafter):
@@ -51,6 +53,7 @@ class SamDrafter(Drafter):
         min_probability: Floor on a node's estimated path probability (see :class:`~sam_decoding.ScoredDraft`).
         trusted_length: Matched contexts longer than this, in tokens, discount the chance that what followed
             them was a coincidence (see :class:`~sam_decoding.ScoredDraft`); 0 turns that off.
+        max_orders: How many matched suffix lengths, longest first, are blended into each node's estimate.
         tokenizer_fingerprint: If given, checked against the corpus's and the cache's (raises
             :class:`~sam_decoding.TokenizerMismatchError` on a mismatch).
     """
@@ -66,13 +69,14 @@ class SamDrafter(Drafter):
         tree_nodes: int = DEFAULT_TREE_NODES,
         min_probability: float = DEFAULT_MIN_PROBABILITY,
         trusted_length: float = DEFAULT_TRUSTED_LENGTH,
+        max_orders: int = DEFAULT_MAX_ORDERS,
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
         from sam_decoding.shards import ShardedAutomaton, load_corpus
 
-        if max_draft < 1 or tree_nodes < 1:
-            raise ValueError("max_draft and tree_nodes must be positive")
+        if max_draft < 1 or tree_nodes < 1 or max_orders < 1:
+            raise ValueError("max_draft, tree_nodes and max_orders must be positive")
         if not 0.0 <= min_probability <= 1.0:
             raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
         if not trusted_length >= 0.0:
@@ -95,6 +99,7 @@ class SamDrafter(Drafter):
         self.tree_nodes = tree_nodes
         self.min_probability = float(min_probability)
         self.trusted_length = float(trusted_length)
+        self.max_orders = int(max_orders)
         self._cursor = static.cursor() if static is not None else None
         self._responses_cursor: Any = None
         self._response: list[np.ndarray] = []
@@ -129,6 +134,7 @@ class SamDrafter(Drafter):
             draft: ScoredDraft = automaton.scored_draft(
                 self.tree_nodes if self.use_tree else depth, max_depth=depth,
                 min_probability=self.min_probability, chain=not self.use_tree, trusted_length=self.trusted_length,
+                max_orders=self.max_orders,
             )
             if len(draft):
                 scored.append((draft.expected_tokens, _as_draft(draft, source)))
