@@ -4,8 +4,9 @@ Question answered: at a given number of verified draft tokens per step, how many
 drafter get accepted per step (MAT)? No model runs during the replay: the target's greedy answers
 are generated once (``prepare``) and each step's acceptance is the longest drafted path that agrees
 with the answer, exactly as greedy verification would accept it. A draft is cut to its first
-``budget`` nodes (drafters list nodes best first), so budgets compare drafters at equal verified
-tokens per step.
+``budget`` nodes (drafters list nodes best first; SuffixDecoding is given the budget as its own
+``max_spec_tokens``), so budgets compare drafters at equal verified tokens per step. MAT per
+category follows the overall columns.
 
     python bench/experiments/draft_replay.py prepare --out /tmp/replay.json   # ~5-10 min on 2 cores
     python bench/experiments/draft_replay.py run --data /tmp/replay.json --budgets 1,2,4,8,16
@@ -62,12 +63,16 @@ def prepare(out: Path, eval_per_category: int, corpus_per_category: int, max_new
     out.write_text(json.dumps({"fingerprint": tokenizer_fingerprint(tokenizer), "rows": rows}))
 
 
-def replay(drafter: Drafter, prompt: list[int], answer: list[int], budget: int) -> tuple[int, int, int]:
-    """(steps, accepted draft tokens, verified draft tokens) of greedy decoding ``answer`` after ``prompt``."""
+def replay(drafter: Drafter, prompt: list[int], answer: list[int], budget: int) -> tuple[int, int, int, float]:
+    """(steps, accepted draft tokens, verified draft tokens, seconds in propose) of greedy decoding
+    ``answer`` after ``prompt``."""
     drafter.begin(np.asarray(prompt, dtype=np.int64))
     position = steps = accepted_total = verified_total = 0
+    proposing = 0.0
     while position < len(answer):
+        tick = time.perf_counter()
         draft = drafter.propose(budget)
+        proposing += time.perf_counter() - tick
         tokens = draft.tokens[:budget].tolist()
         parents = list(range(-1, len(tokens) - 1)) if draft.parents is None else draft.parents[:budget].tolist()
         verified_total += len(tokens)
@@ -85,7 +90,7 @@ def replay(drafter: Drafter, prompt: list[int], answer: list[int], budget: int) 
         steps += 1
         accepted_total += accepted
     drafter.finish()
-    return steps, accepted_total, verified_total
+    return steps, accepted_total, verified_total, proposing
 
 
 def drafters(corpus: sd.StaticAutomaton, documents: list[list[int]], grid: list[tuple[float, float, int]]
@@ -128,21 +133,27 @@ def run(data: Path, budgets: list[int], names: list[str] | None, grid: list[tupl
     evaluated = [row for row in rows if row["role"] == "eval"]
     made = drafters(corpus, documents, grid)
     print(f"corpus {corpus.num_tokens} tokens from {len(documents)} answers; {len(evaluated)} questions replayed")
-    print("| drafter | budget | MAT | verified/step | accepted/verified | draft us/step |")
-    print("|---|---:|---:|---:|---:|---:|")
+    categories = list(dict.fromkeys(row["category"] for row in evaluated))
+    print("| drafter | budget | MAT | verified/step | accepted/verified | propose us/step | "
+          + " | ".join(categories) + " |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(categories))
     for name, make in made.items():
         if names and not any(name.startswith(prefix) for prefix in names):
             continue
         for budget in budgets:
             steps = accepted = verified = tokens = 0
+            proposing = 0.0
+            per_category: dict[str, list[int]] = {category: [0, 0] for category in categories}
             drafter = make(budget)  # one drafter serves every question, as in a bench run
-            started = time.perf_counter()
             for row in evaluated:
-                s, a, v = replay(drafter, row["prompt"], row["answer"], budget)
+                s, a, v, seconds = replay(drafter, row["prompt"], row["answer"], budget)
                 steps, accepted, verified, tokens = steps + s, accepted + a, verified + v, tokens + len(row["answer"])
-            elapsed = time.perf_counter() - started
+                proposing += seconds
+                per_category[row["category"]][0] += len(row["answer"])
+                per_category[row["category"]][1] += s
+            cells = " | ".join(f"{done / taken:.2f}" for done, taken in per_category.values())
             print(f"| {name} | {budget} | {tokens / steps:.3f} | {verified / steps:.2f} | "
-                  f"{accepted / max(verified, 1):.3f} | {elapsed / steps * 1e6:.0f} |", flush=True)
+                  f"{accepted / max(verified, 1):.3f} | {proposing / steps * 1e6:.0f} | {cells} |", flush=True)
 
 
 def main() -> None:
