@@ -150,6 +150,13 @@ def assert_greedy_equal() -> Callable[..., None]:
     return check
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which sam_decoding the tests import: a build in the checkout, or an installed wheel (CI checks this line)."""
+    import sam_decoding
+
+    return f"sam_decoding {sam_decoding.__version__} from {sam_decoding.__file__}"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     terminalreporter.section("greedy ties (tolerated differences from vanilla)")
     terminalreporter.write_line(f"{len(_TIES)} tie(s)")
