@@ -123,3 +123,24 @@ def test_missing_package_is_one_line_naming_the_install_command(monkeypatch) -> 
     message = str(error.value)
     assert "\n" not in message
     assert "PIP_CONSTRAINT=" in message and "pip install arctic-inference==0.3.0" in message
+
+
+@needs_suffix
+@pytest.mark.parametrize("serving", [False, True])
+def test_bench_method_learns_only_when_serving_and_never_from_its_warm_up(tiny_models, serving) -> None:
+    from sam_decoding.benchmark.methods import suffix_method
+
+    model = tiny_models[("llama", "sdpa")]
+    prompts = _prompts()
+    documents = [[5, 6, 7, 8]]
+    method = suffix_method("suffix-tree", documents, serving=serving, policy=None)
+    method.warm_up(model, prompts["repetitive"], max_new_tokens=8, eos=[])
+    drafter = method._drafter
+    assert drafter.cached_responses == 1
+    outcome = method.run(model, prompts["random"], max_new_tokens=NEW_TOKENS, eos=[])
+    assert outcome.tokens == _vanilla(model, prompts["random"], [])[0, prompts["random"].shape[1] :].tolist()
+    assert drafter.cached_responses == (2 if serving else 1)
+    # Answering the same request again: a server that learned drafts the whole answer from its tree.
+    again = method.run(model, prompts["random"], max_new_tokens=NEW_TOKENS, eos=[])
+    assert again.tokens == outcome.tokens
+    assert (again.forward_passes < outcome.forward_passes / 2) == serving
