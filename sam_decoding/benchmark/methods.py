@@ -305,8 +305,8 @@ def make_methods(
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
     probe = SamDrafter(None)
     sam_parameters = (
-        f"min_probability={probe.min_probability}, max_draft={probe.max_draft}, "
-        + (f"static tree of {probe.tree_nodes} nodes" if probe.use_tree else "static chain")
+        f"max_draft={probe.max_draft}, min_probability={probe.min_probability}, "
+        + (f"trees of {probe.tree_nodes} nodes per source" if probe.use_tree else "chains")
     )
     policy_note = "cost-aware policy" if cost_profile is None else f"cost-aware policy under the given cost profile `{cost_profile.key}`"
     factories = {
