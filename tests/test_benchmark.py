@@ -275,3 +275,10 @@ def test_missing_suffix_decoding_skips_its_methods_with_one_line(monkeypatch: py
     assert note is not None and "\n" not in note and note.startswith("skipping suffix, suffix+policy: ")
     assert "pip install arctic-inference==0.3.0" in note
     assert unavailable_methods(["vanilla", "sam"]) == (["vanilla", "sam"], None)
+
+
+def test_methods_that_learn_across_requests_need_a_serving_run() -> None:
+    from sam_decoding.benchmark.methods import make_methods
+
+    with pytest.raises(ValueError, match=r"\+cache methods .* only in a serving run"):
+        make_methods(["vanilla", "sam+cache"], None)

@@ -31,6 +31,8 @@ METHOD_NAMES: tuple[str, ...] = (
     "sam-chain8-fixed",
     "heads",
     "sam+heads",
+    "sam+cache",
+    "sam+tr+cache",
     "suffix",
     "suffix-tree",
     "suffix+policy",
@@ -41,7 +43,12 @@ DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token
 #: baselines and this package's own method.
 QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
-STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads"})
+STATIC_CORPUS_METHODS: frozenset[str] = frozenset(
+    {"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads", "sam+cache", "sam+tr+cache"}
+)
+#: Methods that learn from the responses they produced (a :class:`~sam_decoding.ResponseCache`), so
+#: only serving runs have them: in other runs every question must see only the corpus.
+CACHE_METHODS: frozenset[str] = frozenset({"sam+cache", "sam+tr+cache"})
 #: SuffixDecoding (the optional ``arctic-inference`` package) with the static corpus's documents in its
 #: global tree: its chain or its tree with every node verified, and its tree under the cost-aware policy.
 SUFFIX_METHODS: frozenset[str] = frozenset({"suffix", "suffix-tree", "suffix+policy"})
@@ -291,6 +298,8 @@ def make_methods(
     unknown = [name for name in names if not is_method(name)]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)} or sam-chainN-fixed")
+    if CACHE_METHODS.intersection(names) and not serving:
+        raise ValueError("the +cache methods learn from earlier responses: they run only in a serving run (--serving)")
     automaton = None
     if any(needs_static_corpus(name) for name in names):
         if static_corpus is None:
@@ -373,6 +382,8 @@ def make_methods(
             lambda: SamDrafter(automaton, use_tree=False, max_draft=cap),
         )
 
+    if CACHE_METHODS.intersection(names):
+        factories.update(cache_methods(automaton, policy, policy_note))
     suffix_documents: list[Any] = []
     if SUFFIX_METHODS.intersection(names):
         if corpus_documents is None:
@@ -420,3 +431,32 @@ def suffix_method(name: str, documents: Sequence[Any], *, serving: bool, policy:
         policy=policy,
         make_warmup_drafter=(lambda: SuffixDecodingDrafter(documents, use_tree=use_tree)) if serving else None,
     )
+
+
+def cache_methods(automaton: Any, make_policy: Callable[[], Any], policy_note: str) -> dict[str, Callable[[], Method]]:
+    """Factories of the :data:`CACHE_METHODS`: ``sam`` and ``sam+tr`` drafting also from a response cache of their own.
+
+    Each method records its finished responses into its own in-memory :class:`~sam_decoding.ResponseCache`
+    (default budget) and drafts from it for later questions; its warm-up call records nothing. ``sam+tr+cache``
+    has a Token Recycling table of its own, so that ``sam+tr`` in the same run learns nothing from it.
+    """
+    from sam_decoding import ResponseCache
+    from sam_decoding.drafters import SamDrafter, TokenRecyclingDrafter
+
+    def method(name: str, description: str, fallback: Any) -> Method:
+        responses = ResponseCache()
+        return EngineGenerate(
+            name,
+            f"{description}, every finished response recorded in a response cache of up to {responses.max_tokens:,} tokens "
+            f"that later questions draft from, {policy_note}",
+            lambda: SamDrafter(automaton, fallback=fallback, responses=responses),
+            policy=make_policy(),
+            make_warmup_drafter=lambda: SamDrafter(automaton, fallback=fallback),
+        )
+
+    return {
+        "sam+cache": lambda: method("sam+cache", "`SamDrafter`: static corpus + dynamic automaton, no fallback", None),
+        "sam+tr+cache": lambda: method(
+            "sam+tr+cache", "`SamDrafter` with a Token Recycling fallback of its own", TokenRecyclingDrafter()
+        ),
+    }

@@ -41,7 +41,8 @@ Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up
 
 --serving: the questions are requests answered one after another, as by a server, and each method
 keeps what it learned from the responses it produced before (SuffixDecoding: its global tree of
-responses); without it every question sees only the corpus. Adds MAT and speed-up over vanilla per
+responses; sam+cache and sam+tr+cache: a response cache, methods only a serving run has); without it
+every question sees only the corpus. Adds MAT and speed-up over vanilla per
 block of requests to SUITE.md and SUITE.json, and SUITE-serving.png: both per request index.
 
 examples:
@@ -158,6 +159,7 @@ def _parse_methods(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its reports. Returns the exit code."""
     from sam_decoding.benchmark.methods import (
+        CACHE_METHODS,
         DEFAULT_METHODS,
         QUICK_METHOD_NAMES,
         SUFFIX_METHODS,
@@ -197,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     needs_corpus = any(needs_static_corpus(name) for name in methods)
     if needs_corpus and args.questions is not None and args.corpus is None:
         raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
+    if CACHE_METHODS.intersection(methods) and not args.serving:
+        raise CliError("the +cache methods learn from earlier responses: they run only with --serving")
     if args.corpus is not None and SUFFIX_METHODS.intersection(methods):
         raise CliError(
             "the suffix methods put the documents of the suite's own corpus in their tree; a --corpus file "
