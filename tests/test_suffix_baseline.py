@@ -144,3 +144,20 @@ def test_bench_method_learns_only_when_serving_and_never_from_its_warm_up(tiny_m
     again = method.run(model, prompts["random"], max_new_tokens=NEW_TOKENS, eos=[])
     assert again.tokens == outcome.tokens
     assert (again.forward_passes < outcome.forward_passes / 2) == serving
+
+
+def test_response_cache_methods_learn_from_runs_but_not_from_their_warm_up(tiny_models) -> None:
+    from sam_decoding.benchmark.methods import cache_methods
+
+    model = tiny_models[("qwen2", "sdpa")]
+    prompts = _prompts()
+    method = cache_methods(None, lambda: None, "no policy")["sam+cache"]()
+    responses = method._make_drafter().responses
+    method.warm_up(model, prompts["repetitive"], max_new_tokens=8, eos=[])
+    assert responses.num_responses == 0
+    outcome = method.run(model, prompts["random"], max_new_tokens=NEW_TOKENS, eos=[])
+    assert outcome.tokens == _vanilla(model, prompts["random"], [])[0, prompts["random"].shape[1] :].tolist()
+    assert responses.num_responses == 1 and responses.num_tokens == NEW_TOKENS
+    again = method.run(model, prompts["random"], max_new_tokens=NEW_TOKENS, eos=[])
+    assert again.tokens == outcome.tokens
+    assert again.forward_passes < outcome.forward_passes / 2
