@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sam_decoding import StaticAutomaton
 from sam_decoding.benchmark.suffix_decoding import (
     SuffixDecodingDrafter,
     SuffixDecodingUnavailable,
@@ -151,7 +152,9 @@ def test_response_cache_methods_learn_from_runs_but_not_from_their_warm_up(tiny_
 
     model = tiny_models[("qwen2", "sdpa")]
     prompts = _prompts()
-    method = cache_methods(None, lambda: None, "no policy")["sam+cache"]()
+    # A corpus with a tokenizer fingerprint: the cache must hold ids of the same tokenizer.
+    corpus = StaticAutomaton.build([[5, 6, 7, 8]], tokenizer_fingerprint="toy-tokenizer")
+    method = cache_methods(corpus, lambda: None, "no policy")["sam+cache"]()
     responses = method._make_drafter().responses
     method.warm_up(model, prompts["repetitive"], max_new_tokens=8, eos=[])
     assert responses.num_responses == 0

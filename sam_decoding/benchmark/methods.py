@@ -443,8 +443,11 @@ def cache_methods(automaton: Any, make_policy: Callable[[], Any], policy_note: s
     from sam_decoding import ResponseCache
     from sam_decoding.drafters import SamDrafter, TokenRecyclingDrafter
 
+    # The cache holds ids of the corpus's tokenizer (SamDrafter refuses a cache of another one).
+    fingerprint = automaton.tokenizer_fingerprint if automaton is not None else ""
+
     def method(name: str, description: str, fallback: Any) -> Method:
-        responses = ResponseCache()
+        responses = ResponseCache(tokenizer_fingerprint=fingerprint)
         return EngineGenerate(
             name,
             f"{description}, every finished response recorded in a response cache of up to {responses.max_tokens:,} tokens "

@@ -42,8 +42,8 @@ Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up
 --serving: the questions are requests answered one after another, as by a server, and each method
 keeps what it learned from the responses it produced before (SuffixDecoding: its global tree of
 responses; sam+cache and sam+tr+cache: a response cache, methods only a serving run has); without it
-every question sees only the corpus. Adds MAT and speed-up over vanilla per
-block of requests to SUITE.md and SUITE.json, and SUITE-serving.png: both per request index.
+every question sees only the corpus. Adds MAT and speed-up over vanilla per block of requests to
+SUITE.md and SUITE.json, and SUITE-serving.png: both per request index.
 
 examples:
   sam-decoding bench --quick
