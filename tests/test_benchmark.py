@@ -207,3 +207,78 @@ def test_questions_file(tmp_path: Path) -> None:
     assert [(q.question_id, q.category, q.prompt) for q in suite.questions] == [("1", "questions", "Why?"), ("9", "x", "How?")]
     with pytest.raises(SuiteError, match="no string field 'body'"):
         load_questions_file(path, prompt_field="body")
+
+
+def serving_measurements() -> list[Measurement]:
+    """Four requests in the order answered (ids deliberately not sorted): ``learner`` gets faster as it goes."""
+    measurements = []
+    for number, question in enumerate(("7", "3", "9", "1")):
+        measurements += [
+            Measurement(question, "chat", "vanilla", 100, 10.0, 100),
+            # MAT 1, 2, 3, 4; time 10, 5, 10/3, 2.5 seconds: speed-up equals MAT.
+            Measurement(question, "chat", "learner", 100, 10.0 / (number + 1), 100 // (number + 1)),
+        ]
+    return measurements
+
+
+def test_learning_curve_follows_the_order_requests_were_answered() -> None:
+    from sam_decoding.benchmark.serving import learning_curve, request_order
+
+    assert request_order(serving_measurements()) == ["7", "3", "9", "1"]
+    points = [p for p in learning_curve(serving_measurements()) if p.method == "learner"]
+    assert [(p.index, p.question_id) for p in points] == [(1, "7"), (2, "3"), (3, "9"), (4, "1")]
+    assert [p.mat for p in points] == pytest.approx([1.0, 2.0, 100 / 33, 4.0])
+    assert [p.speedup for p in points] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+
+
+def test_serving_blocks_pool_consecutive_requests() -> None:
+    from sam_decoding.benchmark.serving import block_summaries, render_serving_markdown
+
+    blocks = {(s.group, s.method): s for s in block_summaries(serving_measurements(), window=2)}
+    assert set(blocks) == {(g, m) for g in ("requests 1-2", "requests 3-4") for m in ("vanilla", "learner")}
+    # Pooled: 200 tokens in 15 s against 200 in 20 s; then 200 in 35/6 s against 200 in 20 s.
+    assert blocks[("requests 1-2", "learner")].speedup == pytest.approx(20 / 15)
+    assert blocks[("requests 3-4", "learner")].speedup == pytest.approx(20 / (10 / 3 + 2.5))
+    assert blocks[("requests 3-4", "learner")].mat == pytest.approx(200 / 58)
+    markdown = render_serving_markdown(serving_measurements(), window=2)
+    assert "| requests | learner |" in markdown and "| 1-2 | 1.33× (1.33) |" in markdown and "| 3-4 | 3.43× (3.45) |" in markdown
+    with pytest.raises(ValueError, match="window"):
+        block_summaries(serving_measurements(), window=0)
+
+
+def test_serving_reports_write_the_curve(tmp_path: Path) -> None:
+    import dataclasses
+
+    from sam_decoding.benchmark.serving import serving_json, write_learning_curve_chart
+
+    path = tmp_path / "toy-serving.png"
+    write_learning_curve_chart(path, serving_measurements(), "toy", window=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = dataclasses.replace(INFO, serving=True)
+    measurements = serving_measurements()
+    write_json(tmp_path / "toy.json", info, measurements, summarize(measurements), extra={"serving": serving_json(measurements, 2)})
+    document = json.loads((tmp_path / "toy.json").read_text(encoding="utf-8"))
+    assert document["serving"]["requests"] == 4 and len(document["serving"]["learning_curve"]) == 8
+    read_info, read_measurements = read_json(tmp_path / "toy.json")
+    assert read_info.serving and [m.question_id for m in read_measurements] == [m.question_id for m in measurements]
+    assert "Serving run" in render_markdown(read_info, summarize(read_measurements))
+
+
+def test_missing_suffix_decoding_skips_its_methods_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from sam_decoding.benchmark.methods import unavailable_methods
+
+    monkeypatch.setitem(sys.modules, "arctic_inference.suffix_decoding", None)
+    kept, note = unavailable_methods(["vanilla", "suffix", "sam", "suffix+policy"])
+    assert kept == ["vanilla", "sam"]
+    assert note is not None and "\n" not in note and note.startswith("skipping suffix, suffix+policy: ")
+    assert "pip install arctic-inference==0.3.0" in note
+    assert unavailable_methods(["vanilla", "sam"]) == (["vanilla", "sam"], None)
+
+
+def test_methods_that_learn_across_requests_need_a_serving_run() -> None:
+    from sam_decoding.benchmark.methods import make_methods
+
+    with pytest.raises(ValueError, match=r"\+cache methods .* only in a serving run"):
+        make_methods(["vanilla", "sam+cache"], None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,11 @@ METHOD_NAMES: tuple[str, ...] = (
     "sam-chain8-fixed",
     "heads",
     "sam+heads",
+    "sam+cache",
+    "sam+tr+cache",
+    "suffix",
+    "suffix-tree",
+    "suffix+policy",
 )
 #: Methods run when none are named.
 DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token-recycling", "sam", "sam+tr")
@@ -38,7 +43,15 @@ DEFAULT_METHODS: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "pld", "token
 #: baselines and this package's own method.
 QUICK_METHOD_NAMES: tuple[str, ...] = ("vanilla", "hf-prompt-lookup", "sam")
 #: Methods that draft from a static corpus and so need one built for the suite.
-STATIC_CORPUS_METHODS: frozenset[str] = frozenset({"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads"})
+STATIC_CORPUS_METHODS: frozenset[str] = frozenset(
+    {"sam", "sam+tr", "sam+tr-fixed", "sam-chain8-fixed", "sam+heads", "sam+cache", "sam+tr+cache"}
+)
+#: Methods that learn from the responses they produced (a :class:`~sam_decoding.ResponseCache`), so
+#: only serving runs have them: in other runs every question must see only the corpus.
+CACHE_METHODS: frozenset[str] = frozenset({"sam+cache", "sam+tr+cache"})
+#: SuffixDecoding (the optional ``arctic-inference`` package) with the static corpus's documents in its
+#: global tree: its chain or its tree with every node verified, and its tree under the cost-aware policy.
+SUFFIX_METHODS: frozenset[str] = frozenset({"suffix", "suffix-tree", "suffix+policy"})
 #: ``sam-chainN-fixed`` for any cap N: SAM chains of at most N tokens, no fallback, no policy.
 #: Listed next to the policy, a few caps show that no fixed size does as well on every kind of prompt.
 _CHAIN_CAP = re.compile(r"sam-chain([1-9][0-9]{0,2})-fixed")
@@ -50,8 +63,19 @@ def is_method(name: str) -> bool:
 
 
 def needs_static_corpus(name: str) -> bool:
-    """Whether the method ``name`` drafts from a static corpus."""
-    return name in STATIC_CORPUS_METHODS or _CHAIN_CAP.fullmatch(name) is not None
+    """Whether the method ``name`` drafts from a static corpus (or, for SuffixDecoding, from its documents)."""
+    return name in STATIC_CORPUS_METHODS or name in SUFFIX_METHODS or _CHAIN_CAP.fullmatch(name) is not None
+
+
+def unavailable_methods(names: Sequence[str]) -> tuple[list[str], str | None]:
+    """``names`` without the methods whose optional package is missing, and one line saying why (or ``None``)."""
+    from sam_decoding.benchmark.suffix_decoding import is_available, unavailable_message
+
+    suffix = [name for name in names if name in SUFFIX_METHODS]
+    if not suffix or is_available():
+        return list(names), None
+    kept = [name for name in names if name not in SUFFIX_METHODS]
+    return kept, f"skipping {', '.join(suffix)}: {unavailable_message()}"
 
 
 #: Methods that draft with trained heads and so need a heads file for the model.
@@ -91,6 +115,10 @@ class Method(ABC):
     @abstractmethod
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (``[1, length]``)."""
+
+    def warm_up(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> None:
+        """An untimed first call; a method that learns from its responses must not learn from this one."""
+        self.run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
 
 
 def modelled_seconds(profile: Any, prompt_tokens: int, new_tokens: int, verified_sizes: dict[int, int]) -> float:
@@ -164,14 +192,34 @@ class EngineGenerate(Method):
 
     ``policy``: a :class:`~sam_decoding.policy.CostAwarePolicy` of this method's own (it learns
     acceptance across the run's questions), or ``None`` to verify every drafted node.
+    ``make_warmup_drafter``: the drafter of :meth:`warm_up`, for methods whose drafter learns from the
+    responses it produced (default: the method's own).
     """
 
-    def __init__(self, name: str, description: str, make_drafter: Any, *, persistent: bool = False, policy: Any = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        make_drafter: Any,
+        *,
+        persistent: bool = False,
+        policy: Any = None,
+        make_warmup_drafter: Any = None,
+    ) -> None:
         self.name = name
         self.description = description
         self._make_drafter = make_drafter
         self._drafter = make_drafter() if persistent else None
+        self._make_warmup_drafter = make_warmup_drafter
         self.policy = policy
+
+    def warm_up(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> None:
+        if self._make_warmup_drafter is None:
+            super().warm_up(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
+            return
+        from sam_decoding.generation import generate
+
+        generate(model, input_ids, drafter=self._make_warmup_drafter(), max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self.policy)
 
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         from sam_decoding.generation import generate
@@ -219,11 +267,17 @@ def make_methods(
     *,
     heads: Path | None = None,
     reference_profile: Any = None,
+    corpus_documents: Callable[[], Sequence[Any]] | None = None,
+    serving: bool = False,
 ) -> list[Method]:
     """The methods called ``names``, in that order; ``static_corpus`` is needed by the ``sam`` methods.
 
     ``heads`` is the heads file of the ``heads`` methods (default: the one shipped for the default model).
     ``reference_profile`` (default: ``cost_profile``) is the profile modelled times are computed under.
+    ``corpus_documents`` returns the token arrays ``static_corpus`` was built from: the ``suffix``
+    methods put them in SuffixDecoding's global tree (called once, only if one is among ``names``).
+    ``serving``: the methods that can learn from the responses they produced keep them for later
+    questions (SuffixDecoding's global tree); otherwise every question sees only the corpus.
 
     Token Recycling keeps its adjacency table across prompts, as in its paper (one drafter per method
     for the whole run); the SAM drafters are made fresh for each prompt, their dynamic automaton
@@ -244,6 +298,8 @@ def make_methods(
     unknown = [name for name in names if not is_method(name)]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)} or sam-chainN-fixed")
+    if CACHE_METHODS.intersection(names) and not serving:
+        raise ValueError("the +cache methods learn from earlier responses: they run only in a serving run (--serving)")
     automaton = None
     if any(needs_static_corpus(name) for name in names):
         if static_corpus is None:
@@ -258,8 +314,8 @@ def make_methods(
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
     probe = SamDrafter(None)
     sam_parameters = (
-        f"min_probability={probe.min_probability}, max_draft={probe.max_draft}, "
-        + (f"static tree of {probe.tree_nodes} nodes" if probe.use_tree else "static chain")
+        f"max_draft={probe.max_draft}, min_probability={probe.min_probability}, "
+        + (f"trees of {probe.tree_nodes} nodes per source" if probe.use_tree else "chains")
     )
     policy_note = "cost-aware policy" if cost_profile is None else f"cost-aware policy under the given cost profile `{cost_profile.key}`"
     factories = {
@@ -326,7 +382,84 @@ def make_methods(
             lambda: SamDrafter(automaton, use_tree=False, max_draft=cap),
         )
 
+    if CACHE_METHODS.intersection(names):
+        factories.update(cache_methods(automaton, policy, policy_note))
+    suffix_documents: list[Any] = []
+    if SUFFIX_METHODS.intersection(names):
+        if corpus_documents is None:
+            raise ValueError("the suffix methods need the static corpus's documents")
+        suffix_documents = list(corpus_documents())
+    for name in SUFFIX_METHODS:
+        factories[name] = lambda name=name: suffix_method(
+            name, suffix_documents, serving=serving, policy=policy() if name == "suffix+policy" else None, policy_note=policy_note
+        )
+
     methods = [factories[name]() if name in factories else chain_cap(name) for name in names]
     for method in methods:
         method.reference_profile = reference_profile
     return methods
+
+
+def suffix_method(name: str, documents: Sequence[Any], *, serving: bool, policy: Any, policy_note: str = "cost-aware policy") -> Method:
+    """The SuffixDecoding method ``name`` (one of :data:`SUFFIX_METHODS`) with ``documents`` in its global tree.
+
+    One drafter serves the whole run. ``serving``: it keeps each finished response in its global tree
+    (its warm-up call does not); otherwise each response is evicted when its question is done.
+    """
+    from sam_decoding.benchmark.suffix_decoding import (
+        ARCTIC_INFERENCE_VERSION,
+        DEFAULT_MAX_SPEC_FACTOR,
+        DEFAULT_MAX_SPEC_TOKENS,
+        DEFAULT_MIN_TOKEN_PROB,
+        SuffixDecodingDrafter,
+    )
+
+    use_tree = name != "suffix"
+    tokens = sum(len(document) for document in documents)
+    description = (
+        f"SuffixDecoding (arctic-inference {ARCTIC_INFERENCE_VERSION}) {'tree' if use_tree else 'chain'} of at most "
+        f"{DEFAULT_MAX_SPEC_TOKENS} tokens (factor {DEFAULT_MAX_SPEC_FACTOR}, min probability {DEFAULT_MIN_TOKEN_PROB}), "
+        f"the static corpus's {len(documents)} documents ({tokens:,} tokens) in its global tree, "
+        + ("keeping every response it produces" if serving else "its own responses evicted after each question")
+        + (f", {policy_note}" if policy is not None else ", every drafted node verified (no policy)")
+    )
+    return EngineGenerate(
+        name,
+        description,
+        lambda: SuffixDecodingDrafter(documents, use_tree=use_tree, learn=serving),
+        persistent=True,
+        policy=policy,
+        make_warmup_drafter=(lambda: SuffixDecodingDrafter(documents, use_tree=use_tree)) if serving else None,
+    )
+
+
+def cache_methods(automaton: Any, make_policy: Callable[[], Any], policy_note: str) -> dict[str, Callable[[], Method]]:
+    """Factories of the :data:`CACHE_METHODS`: ``sam`` and ``sam+tr`` drafting also from a response cache of their own.
+
+    Each method records its finished responses into its own in-memory :class:`~sam_decoding.ResponseCache`
+    (default budget) and drafts from it for later questions; its warm-up call records nothing. ``sam+tr+cache``
+    has a Token Recycling table of its own, so that ``sam+tr`` in the same run learns nothing from it.
+    """
+    from sam_decoding import ResponseCache
+    from sam_decoding.drafters import SamDrafter, TokenRecyclingDrafter
+
+    # The cache holds ids of the corpus's tokenizer (SamDrafter refuses a cache of another one).
+    fingerprint = automaton.tokenizer_fingerprint if automaton is not None else ""
+
+    def method(name: str, description: str, fallback: Any) -> Method:
+        responses = ResponseCache(tokenizer_fingerprint=fingerprint)
+        return EngineGenerate(
+            name,
+            f"{description}, every finished response recorded in a response cache of up to {responses.max_tokens:,} tokens "
+            f"that later questions draft from, {policy_note}",
+            lambda: SamDrafter(automaton, fallback=fallback, responses=responses),
+            policy=make_policy(),
+            make_warmup_drafter=lambda: SamDrafter(automaton, fallback=fallback),
+        )
+
+    return {
+        "sam+cache": lambda: method("sam+cache", "`SamDrafter`: static corpus + dynamic automaton, no fallback", None),
+        "sam+tr+cache": lambda: method(
+            "sam+tr+cache", "`SamDrafter` with a Token Recycling fallback of its own", TokenRecyclingDrafter()
+        ),
+    }

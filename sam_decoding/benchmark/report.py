@@ -33,15 +33,26 @@ class RunInfo:
     questions_per_category: int | None = None
     notes: list[str] = field(default_factory=list)
     policies: dict[str, Any] = field(default_factory=dict)
+    serving: bool = False
 
 
-def write_json(path: str | os.PathLike[str], info: RunInfo, measurements: Sequence[Measurement], summaries: Sequence[Summary]) -> None:
-    """Write everything measured (each question and method) and the summaries as one JSON file."""
+def write_json(
+    path: str | os.PathLike[str],
+    info: RunInfo,
+    measurements: Sequence[Measurement],
+    summaries: Sequence[Summary],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write everything measured (each question and method, in the order run) and the summaries as one JSON file.
+
+    ``extra``: further top-level sections (e.g. a serving run's learning curve), ignored by :func:`read_json`.
+    """
     document = {
         "format": JSON_FORMAT,
         "run": asdict(info),
         "summaries": [asdict(summary) for summary in summaries],
         "measurements": [measurement.to_json() for measurement in measurements],
+        **(extra or {}),
     }
     Path(path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
@@ -129,6 +140,11 @@ def render_markdown(info: RunInfo, summaries: Sequence[Summary]) -> str:
     ]
     if info.static_corpus:
         lines.append(f"Static corpus for the SAM methods: {info.static_corpus}.  ")
+    if info.serving:
+        lines.append(
+            "Serving run: questions answered one after another in the order listed in the JSON; each method keeps "
+            "what it learned from its earlier responses.  "
+        )
     lines += [f"{note}  " for note in info.notes]
     lines += [
         "",

@@ -109,7 +109,7 @@ def run_suite(
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     warmup_ids = chat_prompt_ids(tokenizer, suite.questions[0].prompt).to(device)
     for method in methods:
-        method.run(model, warmup_ids, max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), eos=eos)
+        method.warm_up(model, warmup_ids, max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), eos=eos)
 
     measurements: list[Measurement] = []
     bar = tqdm(suite.questions, unit=" questions", file=sys.stderr, disable=not progress if progress is not None else None)

@@ -68,10 +68,33 @@ QUICK_DISTILLATION = DistillationPlan(per_category=64, max_new_tokens=64, max_pr
 
 @dataclass(frozen=True)
 class CorpusChoice:
-    """A built static corpus file and a one-line description for the report."""
+    """A built static corpus file and a one-line description for the report.
+
+    ``inputs``, ``glob`` and ``exclude`` say where its documents were read from (``inputs`` empty:
+    unknown, e.g. a corpus file given by the user), so drafters that need the documents themselves
+    (SuffixDecoding's global tree) can read the same ones: :func:`corpus_documents`.
+    """
 
     path: Path
     description: str
+    inputs: tuple[str, ...] = ()
+    glob: str = "**/*"
+    exclude: tuple[str, ...] = ()
+
+
+def _tokenized_documents(inputs: list[str], tokenizer: Any, glob: str, exclude: tuple[str, ...], tally: Any) -> list[Any]:
+    from sam_decoding.corpus import ReadOptions, read_documents, tokenize_documents
+
+    return list(tokenize_documents(read_documents(inputs, ReadOptions(glob=glob, exclude=exclude), tally), tokenizer, tally=tally))
+
+
+def corpus_documents(choice: CorpusChoice, tokenizer: Any) -> list[Any]:
+    """The token arrays the static corpus ``choice`` was built from (read and tokenized again, as when it was built)."""
+    from sam_decoding.corpus import ReadTally
+
+    if not choice.inputs:
+        raise ValueError(f"the documents of {choice.path} are unknown (a corpus file given as is)")
+    return _tokenized_documents(list(choice.inputs), tokenizer, choice.glob, choice.exclude, ReadTally())
 
 
 def _key(*parts: Any) -> str:
@@ -98,13 +121,11 @@ def build_corpus_file(
 ) -> Any:
     """Tokenize ``inputs`` and save a static automaton to ``output``; returns the automaton."""
     from sam_decoding import StaticAutomaton
-    from sam_decoding.corpus import ReadOptions, ReadTally, read_documents, tokenize_documents
+    from sam_decoding.corpus import ReadTally
     from sam_decoding.models import tokenizer_fingerprint
 
     tally = ReadTally()
-    documents = list(
-        tokenize_documents(read_documents(inputs, ReadOptions(glob=glob, exclude=exclude), tally), tokenizer, tally=tally)
-    )
+    documents = _tokenized_documents(inputs, tokenizer, glob, exclude, tally)
     info = {"inputs": inputs, "glob": glob, "exclude": list(exclude), "documents": tally.documents, "tokens": tally.tokens}
     info.update(metadata or {})
     automaton = StaticAutomaton.build(documents, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), metadata=info)
@@ -131,6 +152,9 @@ def stdlib_corpus(tokenizer: Any, cache: Path, log: Log = _stderr) -> CorpusChoi
     return CorpusChoice(
         path,
         f"Python {sys.version_info[0]}.{sys.version_info[1]} standard library source (`**/*.py`, {tokens:,} tokens)",
+        (root,),
+        "**/*.py",
+        STDLIB_EXCLUDES,
     )
 
 
@@ -235,4 +259,5 @@ def distilled_corpus(
         path,
         f"the model's own greedy answers ({plan.max_new_tokens} tokens max) to {len(records)} Spec-Bench questions "
         f"disjoint from the evaluated ones (ids {min(ids)}-{max(ids)}; {automaton.num_tokens:,} tokens)",
+        (str(answers),),
     )

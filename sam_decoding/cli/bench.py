@@ -33,13 +33,24 @@ much longer. On a machine whose cores other jobs already keep busy, pass --threa
 threads would wait on each other (bench says so when the load average is at least the cores).
 
 methods: {methods}, and sam-chainN-fixed for any cap N (all greedy; every output is compared with vanilla's token for token).
+The suffix methods run SuffixDecoding (Snowflake's ArcticInference) with the suite corpus's documents in
+its global tree; they need the optional package arctic-inference, built against your torch:
+  {suffix_install}
+and are skipped with a note when it is missing.
 Writes SUITE.json (every measurement), SUITE.md (tables) and SUITE.png (speed-up per category) to --out.
+
+--serving: the questions are requests answered one after another, as by a server, and each method
+keeps what it learned from the responses it produced before (SuffixDecoding: its global tree of
+responses; sam+cache and sam+tr+cache: a response cache, methods only a serving run has); without it
+every question sees only the corpus. Adds MAT and speed-up over vanilla per block of requests to
+SUITE.md and SUITE.json, and SUITE-serving.png: both per request index.
 
 examples:
   sam-decoding bench --quick
   sam-decoding bench --suite spec-bench-mini --limit 3 --out bench/out
   sam-decoding bench --suite humaneval --methods vanilla,sam,sam+tr
-  sam-decoding bench --questions my.jsonl --prompt-field question --corpus docs.sam"""
+  sam-decoding bench --questions my.jsonl --prompt-field question --corpus docs.sam
+  sam-decoding bench --serving --limit 4 --methods vanilla,sam,suffix"""
 #: Tokens per answer of a ``--quick`` run and of a full one, unless ``--max-new-tokens`` is given.
 QUICK_MAX_NEW_TOKENS = 64
 MAX_NEW_TOKENS = 128
@@ -49,6 +60,7 @@ def register(commands: Any) -> None:
     """Add the ``bench`` subcommand to ``commands``."""
     from sam_decoding.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, QUICK_METHOD_NAMES
     from sam_decoding.benchmark.static_corpus import QUICK_DISTILLATION
+    from sam_decoding.benchmark.suffix_decoding import ARCTIC_INFERENCE_VERSION
     from sam_decoding.benchmark.suites import SUITE_NAMES
 
     epilog = _EPILOG.format(
@@ -56,6 +68,7 @@ def register(commands: Any) -> None:
         quick_methods=", ".join(QUICK_METHOD_NAMES),
         quick_distill=QUICK_DISTILLATION.max_new_tokens,
         methods=", ".join(METHOD_NAMES),
+        suffix_install=f"echo 'torch==<your torch version>' > pin.txt && PIP_CONSTRAINT=pin.txt pip install arctic-inference=={ARCTIC_INFERENCE_VERSION}",
     )
     parser = commands.add_parser(
         "bench",
@@ -101,6 +114,11 @@ def register(commands: Any) -> None:
     limit.add_argument(
         "--quick", action="store_true", help="a first look in minutes: 1 question per category, shorter answers, fewer methods, a smaller corpus"
     )
+    parser.add_argument(
+        "--serving",
+        action="store_true",
+        help="answer the questions one after another, each method learning from its earlier responses; report per request index",
+    )
     parser.add_argument("--out", type=Path, default=Path("sam-decoding-bench"), metavar="DIR", help="report directory (default: %(default)s)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="where suite corpora are cached (default: <sam-decoding cache>/bench)")
@@ -112,6 +130,18 @@ def register(commands: Any) -> None:
         help="only redraw the Markdown table and PNG chart of an earlier run's JSON (e.g. an interrupted one)",
     )
     parser.set_defaults(handler=run)
+
+
+def _available(methods: list[str]) -> list[str]:
+    """``methods`` without those whose optional package is missing (saying so on one line)."""
+    from sam_decoding.benchmark.methods import unavailable_methods
+
+    kept, note = unavailable_methods(methods)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    if not kept:
+        raise CliError("no method left to run")
+    return kept
 
 
 def _parse_methods(text: str) -> list[str]:
@@ -128,7 +158,14 @@ def _parse_methods(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its reports. Returns the exit code."""
-    from sam_decoding.benchmark.methods import DEFAULT_METHODS, QUICK_METHOD_NAMES, make_methods, needs_static_corpus
+    from sam_decoding.benchmark.methods import (
+        CACHE_METHODS,
+        DEFAULT_METHODS,
+        QUICK_METHOD_NAMES,
+        SUFFIX_METHODS,
+        make_methods,
+        needs_static_corpus,
+    )
     from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
 
     if args.from_json is not None:
@@ -138,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         args.methods = ",".join(QUICK_METHOD_NAMES if args.quick else DEFAULT_METHODS)
     if args.max_new_tokens is None:
         args.max_new_tokens = QUICK_MAX_NEW_TOKENS if args.quick else MAX_NEW_TOKENS
-    methods = _parse_methods(args.methods)
+    methods = _available(_parse_methods(args.methods))
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
     if args.limit is not None and args.limit < 1:
@@ -162,12 +199,20 @@ def run(args: argparse.Namespace) -> int:
     needs_corpus = any(needs_static_corpus(name) for name in methods)
     if needs_corpus and args.questions is not None and args.corpus is None:
         raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
+    if CACHE_METHODS.intersection(methods) and not args.serving:
+        raise CliError("the +cache methods learn from earlier responses: they run only with --serving")
+    if args.corpus is not None and SUFFIX_METHODS.intersection(methods):
+        raise CliError(
+            "the suffix methods put the documents of the suite's own corpus in their tree; a --corpus file "
+            "does not hold its documents: leave out --corpus or the suffix methods"
+        )
 
     import torch
 
     from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json
     from sam_decoding.benchmark.results import summarize
     from sam_decoding.benchmark.runner import busy_machine_note, machine_description, run_suite
+    from sam_decoding.benchmark.static_corpus import corpus_documents
     from sam_decoding.cli.loading import load_model_and_tokenizer, open_corpus_for_tokenizer
     from sam_decoding.models import DEFAULT_MODEL, cache_dir, default_model_is_converted
 
@@ -180,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         print("converting the default model from its GGUF file (once, about 30 s; cached)", file=sys.stderr, flush=True)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     model_name = args.model or DEFAULT_MODEL
-    corpus_path = corpus_description = None
+    corpus_path = corpus_description = choice = None
     if needs_corpus:
         if args.corpus is not None:
             open_corpus_for_tokenizer(args.corpus, tokenizer)
@@ -193,7 +238,15 @@ def run(args: argparse.Namespace) -> int:
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cost_profile = _load_cost_profile(args.cost_profile)
     reference_profile = _load_cost_profile(args.reference_profile)
-    method_objects = make_methods(methods, corpus_path, cost_profile, heads=args.heads, reference_profile=reference_profile)
+    method_objects = make_methods(
+        methods,
+        corpus_path,
+        cost_profile,
+        heads=args.heads,
+        reference_profile=reference_profile,
+        corpus_documents=(lambda: corpus_documents(choice, tokenizer)) if choice is not None else None,
+        serving=args.serving,
+    )
     argv = getattr(args, "argv", None) or sys.argv[1:]
     info = RunInfo(
         suite=suite.name,
@@ -205,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         started_at=started_at,
         static_corpus=corpus_description,
         questions_per_category=per_category,
+        serving=args.serving,
     )
     stem = args.out / suite.name
     done: list[Any] = []
@@ -262,10 +316,22 @@ def _policy_reports(methods: list[Any]) -> dict[str, Any]:
 
 def _write_reports(stem: Path, info: Any, measurements: list[Any], summaries: list[Any]) -> None:
     from sam_decoding.benchmark.chart import write_speedup_chart
-    from sam_decoding.benchmark.report import write_json, write_markdown
+    from sam_decoding.benchmark.report import render_markdown, write_json
 
-    write_json(stem.with_suffix(".json"), info, measurements, summaries)
-    write_markdown(stem.with_suffix(".md"), info, summaries)
+    serving: dict[str, Any] = {}
+    markdown = render_markdown(info, summaries)
+    if info.serving:
+        from sam_decoding.benchmark.serving import render_serving_markdown, serving_json, write_learning_curve_chart
+
+        serving = {"serving": serving_json(measurements)}
+        markdown += render_serving_markdown(measurements)
+        write_learning_curve_chart(
+            stem.parent / f"{stem.name}-serving.png",
+            measurements,
+            f"{info.suite}, serving: learning from earlier responses ({info.model}, {info.max_new_tokens} tokens)",
+        )
+    write_json(stem.with_suffix(".json"), info, measurements, summaries, extra=serving)
+    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
     write_speedup_chart(
         stem.with_suffix(".png"), summaries, f"{info.suite}: speed-up over vanilla ({info.model}, {info.max_new_tokens} tokens)"
     )
