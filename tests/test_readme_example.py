@@ -40,3 +40,18 @@ def test_readme_example_runs_and_equals_plain_greedy(tmp_path, monkeypatch, caps
     assert_greedy_equal(model, result.sequences, reference, "README example")
     assert printed.startswith(tokenizer.decode(result.new_tokens))
     assert new_tokens > 0 and (tmp_path / "corpus.sam").is_file()
+
+
+def test_readme_response_cache_snippet_runs(tmp_path, monkeypatch) -> None:
+    import sam_decoding as sd
+
+    text = README.read_text(encoding="utf-8").split("\n## Example", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    snippet = next(block for block in blocks if "ResponseCache" in block)
+    monkeypatch.chdir(tmp_path)
+    corpus = sd.StaticAutomaton.build([[1, 2, 3, 4]])
+    namespace: dict[str, object] = {"sd": sd, "corpus": corpus}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    drafter = namespace["drafter"]
+    assert isinstance(drafter, sd.SamDrafter) and drafter.responses is namespace["cache"]
+    assert (tmp_path / "responses.cache").exists()
