@@ -218,12 +218,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    busy = busy_machine_note(torch.get_num_threads())
-    if busy:
-        print(busy, file=sys.stderr, flush=True)
     if args.model is None and not default_model_is_converted():
         print("converting the default model from its GGUF file (once, about 30 s; cached)", file=sys.stderr, flush=True)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
+    # After the model and device are known good: a refused run prints its error line alone.
+    busy = busy_machine_note(torch.get_num_threads())
+    if busy:
+        print(busy, file=sys.stderr, flush=True)
     model_name = args.model or DEFAULT_MODEL
     corpus_path = corpus_description = choice = None
     if needs_corpus:
