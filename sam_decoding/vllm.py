@@ -180,6 +180,7 @@ class BatchProposer:
     static: Any = field(init=False, default=None)
     _rows: dict[int, _RequestState] = field(init=False, default_factory=dict)
     _parked: list[_RequestState] = field(init=False, default_factory=list)
+    requests_begun: int = field(init=False, default=0)
     _calls: int = field(init=False, default=0)
     _last_step: _Step | None = field(init=False, default=None)
 
@@ -211,6 +212,7 @@ class BatchProposer:
         # The prompt is the row's text before this step's sampled tokens, so the drafter reads the
         # response from its first token (what a response cache records).
         prompt_length = max(length - sampled, 1)
+        self.requests_begun += 1
         drafter = self._new_drafter()
         drafter.begin(history[:prompt_length].astype(np.int64))
         state = _RequestState(drafter, history, prompt_length)
