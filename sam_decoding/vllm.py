@@ -50,7 +50,11 @@ TAIL_TOKENS = 8
 #: Step intervals longer than this many times the profile's estimate are not learned (the engine
 #: was idle between calls, not computing).
 _IDLE_FACTOR = 20.0
+#: Step timings are handed to the cost profile this many at a time: each observation invalidates
+#: the profile's interpolated curve, which costs more to rebuild than a step's drafting.
+OBSERVATION_BATCH = 16
 _FALLBACKS = ("prompt_lookup", "none")
+_ESTIMATE_FIELDS = ("probabilities", "path_probabilities", "priors", "coarse_cells", "cells", "depths")
 _POLICIES = ("cost", "all")
 
 
@@ -121,9 +125,9 @@ class _RequestState:
         # Positions spread over the prompt: chat prompts share their template's first tokens, so
         # the prompt's own text, not its start, tells requests apart.
         self.probe_positions = np.linspace(0, prompt_length - 1, num=min(PROBE_POSITIONS, prompt_length)).astype(np.int64)
-        self.probe_tokens = history[self.probe_positions].copy()
-        self.tail = np.zeros(0, dtype=history.dtype)
-        self.pending: tuple[np.ndarray, NodeEstimates] | None = None
+        self.probe_tokens = history[self.probe_positions].tobytes()
+        self.tail = b""
+        self.pending: tuple[int, NodeEstimates] | None = None  # draft tokens proposed, their estimates
         self.pending_call = -1
         self.absent_calls = 0
         self.call_accepted = 0.0
@@ -131,23 +135,31 @@ class _RequestState:
 
     def continues(self, history: np.ndarray, length: int) -> bool:
         """Whether a row whose first ``length`` tokens are ``history`` is this request's text."""
-        if length < self.length:
+        # Byte comparisons: a few hundred nanoseconds where np.array_equal takes microseconds.
+        if length < self.length or history[self.probe_positions].tobytes() != self.probe_tokens:
             return False
-        if not np.array_equal(history[self.probe_positions], self.probe_tokens):
-            return False
-        return np.array_equal(history[self.length - len(self.tail) : self.length], self.tail)
+        return history[max(self.length - TAIL_TOKENS, 0) : self.length].tobytes() == self.tail
 
     def read(self, tokens: np.ndarray, length: int, history: np.ndarray) -> None:
         """Append ``tokens`` (the row's text from ``self.length`` to ``length``) to the drafter."""
         self.drafter.accept(tokens.astype(np.int64, copy=False), None)
         self.length = length
-        self.tail = history[max(length - TAIL_TOKENS, 0) : length].copy()
+        self.tail = history[max(length - TAIL_TOKENS, 0) : length].tobytes()
 
     @property
     def call_correction(self) -> float:
         """This request's accepted-over-predicted ratio, shrunk to 1 while it has seen little."""
         k = CALL_CORRECTION_STRENGTH
         return (self.call_accepted + k) / (self.call_predicted + k)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A request's draft chain for this step: tokens, calibrated estimates, and the path probabilities selection uses."""
+
+    tokens: np.ndarray
+    estimates: NodeEstimates
+    paths: np.ndarray
 
 
 @dataclass
@@ -183,6 +195,7 @@ class BatchProposer:
     requests_begun: int = field(init=False, default=0)
     _calls: int = field(init=False, default=0)
     _last_step: _Step | None = field(init=False, default=None)
+    _timings: list[tuple[int, int, float]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         from sam_decoding.shards import load_corpus
@@ -280,13 +293,12 @@ class BatchProposer:
         prefilling = any(not tokens for tokens in sampled_token_ids)
         if self._last_step is not None and self._last_step.clean and not (created or prefilling):
             self._observe_step(started)
-        candidates: list[tuple[np.ndarray, NodeEstimates] | None] = []
+        outcomes: list[tuple[NodeEstimates, int, int]] = []
         for row, state in enumerate(states):
-            if state is None:
-                candidates.append(None)
-                continue
-            self._catch_up(state, token_ids_cpu[row], int(num_tokens_no_spec[row]), len(sampled_token_ids[row]))
-            candidates.append(self._best_candidate(state))
+            if state is not None:
+                self._catch_up(state, token_ids_cpu[row], int(num_tokens_no_spec[row]), len(sampled_token_ids[row]), outcomes)
+        self._learn(outcomes)
+        candidates = [None if state is None else self._best_candidate(state) for state in states]
         decode_rows = sum(state is not None for state in states)
         mean_length = int(np.mean([s.length for s in states if s is not None])) if decode_rows else 0
         counts = self._draft_lengths(candidates, decode_rows, mean_length)
@@ -297,34 +309,42 @@ class BatchProposer:
         self._last_step = _Step(decode_rows + int(counts.sum()), mean_length, time.perf_counter(), not prefilling)
         return drafts
 
-    def _hand_out(self, state: _RequestState | None, candidate: tuple[np.ndarray, NodeEstimates] | None, count: int) -> list[int]:
+    def _hand_out(self, state: _RequestState | None, candidate: _Candidate | None, count: int) -> list[int]:
         """The first ``count`` tokens of a row's candidate, remembered to learn from the next call."""
         if state is None:
             return []
         if candidate is None or count == 0:
             state.pending = None
             return []
-        tokens, estimates = candidate
-        state.pending = (tokens[:count], estimates.subset(np.arange(count)))
+        state.pending = (count, candidate.estimates)
         state.pending_call = self._calls
-        return tokens[:count].tolist()
+        return candidate.tokens[:count].tolist()
 
-    def _catch_up(self, state: _RequestState, history: np.ndarray, length: int, sampled: int) -> None:
-        """Learn how much of the last draft was accepted, then read the row's new tokens."""
+    def _catch_up(self, state: _RequestState, history: np.ndarray, length: int, sampled: int, outcomes: list) -> None:
+        """Note how much of the last draft was accepted (in ``outcomes``), then read the row's new tokens."""
         if state.pending is not None and state.pending_call == self._calls - 1:
-            tokens, estimates = state.pending
-            accepted = min(sampled - 1, len(tokens))
-            judged_mask = np.arange(len(tokens)) <= accepted
-            accepted_mask = np.arange(len(tokens)) < accepted
-            self.acceptance.learn(estimates, judged_mask, accepted_mask)
+            count, estimates = state.pending
+            accepted = min(sampled - 1, count)
+            # Nodes up to the first rejected one were judged (their parents were accepted).
+            judged = min(accepted + 1, count)
+            outcomes.append((estimates, judged, accepted))
             state.call_accepted += accepted
-            state.call_predicted += float(estimates.path_probabilities.sum())
+            state.call_predicted += float(estimates.path_probabilities[:count].sum())
         state.pending = None
         if length > state.length:
             state.read(history[state.length : length], length, history)
         state.absent_calls = 0
 
-    def _best_candidate(self, state: _RequestState) -> tuple[np.ndarray, NodeEstimates] | None:
+    def _learn(self, outcomes: list[tuple[NodeEstimates, int, int]]) -> None:
+        """Teach the acceptance model every row's outcome in one call (it is vectorized over nodes)."""
+        if not outcomes:
+            return
+        parts = [estimates.subset(slice(0, judged)) for estimates, judged, _ in outcomes]
+        merged = NodeEstimates(*(np.concatenate([getattr(part, name) for part in parts]) for name in _ESTIMATE_FIELDS))
+        accepted = np.concatenate([np.arange(judged) < accepted for _, judged, accepted in outcomes])
+        self.acceptance.learn(merged, np.ones(len(accepted), dtype=bool), accepted)
+
+    def _best_candidate(self, state: _RequestState) -> _Candidate | None:
         """The request's draft chain and its calibrated acceptance estimates (``None``: nothing to draft).
 
         The drafter's own choice among its sources (``propose``) is estimated, not every candidate:
@@ -335,13 +355,12 @@ class BatchProposer:
             return None
         draft = _chain_of(draft, self.num_speculative_tokens)
         estimates = self.acceptance.estimate(draft)
-        correction = state.call_correction
-        if correction != 1.0:
-            estimates = _with_paths(estimates, np.minimum(estimates.path_probabilities * correction, 1.0))
-        return draft.tokens, estimates
+        # Selection sees the estimates scaled by this request's record; learning, the calibrated ones.
+        paths = np.minimum(estimates.path_probabilities * state.call_correction, 1.0)
+        return _Candidate(draft.tokens, estimates, paths)
 
     def _draft_lengths(
-        self, candidates: list[tuple[np.ndarray, NodeEstimates] | None], decode_rows: int, mean_length: int
+        self, candidates: list[_Candidate | None], decode_rows: int, mean_length: int
     ) -> np.ndarray:
         """How many tokens of each row's candidate to propose: the batch's expected tokens per second,
         maximized, over ``decode_rows`` rows that feed one token each without drafts."""
@@ -351,11 +370,11 @@ class BatchProposer:
             return counts
         if self.settings.policy == "all" or not self.profile.is_calibrated:
             # Until a step has been timed every draft is proposed whole: those steps measure what drafting costs.
-            for row, (tokens, _) in present:
-                counts[row] = len(tokens)
+            for row, candidate in present:
+                counts[row] = len(candidate.tokens)
             return counts
-        paths = np.concatenate([estimates.path_probabilities for _, (_, estimates) in present])
-        owners = np.concatenate([np.full(len(tokens), row) for row, (tokens, _) in present])
+        paths = np.concatenate([candidate.paths for _, candidate in present])
+        owners = np.concatenate([np.full(len(candidate.tokens), row) for row, candidate in present])
         base = max(decode_rows, 1)
         costs = self.profile.curve(mean_length, base + len(paths))[base - 1 :]
         # best_subtree weighs one emitted token per step; the batch emits one per row, so the
@@ -372,8 +391,13 @@ class BatchProposer:
         if self.profile.is_calibrated:
             expected = self.profile.seconds(max(step.fed_tokens, 1), step.mean_length)
             if seconds > _IDLE_FACTOR * expected:
-                return
-        self.profile.observe(max(step.fed_tokens, 1), step.mean_length, seconds)
+                return  # the engine was idle between the calls, not computing
+        self._timings.append((max(step.fed_tokens, 1), step.mean_length, seconds))
+        # The first timing goes in at once: until then every draft is proposed whole.
+        if len(self._timings) >= OBSERVATION_BATCH or not self.profile.is_calibrated:
+            for q, length, spent in self._timings:
+                self.profile.observe(q, length, spent)
+            self._timings.clear()
 
 
 def _chain_of(draft: Draft, limit: int) -> Draft:
@@ -390,12 +414,6 @@ def _chain_of(draft: Draft, limit: int) -> Draft:
         return draft
     probabilities = None if draft.probabilities is None else draft.probabilities[:limit]
     return Draft.chain(draft.tokens[:limit], draft.source, probabilities, draft.match_length)
-
-
-def _with_paths(estimates: NodeEstimates, path_probabilities: np.ndarray) -> NodeEstimates:
-    return NodeEstimates(
-        estimates.probabilities, path_probabilities, estimates.priors, estimates.coarse_cells, estimates.cells, estimates.depths
-    )
 
 
 class SamProposer:

@@ -355,7 +355,7 @@ def run_scenarios(out: Path, additional_config: dict | None) -> None:
         additional_config=additional_config or {},
     )
     tokenizer = llm.get_tokenizer()
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in QUESTIONS]
+    prompts = [_chat_ids(tokenizer, question) for question in QUESTIONS]
     inputs = [{"prompt_token_ids": ids} for ids in prompts]
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
     results: dict[str, dict] = {"batch1": {}, "batch8": {}, "batch8_prefix_cached": {}}
@@ -367,6 +367,12 @@ def run_scenarios(out: Path, additional_config: dict | None) -> None:
     results["aborted"] = _aborted_scenario(llm, inputs, params)
     results["stats"] = _spec_stats(llm)
     out.write_text(json.dumps(results))
+
+
+def _chat_ids(tokenizer, question: str) -> list[int]:
+    """Token ids of ``question`` as a one-turn chat, ready for the assistant's answer."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _aborted_scenario(llm, inputs: list[dict], params) -> dict[str, list[int]]:
