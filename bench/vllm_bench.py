@@ -126,6 +126,89 @@ def run_config(name: str, plan: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(result))
 
 
+# ---- the cost of one propose call --------------------------------------------------------------
+
+
+def propose_timing(out: Path, rows: int = 32, steps: int = 200, k: int = 8, fallback: str = "prompt_lookup") -> dict[str, Any]:
+    """Time one ``propose`` call for ``rows`` decoding rows, ours beside vLLM's ``ngram`` proposer on the
+    same arrays (no engine). Each row's "target" follows a real text (Spec-Bench questions and HumanEval
+    prompts, tokenized), so drafts are accepted as often as that text repeats itself or the corpus."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from transformers import AutoTokenizer
+    from vllm.v1.spec_decode.ngram_proposer import NgramProposer
+
+    import sam_decoding as sd
+    from sam_decoding.benchmark.suites import load_humaneval, load_spec_bench_mini
+    from sam_decoding.models import default_model_dir, tokenizer_fingerprint
+    from sam_decoding.vllm import BatchProposer, SamSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    prompts = [q.prompt for q in load_spec_bench_mini().interleaved().questions] + [q.prompt for q in load_humaneval().questions]
+    texts = [np.asarray(tokenizer(text)["input_ids"], dtype=np.int32) for text in prompts]
+    texts = [text for text in texts if 150 <= len(text) <= 1500]
+    corpus = out.parent / "propose-timing-corpus.sam"
+    sd.StaticAutomaton.build(texts[len(texts) // 2 :], tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)).save(corpus)
+    texts = texts[: len(texts) // 2]
+    width = 2048
+    config = SimpleNamespace(
+        speculative_config=SimpleNamespace(prompt_lookup_min=2, prompt_lookup_max=4, num_speculative_tokens=k),
+        model_config=SimpleNamespace(max_model_len=width), scheduler_config=SimpleNamespace(max_num_seqs=rows),
+        parallel_config=SimpleNamespace(tensor_parallel_size=1),
+    )
+    ngram = NgramProposer(config)
+    ours = BatchProposer(SamSettings(corpus=str(corpus), fallback=fallback), k, tokenizer_fingerprint(tokenizer), width)
+    token_ids = np.zeros((rows, width), dtype=np.int32)
+    lengths = np.zeros(rows, dtype=np.int32)
+    targets: list[np.ndarray] = [texts[0]] * rows
+    sampled: list[list[int]] = [[]] * rows
+    started_requests = 0
+
+    def start(row: int) -> None:
+        # A new request in this row: its first 100 tokens are the prompt, the rest is what the target says.
+        nonlocal started_requests
+        text = targets[row] = texts[started_requests % len(texts)]
+        started_requests += 1
+        token_ids[row, :101] = text[:101]
+        lengths[row] = 101
+        sampled[row] = [int(text[100])]
+
+    for row in range(rows):
+        start(row)
+    timings: dict[str, list[float]] = {"sam": [], "ngram": []}
+    for _ in range(steps):
+        started = time.perf_counter()
+        ngram.propose(k, sampled, lengths, token_ids)
+        timings["ngram"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        drafts = ours.propose(sampled, lengths, token_ids)
+        timings["sam"].append(time.perf_counter() - started)
+        for row, draft in enumerate(drafts):
+            text, length = targets[row], int(lengths[row])
+            if length >= len(text):
+                start(row)
+                continue
+            accepted = 0
+            while accepted < len(draft) and length + accepted + 1 < len(text) and draft[accepted] == text[length + accepted]:
+                accepted += 1
+            new = text[length : length + accepted + 1]
+            token_ids[row, length : length + len(new)] = new
+            lengths[row] = length + len(new)
+            sampled[row] = [int(token) for token in new]
+        time.sleep(0.002)  # a "forward pass", so the proposer's step timing sees an interval
+    result = {
+        "rows": rows, "steps": steps, "num_speculative_tokens": k, "requests": started_requests,
+        "mean_draft_tokens_last_step": round(sum(map(len, drafts)) / rows, 2),
+        **{f"{name}_ms_median": round(float(np.median(values)) * 1e3, 3) for name, values in timings.items()},
+        **{f"{name}_ms_p90": round(float(np.percentile(values, 90)) * 1e3, 3) for name, values in timings.items()},
+    }
+    result["sam_over_ngram_median"] = round(result["sam_ms_median"] / result["ngram_ms_median"], 2)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return result
+
+
 # ---- the whole run ------------------------------------------------------------------------------
 
 
@@ -225,9 +308,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests running together in the batched runs")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=Path("bench/results/vllm"))
+    parser.add_argument("--propose-timing", action="store_true", help="only time one propose call for 32 rows (ours and ngram's)")
     parser.add_argument("--run-config", help=argparse.SUPPRESS)
     parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.propose_timing:
+        args.out.mkdir(parents=True, exist_ok=True)
+        propose_timing(args.out / "propose_timing.json")
+        return
     if args.run_config:
         run_config(args.run_config, json.loads(args.plan.read_text()), args.out)
         return
