@@ -308,6 +308,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests running together in the batched runs")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=Path("bench/results/vllm"))
+    parser.add_argument("--reuse", action="store_true", help="keep configurations already measured in OUT/work (same plan)")
     parser.add_argument("--propose-timing", action="store_true", help="only time one propose call for 32 rows (ours and ngram's)")
     parser.add_argument("--run-config", help=argparse.SUPPRESS)
     parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
@@ -351,8 +352,9 @@ def run(args: argparse.Namespace) -> None:
         if name == "sam":
             build_corpus(plan["model"], results["plain"]["past"]["outputs"], Path(plan["corpus"]))
         out = work / f"{name}.json"
-        command = [sys.executable, __file__, "--run-config", name, "--plan", str(work / "plan.json"), "--out", str(out)]
-        subprocess.run(command, check=True)
+        if not (args.reuse and out.is_file()):
+            command = [sys.executable, __file__, "--run-config", name, "--plan", str(work / "plan.json"), "--out", str(out)]
+            subprocess.run(command, check=True)
         results[name] = json.loads(out.read_text())
     rows = summarize(results)
     command = "python bench/vllm_bench.py " + " ".join(sys.argv[1:])
