@@ -346,7 +346,9 @@ def test_engine_start_refuses_bad_configuration(tmp_path: Path) -> None:
     command = [sys.executable, __file__, "scenarios", str(out), json.dumps(config)]
     result = subprocess.run(command, env=_engine_env(), capture_output=True, text=True, timeout=1800)
     assert result.returncode != 0 and not out.exists()
-    assert f"additional_config['sam_decoding']: corpus {str(tmp_path / 'missing.sam')!r} does not exist" in result.stderr
+    # vLLM logs the worker's error to stdout, wrapped in "Failed to instantiate custom proposer class".
+    message = f"SamConfigError: additional_config['sam_decoding']: corpus {str(tmp_path / 'missing.sam')!r} does not exist"
+    assert message in result.stdout + result.stderr
 
 
 # ---- the engine side: run as a script in a subprocess ----------------------------------------
