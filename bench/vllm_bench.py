@@ -1,8 +1,8 @@
 """vLLM with and without speculative decoding: plain, ``ngram``, ``suffix`` and sam-decoding, in one run.
 
 Every configuration runs in its own process (one engine each) on the same questions: Spec-Bench-mini
-(round-robin over categories) and HumanEval, one request at a time and then all at once (at most
-``--concurrency`` running together), greedy. Before measuring, the configurations that learn across
+(round-robin over categories) and HumanEval, one request at a time, then other questions of the same
+suite all at once (``--concurrency`` running together), greedy. Before measuring, the configurations that learn across
 requests (``suffix``, ours) serve the same past traffic: other questions of the same suites. Our static
 corpus is built from plain vLLM's answers to that traffic, so it holds exactly what ``suffix``'s global
 tree saw. Reported per suite and batch size: tokens per second, tokens per target forward pass (per
@@ -34,18 +34,26 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
 SUITES = ("spec-bench-mini", "humaneval")
 
 
-def questions(spec_bench: int, humaneval: int, past: int) -> dict[str, list[dict[str, str]]]:
-    """Measured questions per suite and the past traffic (the next questions of the same suites)."""
+def questions(spec_bench: int, humaneval: int, past: int, concurrency: int) -> dict[str, list[dict[str, str]]]:
+    """Questions per suite and batch size, and the past traffic (later questions of the same suites).
+
+    The batched runs ask other questions than the one-at-a-time runs: a method that learns across
+    requests (``suffix``, a response cache) would otherwise draft the batched answers from the
+    identical answers it produced a moment before.
+    """
     from sam_decoding.benchmark.suites import load_humaneval, load_spec_bench_mini
 
     spec = load_spec_bench_mini().interleaved().questions
     code = load_humaneval().questions
     past_spec, past_code = past - past // 4, past // 4
     as_dicts = lambda items: [{"id": q.question_id, "category": q.category, "prompt": q.prompt} for q in items]  # noqa: E731
+    spec_end, code_end = spec_bench + concurrency, humaneval + concurrency
     return {
-        "spec-bench-mini": as_dicts(spec[:spec_bench]),
-        "humaneval": as_dicts(code[:humaneval]),
-        "past": as_dicts(spec[spec_bench : spec_bench + past_spec] + code[humaneval : humaneval + past_code]),
+        "spec-bench-mini/1": as_dicts(spec[:spec_bench]),
+        f"spec-bench-mini/{concurrency}": as_dicts(spec[spec_bench:spec_end]),
+        "humaneval/1": as_dicts(code[:humaneval]),
+        f"humaneval/{concurrency}": as_dicts(code[humaneval:code_end]),
+        "past": as_dicts(spec[spec_end : spec_end + past_spec] + code[code_end : code_end + past_code]),
     }
 
 
@@ -109,8 +117,8 @@ def run_config(name: str, plan: dict[str, Any], out: Path) -> None:
         past, seconds = _generate(llm, [chat(q) for q in plan["questions"]["past"]], params)
         result["past"] = {"outputs": past, "seconds": seconds}
     for suite in SUITES:
-        prompts = [chat(q) for q in plan["questions"][suite]]
         for batch in (1, plan["concurrency"]):
+            prompts = [chat(q) for q in plan["questions"][f"{suite}/{batch}"]]
             before = _spec_counters(llm)
             if batch == 1:
                 outputs, seconds = [], 0.0
@@ -121,7 +129,9 @@ def run_config(name: str, plan: dict[str, Any], out: Path) -> None:
             else:
                 outputs, seconds = _generate(llm, prompts, params)
             counters = _difference(_spec_counters(llm), before)
-            result["runs"].append({"suite": suite, "batch": batch, "seconds": seconds, "outputs": outputs, **counters})
+            # The machine is shared: its load beside each run says how far absolute speeds compare.
+            load = round(os.getloadavg()[0], 2)
+            result["runs"].append({"suite": suite, "batch": batch, "seconds": seconds, "outputs": outputs, "load": load, **counters})
             print(f"{name} {suite} batch {batch}: {sum(map(len, outputs)) / seconds:.1f} tok/s", file=sys.stderr, flush=True)
     out.write_text(json.dumps(result))
 
@@ -248,6 +258,7 @@ def summarize(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     "accepted_tokens": run["accepted"],
                     "acceptance_per_position": [round(count / drafts, 3) for count in run["per_position"]],
                     "mismatches": sum(a != b for a, b in zip(run["outputs"], reference["outputs"])),
+                    "load_average": run.get("load"),
                 }
             )
     return rows
@@ -261,14 +272,15 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], command: str, notes: 
         "",
         *notes,
         "",
-        "| suite | batch | config | tok/s | vs plain | tokens / target pass | acceptance by draft position | mismatches |",
-        "|---|---:|---|---:|---:|---:|---|---:|",
+        "| suite | batch | config | tok/s | vs plain | tokens / target pass | acceptance by draft position | mismatches | load |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|",
     ]
     for row in sorted(rows, key=lambda r: (r["suite"], r["batch"], list(CONFIGS).index(r["config"]))):
         positions = " ".join(f"{value:.2f}" for value in row["acceptance_per_position"]) or "-"
         lines.append(
             f"| {row['suite']} | {row['batch']} | {row['config']} | {row['tokens_per_second']:.1f} | "
-            f"{row['throughput_vs_plain']:.2f}x | {row['tokens_per_target_pass']:.2f} | {positions} | {row['mismatches']} |"
+            f"{row['throughput_vs_plain']:.2f}x | {row['tokens_per_target_pass']:.2f} | {positions} | {row['mismatches']} | "
+            f"{row['load_average'] if row['load_average'] is not None else '-'} |"
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -301,8 +313,8 @@ def write_chart(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spec-bench", type=int, default=8, help="Spec-Bench-mini questions measured (round-robin over categories)")
-    parser.add_argument("--humaneval", type=int, default=4, help="HumanEval problems measured")
+    parser.add_argument("--spec-bench", type=int, default=8, help="Spec-Bench-mini questions asked one at a time (round-robin over categories); the batched run asks the next --concurrency")
+    parser.add_argument("--humaneval", type=int, default=4, help="HumanEval problems asked one at a time; the batched run asks the next --concurrency")
     parser.add_argument("--past", type=int, default=16, help="past-traffic questions served before measuring")
     parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--concurrency", type=int, default=8, help="requests running together in the batched runs")
@@ -340,7 +352,7 @@ def run(args: argparse.Namespace) -> None:
     work.mkdir(exist_ok=True)
     plan = {
         "model": str(default_model_dir()),
-        "questions": questions(args.spec_bench, args.humaneval, args.past),
+        "questions": questions(args.spec_bench, args.humaneval, args.past, args.concurrency),
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
         "corpus": str((work / "past-answers.sam").resolve()),
