@@ -135,14 +135,13 @@ def test_rows_still_prefilling_get_no_draft_and_no_state() -> None:
 def test_memory_stays_flat_over_10000_requests() -> None:
     """Requests arrive, decode a few steps and leave (rows condensed); the proposer releases their state."""
     rng = np.random.default_rng(0)
-    texts = [_repetitive_text(seed, 120) for seed in range(64)]
     batch, proposer = FakeBatch(rows=8, width=256), _batch_proposer()
     tracemalloc.start()
     started, peak_states = 0, 0
     checkpoints = {}
     while started < 10_000 or batch.texts:
         while started < 10_000 and len(batch.texts) < 8:
-            batch.add(texts[started % len(texts)], prompt_length=int(rng.integers(20, 60)))
+            batch.add(_repetitive_text(started, 120), prompt_length=int(rng.integers(20, 60)))
             started += 1
         batch.verify(batch.propose(proposer))
         peak_states = max(peak_states, proposer.num_states)
