@@ -103,7 +103,7 @@ def run_config(name: str, plan: dict[str, Any], out: Path) -> None:
     from vllm import LLM, SamplingParams
 
     speculative = CONFIGS[name]
-    additional = {"sam_decoding": {"corpus": plan["corpus"]}} if name == "sam" else {}
+    additional = {"sam_decoding": {"corpus": plan["corpus"], "response_cache": {"max_tokens": 1_000_000}}} if name == "sam" else {}
     llm = LLM(
         model=plan["model"], dtype="float32", max_model_len=2048, seed=0, enforce_eager=True,
         max_num_seqs=plan["concurrency"], disable_log_stats=False, speculative_config=speculative,

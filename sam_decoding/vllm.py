@@ -44,6 +44,8 @@ from sam_decoding.policy.cost_aware import CALL_CORRECTION_STRENGTH
 CONFIG_KEY = "sam_decoding"
 #: Calls a request may be missing from the batch before its state is released.
 PARK_CALLS = 4
+#: A response cache with a file is saved after this many finished requests.
+SAVE_EVERY = 64
 #: Prompt positions sampled to recognize a request's history, and tokens compared at its end.
 PROBE_POSITIONS = 8
 TAIL_TOKENS = 8
@@ -77,12 +79,16 @@ class SamSettings:
             draft up to ``num_speculative_tokens``.
         cost_profile: Optional JSON cost profile (``sam-decoding profile``) to start from; without one
             the verify-step cost is learned from the first steps.
+        response_cache: ``None``, or ``{"max_tokens": N, "path": FILE}`` (both optional): a
+            :class:`~sam_decoding.ResponseCache` of this worker's finished responses, drafted from by
+            later requests; with ``path`` it is loaded at start and saved as responses arrive.
     """
 
     corpus: str | None = None
     fallback: str = "none"
     policy: str = "cost"
     cost_profile: str | None = None
+    response_cache: Mapping[str, Any] | None = None
 
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> SamSettings:
@@ -106,10 +112,27 @@ class SamSettings:
                 raise SamConfigError(f"{where}: {name} must be a path string, got {value!r}")
             if value is not None and not os.path.exists(value):
                 raise SamConfigError(f"{where}: {name} {value!r} does not exist")
+        if self.response_cache is not None:
+            self._check_response_cache(where)
         if self.fallback not in _FALLBACKS:
             raise SamConfigError(f"{where}: fallback must be one of {', '.join(_FALLBACKS)}, got {self.fallback!r}")
         if self.policy not in _POLICIES:
             raise SamConfigError(f"{where}: policy must be one of {', '.join(_POLICIES)}, got {self.policy!r}")
+
+
+    def _check_response_cache(self, where: str) -> None:
+        cache = self.response_cache
+        if not isinstance(cache, Mapping):
+            raise SamConfigError(f"{where}: response_cache must be a JSON object, got {cache!r}")
+        unknown = sorted(set(cache) - {"max_tokens", "path"})
+        if unknown:
+            raise SamConfigError(f"{where}: unknown key {unknown[0]!r} in response_cache (known keys: max_tokens, path)")
+        max_tokens = cache.get("max_tokens", 1)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise SamConfigError(f"{where}: response_cache max_tokens must be a positive integer (tokens), got {max_tokens!r}")
+        path = cache.get("path")
+        if path is not None and (not isinstance(path, str) or not os.path.isdir(os.path.dirname(os.path.abspath(path)))):
+            raise SamConfigError(f"{where}: response_cache path must be a file in an existing directory, got {path!r}")
 
 
 class _RequestState:
@@ -191,6 +214,8 @@ class BatchProposer:
     acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
     profile: CostProfile = field(init=False)
     static: Any = field(init=False, default=None)
+    responses: Any = field(init=False, default=None)
+    responses_recorded: int = field(init=False, default=0)
     _rows: dict[int, _RequestState] = field(init=False, default_factory=dict)
     _parked: list[_RequestState] = field(init=False, default_factory=list)
     requests_begun: int = field(init=False, default=0)
@@ -207,6 +232,13 @@ class BatchProposer:
             self.static = load_corpus(self.settings.corpus)
             if self.tokenizer_fingerprint is not None:
                 self.static.check_tokenizer(self.tokenizer_fingerprint)
+        if self.settings.response_cache is not None:
+            from sam_decoding.response_cache import ResponseCache
+
+            options = dict(self.settings.response_cache)
+            self.responses = ResponseCache(
+                options.get("max_tokens", 1_000_000), options.get("path"), tokenizer_fingerprint=self.tokenizer_fingerprint or ""
+            )
         if self.settings.cost_profile is not None:
             self.profile = CostProfile.load(self.settings.cost_profile, frozen=False)
         else:
@@ -220,7 +252,7 @@ class BatchProposer:
 
     def _new_drafter(self) -> Drafter:
         fallback = PromptLookupDrafter() if self.settings.fallback == "prompt_lookup" else None
-        return SamDrafter(self.static, fallback=fallback, use_tree=False)
+        return SamDrafter(self.static, fallback=fallback, responses=self.responses, use_tree=False)
 
     def _begin(self, history: np.ndarray, length: int, sampled: int) -> _RequestState:
         # The prompt is the row's text before this step's sampled tokens, so the drafter reads the
@@ -273,14 +305,23 @@ class BatchProposer:
             else:
                 # vLLM does not tell a proposer why a request left; one gone for several calls has
                 # ended (finished or aborted), and its text so far is the model's own output.
-                state.drafter.finish()
+                self._finish(state)
         self._parked = kept
+
+    def _finish(self, state: _RequestState) -> None:
+        state.drafter.finish()  # a response cache records the response here
+        if self.responses is not None:
+            self.responses_recorded += 1
+            if self.responses.path is not None and self.responses_recorded % SAVE_EVERY == 0:
+                self.responses.save()
 
     def release_all(self) -> None:
         """Drop every request state (calling each drafter's ``finish``)."""
         for state in [*self._rows.values(), *self._parked]:
-            state.drafter.finish()
+            self._finish(state)
         self._rows, self._parked = {}, []
+        if self.responses is not None and self.responses.path is not None:
+            self.responses.save()
 
     # --- one call ---------------------------------------------------------------------------------
     def propose(
@@ -426,7 +467,7 @@ class SamProposer:
         settings = SamSettings.from_additional_config(getattr(vllm_config, "additional_config", None))
         k = int(vllm_config.speculative_config.num_speculative_tokens)
         fingerprint = None
-        if settings.corpus is not None:
+        if settings.corpus is not None or settings.response_cache is not None:
             fingerprint = _model_tokenizer_fingerprint(vllm_config)
         max_model_len = getattr(vllm_config.model_config, "max_model_len", None)
         self.batch = BatchProposer(settings, k, fingerprint, max_model_len)
