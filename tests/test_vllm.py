@@ -172,6 +172,10 @@ def test_settings_refuse_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         SamSettings.from_additional_config({"sam_decoding": {"policy": 3}})
     with pytest.raises(SamConfigError, match="must be a JSON object"):
         SamSettings.from_additional_config({"sam_decoding": ["corpus.sam"]})
+    with pytest.raises(SamConfigError, match="unknown key 'size' in response_cache"):
+        SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"size": 1}}})
+    with pytest.raises(SamConfigError, match="max_tokens must be a positive integer"):
+        SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"max_tokens": "many"}}})
     assert SamSettings.from_additional_config(None) == SamSettings()
     with pytest.raises(SamConfigError, match="num_speculative_tokens"):
         _batch_proposer(k=0)
@@ -193,6 +197,23 @@ def test_corpus_drafts_for_a_matching_request(tmp_path: Path) -> None:
     batch.add(text, prompt_length=60)
     drafts = batch.propose(proposer)
     assert drafts[0] == text[61 : 61 + len(drafts[0])].tolist() and len(drafts[0]) > 0
+
+
+def test_a_finished_response_drafts_for_a_later_request() -> None:
+    settings = SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"max_tokens": 10_000}}})
+    proposer = BatchProposer(settings, K, "fp", 4096)
+    text = _repetitive_text(3, 300)  # nothing in its first 150 tokens repeats
+    batch = FakeBatch()
+    batch.add(text, prompt_length=50)
+    while batch.lengths[0] < len(text) - 1:
+        batch.verify(batch.propose(proposer))
+    batch.remove(0)
+    for _ in range(PARK_CALLS + 1):
+        batch.propose(proposer)  # no rows: the finished request's state is released and its response recorded
+    assert proposer.responses.num_responses == 1 and proposer.num_states == 0
+    batch.add(text, prompt_length=50)
+    draft = batch.propose(proposer)[0]
+    assert draft and draft == text[51 : 51 + len(draft)].tolist()
 
 
 # ---- with a real engine ----------------------------------------------------------------------
