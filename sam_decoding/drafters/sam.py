@@ -19,8 +19,10 @@ import numpy as np
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
 
+from sam_decoding.automaton import SCORED_ENOUGH_OCCURRENCES
+
 if TYPE_CHECKING:
-    from sam_decoding.automaton import ScoredDraft, StaticAutomaton
+    from sam_decoding.automaton import StaticAutomaton
     from sam_decoding.response_cache import ResponseCache
     from sam_decoding.shards import ShardedAutomaton
 
@@ -126,18 +128,20 @@ class SamDrafter(Drafter):
     def _retrieval_drafts(self, max_tokens: int) -> list[Draft]:
         """Each automaton's scored draft that has at least one node, best expected first."""
         depth = min(self.max_draft, max_tokens)
-        sources = [("dynamic", self._dynamic), ("static", self._cursor), ("responses", self._responses_cursor)]
+        chain = not self.use_tree
+        # The settings were checked once in __init__: this per-step path calls the core directly
+        # (the checked public scored_draft cost more than the search itself).
+        arguments = (depth if chain else self.tree_nodes, depth, self.min_probability, chain, self.max_orders,
+                     SCORED_ENOUGH_OCCURRENCES, self.trusted_length)
         scored: list[tuple[float, Draft]] = []
-        for source, automaton in sources:
+        for source, automaton in (("dynamic", self._dynamic), ("static", self._cursor),
+                                  ("responses", self._responses_cursor)):
             if automaton is None:
                 continue
-            draft: ScoredDraft = automaton.scored_draft(
-                self.tree_nodes if self.use_tree else depth, max_depth=depth,
-                min_probability=self.min_probability, chain=not self.use_tree, trusted_length=self.trusted_length,
-                max_orders=self.max_orders,
-            )
-            if len(draft):
-                scored.append((draft.expected_tokens, _as_draft(draft, source)))
+            tokens, parents, probabilities, _, match_length, _, expected, _ = automaton._native.scored_draft(*arguments)
+            if len(tokens):
+                draft = Draft(tokens.astype(np.int64), None if chain else parents, source, probabilities, match_length)
+                scored.append((expected, draft))
         scored.sort(key=lambda item: -item[0])
         return [draft for _, draft in scored]
 
@@ -176,11 +180,6 @@ class SamDrafter(Drafter):
         self._response = []
         if self.fallback is not None:
             self.fallback.finish()
-
-
-def _as_draft(scored: ScoredDraft, source: str) -> Draft:
-    parents = None if scored.is_chain else scored.parents
-    return Draft(scored.tokens.astype(np.int64), parents, source, scored.probabilities, scored.match_length)
 
 
 def expected_tokens(draft: Draft) -> float:
