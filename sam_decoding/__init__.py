@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from sam_decoding._core import __version__
 from sam_decoding.automaton import (
     FORMAT_VERSION,
     DraftChain,
@@ -21,6 +20,7 @@ from sam_decoding.automaton import (
     StaticCursor,
     TokenizerMismatchError,
 )
+from sam_decoding.automaton.automata import __version__
 from sam_decoding.response_cache import ResponseCache
 from sam_decoding.shards import ShardedAutomaton, ShardWriter, load_corpus
 

@@ -44,17 +44,12 @@ O(size)) and never after a failure, so a failed run does not overwrite the file.
 cannot be read (truncated, corrupted, foreign, of a newer format version, of another tokenizer)
 is refused with a one-line error and left untouched.
 
-File format (version 1, little-endian): the magic ``b"SAMRESP\\0"``, uint32 format version, uint32
-tokenizer-fingerprint length ``F``, uint64 ``max_tokens`` at saving, uint64 number of responses
-``R``, uint64 number of tokens ``T``, the fingerprint (``F`` bytes, UTF-8), ``R`` uint32 response
-lengths (oldest first), ``T`` uint32 tokens, then an 8-byte BLAKE2b digest of every byte before it.
+The file format is :mod:`sam_decoding.response_cache_file`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,25 +58,17 @@ from typing import Any, Union
 
 import numpy as np
 
-from sam_decoding import _core
 from sam_decoding.atomic_file import replacing_atomically
 from sam_decoding.automaton import (
     MAX_BUILD_TEXT_LENGTH,
-    MAX_TOKEN_ID,
-    FormatError,
     StaticAutomaton,
     TokenizerMismatchError,
     TokenSequence,
-    as_token_array,
+    checked_token_array,
 )
+from sam_decoding.response_cache_file import FORMAT_VERSION, MAGIC, read_response_cache, write_response_cache
 from sam_decoding.shards import ShardedAutomaton
 
-MAGIC = b"SAMRESP\0"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sIIQQQ")  # magic, version, fingerprint length, max_tokens, responses, tokens
-_DIGEST_BYTES = 8
-#: A tokenizer fingerprint longer than this (bytes) marks a file as damaged, not as a real tokenizer.
-MAX_FINGERPRINT_BYTES = 1 << 16
 #: The largest budget: a response of ``max_tokens`` tokens must fit one automaton build, and a
 #: segment of ``segment_tokens`` tokens with a separator per response likewise.
 MAX_TOKENS_LIMIT = MAX_BUILD_TEXT_LENGTH // 2
@@ -129,17 +116,6 @@ def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-def _as_response(tokens: TokenSequence) -> np.ndarray:
-    """One response as uint32, range-checked (raises ``TypeError``/``ValueError``); possibly the
-    caller's buffer, which the cache never keeps: a record builds from a new concatenation."""
-    array = as_token_array(tokens)
-    if array.shape[0]:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > MAX_TOKEN_ID:
-            raise ValueError(f"token ids must be in [0, 2^31-1], got {low if low < 0 else high}")
-    return array.astype(np.uint32, copy=False)
 
 
 class ResponseCache:
@@ -200,7 +176,8 @@ class ResponseCache:
         raises ``TypeError`` for non-integer ids and ``ValueError`` for another shape or an id
         outside ``[0, 2^31-1]``. Amortized O(log(segment_tokens / length)) token builds per token.
         """
-        response = _as_response(tokens)
+        # Possibly the caller's buffer, which the cache never keeps: a record builds from a new concatenation.
+        response = checked_token_array(tokens)
         if response.shape[0] == 0:
             return
         response = response[-self._max_tokens :]
@@ -248,9 +225,9 @@ class ResponseCache:
         return self._build(segment.tokens[start:].copy(), segment.ends[dropped:] - start)
 
     def _build(self, tokens: np.ndarray, ends: np.ndarray) -> _Segment:
-        # The native build directly: the tokens are already checked, contiguous uint32.
-        native = _core.StaticAutomaton.build(tokens, ends, self._fingerprint, "{}", "suffix_array")
-        return _Segment(tokens, ends, StaticAutomaton(native))
+        # The tokens are already checked, contiguous uint32.
+        automaton = StaticAutomaton.from_checked_tokens(tokens, ends, tokenizer_fingerprint=self._fingerprint)
+        return _Segment(tokens, ends, automaton)
 
     def _publish(self, segments: tuple[_Segment, ...]) -> None:
         """Replace the state (under the writer lock) with one over ``segments``."""
@@ -358,7 +335,9 @@ class ResponseCache:
         state = self._state
         with replacing_atomically(target) as temporary:
             with open(temporary, "wb") as file:
-                _write(file, state.segments, self._fingerprint, self._max_tokens)
+                lengths = [np.diff(segment.ends, prepend=0) for segment in state.segments]
+                write_response_cache(file, self._fingerprint, self._max_tokens, lengths,
+                                     [segment.tokens for segment in state.segments])
         if target == self._path:
             self._saved_version = max(self._saved_version, state.version)
 
@@ -423,79 +402,6 @@ def _shifted_ends(segments: tuple[_Segment, ...]) -> list[np.ndarray]:
         shifted.append(segment.ends + offset)
         offset += segment.num_tokens
     return shifted
-
-
-# ---- the file -------------------------------------------------------------------------------
-
-
-def _write(file: Any, segments: tuple[_Segment, ...], fingerprint: str, max_tokens: int) -> None:
-    encoded = fingerprint.encode("utf-8")
-    lengths = [np.diff(segment.ends, prepend=0).astype(np.uint32) for segment in segments]
-    responses = sum(part.shape[0] for part in lengths)
-    tokens = sum(segment.num_tokens for segment in segments)
-    digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
-    parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, len(encoded), max_tokens, responses, tokens), encoded]
-    parts += [part.astype("<u4").tobytes() for part in lengths]
-    parts += [segment.tokens.astype("<u4").tobytes() for segment in segments]
-    for part in parts:
-        digest.update(part)
-        file.write(part)
-    file.write(digest.digest())
-
-
-def read_response_cache(path: str | os.PathLike[str]) -> tuple[str, np.ndarray, np.ndarray]:
-    """The tokenizer fingerprint, response lengths (int64) and tokens (uint32) of a response cache
-    file, every field checked (the file is untrusted). Raises ``FormatError`` in one line."""
-    path = Path(path)
-
-    def bad(why: str) -> FormatError:
-        return FormatError(f"{path}: {why}; the file was left as it is")
-
-    with open(path, "rb") as file:
-        header = file.read(_HEADER.size)
-        if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
-            raise bad("not a sam-decoding response cache (wrong magic bytes)")
-        if len(header) < _HEADER.size:
-            raise bad(f"truncated ({len(header)} bytes, shorter than the {_HEADER.size}-byte header)")
-        _, version, fingerprint_bytes, _, responses, tokens = _HEADER.unpack(header)
-        if version > FORMAT_VERSION:
-            raise bad(f"response cache format version {version}, newer than this sam-decoding reads "
-                      f"({FORMAT_VERSION}); upgrade sam-decoding")
-        if version != FORMAT_VERSION:
-            raise bad(f"unknown response cache format version {version}")
-        if fingerprint_bytes > MAX_FINGERPRINT_BYTES or responses > tokens:
-            raise bad("corrupted header (impossible sizes)")
-        # Sizes are checked against the file before anything is allocated for them.
-        expected = _HEADER.size + fingerprint_bytes + 4 * responses + 4 * tokens + _DIGEST_BYTES
-        size = os.fstat(file.fileno()).st_size
-        if size != expected:
-            raise bad(f"truncated or padded ({size} bytes, the header says {expected})")
-        data = header + file.read()
-    if len(data) != expected:
-        raise bad(f"changed while being read ({len(data)} bytes, the header says {expected})")
-    body = memoryview(data)[: expected - _DIGEST_BYTES]
-    if hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() != data[-_DIGEST_BYTES:]:
-        raise bad("corrupted (checksum mismatch)")
-    return _parse_body(data, fingerprint_bytes, responses, tokens, bad)
-
-
-def _parse_body(data: bytes, fingerprint_bytes: int, responses: int, tokens: int, bad: Any) -> tuple[str, np.ndarray, np.ndarray]:
-    offset = _HEADER.size
-    try:
-        fingerprint = data[offset : offset + fingerprint_bytes].decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad("corrupted (tokenizer fingerprint is not UTF-8)") from None
-    offset += fingerprint_bytes
-    lengths = np.frombuffer(data, dtype="<u4", count=responses, offset=offset).astype(np.int64)
-    offset += 4 * responses
-    values = np.frombuffer(data, dtype="<u4", count=tokens, offset=offset).astype(np.uint32)
-    if responses and int(lengths.min()) == 0:
-        raise bad("corrupted (an empty response)")
-    if int(lengths.sum()) != tokens:
-        raise bad(f"corrupted (response lengths sum to {int(lengths.sum())}, not {tokens} tokens)")
-    if tokens and int(values.max()) > MAX_TOKEN_ID:
-        raise bad(f"corrupted (token id {int(values.max())} above 2^31-1)")
-    return fingerprint, lengths, values
 
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "ResponseCache", "read_response_cache"]

@@ -32,7 +32,6 @@ from sam_decoding.verification import (
     attention_implementation,
     build_step_inputs,
     check_tree_support,
-    limit_depth,
     validate_draft,
     walk,
 )
@@ -184,7 +183,7 @@ class SpeculativeRun:
         checked = []
         for draft in drafts:
             validate_draft(draft, self.vocab_size)
-            draft = limit_depth(draft, remaining - 1)
+            draft = draft.limit_depth(remaining - 1)
             if draft.parents is not None and not self.tree_capable:
                 check_tree_support(self.model)
             checked.append(draft)

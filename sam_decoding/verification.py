@@ -17,7 +17,7 @@ distribution ordinary decoding would give it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,44 +73,6 @@ def validate_draft(draft: Draft, vocab_size: int) -> None:
             raise ValueError(f"draft probabilities must lie in [0, 1] (source {draft.source!r})")
 
 
-def node_depths(parents: np.ndarray) -> np.ndarray:
-    """Depth of each tree node in tokens (children of the context's last token have depth 1)."""
-    depth = np.empty(len(parents), dtype=np.int64)
-    for i, parent in enumerate(parents.tolist()):
-        depth[i] = 1 if parent < 0 else depth[parent] + 1
-    return depth
-
-
-def limit_depth(draft: Draft, max_depth: int) -> Draft:
-    """``draft`` without the nodes deeper than ``max_depth`` tokens (a chain is simply cut)."""
-    if len(draft) == 0:
-        return draft
-    if draft.parents is None:
-        return draft if len(draft) <= max_depth else subset_draft(draft, np.arange(max_depth))
-    depth = node_depths(draft.parents)
-    if int(depth.max()) <= max_depth:
-        return draft
-    return subset_draft(draft, np.flatnonzero(depth <= max_depth))
-
-
-def subset_draft(draft: Draft, keep: np.ndarray) -> Draft:
-    """The draft made of the nodes ``keep`` (ascending indices, closed under parents), renumbered."""
-    probabilities = None if draft.probabilities is None else draft.probabilities[keep]
-    if draft.parents is None:
-        return replace(draft, tokens=draft.tokens[: len(keep)], probabilities=probabilities)
-    remap = np.full(len(draft), -1, dtype=np.int64)
-    remap[keep] = np.arange(len(keep))
-    kept_parents = draft.parents[keep]
-    parents = np.where(kept_parents < 0, -1, remap[np.maximum(kept_parents, 0)]).astype(np.int32)
-    return replace(draft, tokens=draft.tokens[keep], parents=parents, probabilities=probabilities)
-
-
-def is_path(draft: Draft) -> bool:
-    """Whether ``draft`` is a single path from the root: a chain, an empty draft, or a tree without branches."""
-    parents = draft.parents
-    return parents is None or bool(np.array_equal(parents, np.arange(-1, len(parents) - 1)))
-
-
 @dataclass
 class StepInputs:
     """Model inputs for one verification pass and the tree's child index.
@@ -149,7 +111,7 @@ def build_step_inputs(
     ids[0] = last_token
     ids[1:] = draft.tokens
     input_ids = torch.from_numpy(ids).to(device).unsqueeze(0)
-    if is_path(draft):
+    if draft.is_path:
         # Laid out as a chain: the model's own causal mask instead of building one of ours.
         position_ids = torch.arange(past_length, past_length + q, device=device).unsqueeze(0)
         return StepInputs(input_ids, position_ids, None, None, ids.tolist())

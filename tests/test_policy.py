@@ -13,7 +13,7 @@ import torch
 from sam_decoding.drafters import Draft, Drafter, Verified
 from sam_decoding.generation import generate
 from sam_decoding.policy import AcceptanceModel, CostAwarePolicy, CostProfile, best_subtree
-from sam_decoding.policy.acceptance import path_products
+from sam_decoding.tree_shape import path_products
 from sam_decoding.policy.cost_profile import CALIBRATION_LENGTH, Q_GRID, calibrate
 from conftest import TINY_PAD
 

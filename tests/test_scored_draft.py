@@ -16,7 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sam_decoding as sd
-from sam_decoding.automaton import SCORED_ENOUGH_OCCURRENCES, SCORED_MAX_ORDERS
+from sam_decoding.automaton import ScoredDraftOptions
+
+# Every matched suffix length the tests' small corpora have, and the search's own default cut-off.
+SCORED_MAX_ORDERS = 8
+SCORED_ENOUGH_OCCURRENCES = ScoredDraftOptions().enough_occurrences
 
 
 def _occurrences(documents: list[list[int]], pattern: list[int]) -> list[tuple[int, int]]:
@@ -162,10 +166,11 @@ def test_sharded_scored_draft_matches_one_automaton_and_brute_force(documents, c
     sharded = sd.ShardedAutomaton([sd.StaticAutomaton.build(shard) for shard in shards])
     cursor = sharded.cursor()
     cursor.feed(context)
-    draft = cursor.scored_draft(10, max_depth=4, min_probability=min_probability)
+    options = ScoredDraftOptions(min_probability=min_probability, max_orders=SCORED_MAX_ORDERS, trusted_length=0.0)
+    draft = cursor.scored_draft(10, options, max_depth=4)
     whole = sd.StaticAutomaton.build(documents).cursor()
     whole.feed(context)
-    same = whole.scored_draft(10, max_depth=4, min_probability=min_probability)
+    same = whole.scored_draft(10, options, max_depth=4)
     reference = BruteForce(documents, context[len(context) - cursor.match_length:] if cursor.match_length else [],
                            dynamic=False)
     _assert_same(draft, reference.tree(10, 4, min_probability), reference.orders)
@@ -211,18 +216,18 @@ def test_dynamic_counts_exact_in_a_long_run_of_one_token():
 def test_single_occurrence_is_worth_one_half_and_agreement_more():
     once = sd.StaticAutomaton.build([[1, 2, 3]]).cursor()
     once.feed([1, 2])
-    assert once.scored_draft(1).probabilities.tolist() == [0.5]
+    assert once.scored_draft(1, trusted_length=0.0).probabilities.tolist() == [0.5]
     agreed = sd.StaticAutomaton.build([[1, 2, 3]] * 9).cursor()
     agreed.feed([1, 2])
-    assert agreed.scored_draft(1).probabilities.tolist() == [0.9]
+    assert agreed.scored_draft(1, trusted_length=0.0).probabilities.tolist() == [0.9]
 
 
 def test_depth_ends_where_confidence_ends():
     corpus = sd.StaticAutomaton.build([[5, 6, 7, 8, 9, 10, 11, 12]])
     cursor = corpus.cursor()
     cursor.feed([5, 6])
-    assert len(cursor.scored_draft(16, min_probability=0.0)) == 6
-    shallow = cursor.scored_draft(16, min_probability=0.2)
+    assert len(cursor.scored_draft(16, min_probability=0.0, trusted_length=0.0)) == 6
+    shallow = cursor.scored_draft(16, min_probability=0.2, trusted_length=0.0)
     assert np.all(shallow.path_probabilities >= 0.2) and len(shallow) < 6
 
 
@@ -233,3 +238,22 @@ def test_bad_options_are_refused(bad):
     options = {"max_nodes": 4, **bad}
     with pytest.raises(ValueError):
         cursor.scored_draft(**options)
+
+
+@pytest.mark.parametrize("bad", [{"min_probability": float("nan")}, {"max_orders": 0}, {"trusted_length": float("nan")},
+                                 {"enough_occurrences": -1}])
+def test_options_are_checked_when_made(bad):
+    with pytest.raises(ValueError):
+        ScoredDraftOptions(**bad)
+
+
+def test_options_and_settings_give_the_same_draft_and_do_not_mix():
+    cursor = sd.StaticAutomaton.build([[1, 2, 3, 1, 2, 4]]).cursor()
+    cursor.feed([1, 2])
+    options = ScoredDraftOptions(min_probability=0.0, max_orders=2)
+    by_options = cursor.scored_draft(4, options)
+    by_settings = cursor.scored_draft(4, min_probability=0.0, max_orders=2)
+    assert by_options.tokens.tolist() == by_settings.tokens.tolist()
+    assert by_options.probabilities.tolist() == by_settings.probabilities.tolist()
+    with pytest.raises(TypeError):
+        cursor.scored_draft(4, options, max_orders=1)

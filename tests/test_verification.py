@@ -15,8 +15,6 @@ from sam_decoding.verification import (
     UnsupportedModelError,
     build_step_inputs,
     check_tree_support,
-    limit_depth,
-    node_depths,
     validate_draft,
     walk,
 )
@@ -96,12 +94,12 @@ def test_duplicate_sibling_is_never_reached() -> None:
 
 
 def test_limit_depth_drops_deep_nodes_and_remaps_parents() -> None:
-    cut = limit_depth(TREE, 2)
+    cut = TREE.limit_depth(2)
     assert cut.tokens.tolist() == [4, 5, 6, 7, 6]
     assert cut.parents.tolist() == [-1, -1, 0, 0, 1]
-    assert limit_depth(TREE, 1).tokens.tolist() == [4, 5]
-    assert limit_depth(Draft.chain([1, 2, 3], "c"), 2).tokens.tolist() == [1, 2]
-    assert node_depths(TREE.parents).tolist() == [1, 1, 2, 2, 2, 3]
+    assert TREE.limit_depth(1).tokens.tolist() == [4, 5]
+    assert Draft.chain([1, 2, 3], "c").limit_depth(2).tokens.tolist() == [1, 2]
+    assert TREE.depths.tolist() == [1, 1, 2, 2, 2, 3]
 
 
 @pytest.mark.parametrize(

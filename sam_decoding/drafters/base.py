@@ -12,17 +12,29 @@ pass, so a drafter can be arbitrarily wrong without breaking losslessness.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
 
+from sam_decoding import tree_shape
+
 _EMPTY_TOKENS = np.zeros(0, dtype=np.int64)
+
+#: Depths and ranks of recent tree shapes, by their parent arrays: template drafters (Token
+#: Recycling, heads) propose the same shape every step. Cleared when full; the arrays are read-only.
+_SHAPES: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+_MAX_SHAPES = 256
 
 
 @dataclass(frozen=True)
 class Draft:
     """Proposed continuation of the context: a chain or a tree of tokens.
+
+    A draft owns its geometry: :attr:`depths`, :attr:`ranks` and :attr:`path_probabilities` are
+    computed once per draft (and once per tree shape), and :meth:`subset`, :meth:`limit_depth` and
+    :meth:`first_path` cut it; callers use these rather than walking ``parents`` themselves.
 
     Attributes:
         tokens: int64 array ``[k]`` of proposed token ids.
@@ -68,6 +80,81 @@ class Draft:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    # ---- geometry (computed once, cached on the draft) -------------------------------------
+
+    @property
+    def is_path(self) -> bool:
+        """Whether the draft is a single path from the root: a chain, an empty draft, or a tree without branches."""
+        return tree_shape.is_single_path(self.parents)
+
+    @cached_property
+    def _shape(self) -> tuple[np.ndarray, np.ndarray]:
+        k = len(self)
+        if self.parents is None:
+            depth, rank = np.arange(1, k + 1, dtype=np.int64), np.zeros(k, dtype=np.int64)
+            depth.setflags(write=False)
+            rank.setflags(write=False)
+            return depth, rank
+        key = self.parents.astype(np.int32, copy=False).tobytes()
+        shape = _SHAPES.get(key)
+        if shape is None:
+            if len(_SHAPES) >= _MAX_SHAPES:
+                _SHAPES.clear()
+            shape = _SHAPES[key] = tree_shape.depths_and_ranks(self.parents)
+        return shape
+
+    @property
+    def depths(self) -> np.ndarray:
+        """int64 ``[k]`` (read-only): each node's depth in tokens (1 for children of the context's last token)."""
+        return self._shape[0]
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """int64 ``[k]`` (read-only): each node's rank among its earlier siblings (0: a first child)."""
+        return self._shape[1]
+
+    def path_products(self, values: np.ndarray) -> np.ndarray:
+        """float64 ``[k]``: the product of per-node ``values`` (e.g. acceptance estimates) from the root down to each node."""
+        return tree_shape.path_products(values, self.parents)
+
+    @cached_property
+    def path_probabilities(self) -> np.ndarray | None:
+        """float64 ``[k]``: the product of :attr:`probabilities` along each node's path (``None`` without estimates)."""
+        return None if self.probabilities is None else self.path_products(self.probabilities)
+
+    @property
+    def expected_tokens(self) -> float:
+        """Expected accepted tokens by the draft's own estimates: the sum of its path probabilities (0 without estimates)."""
+        path = self.path_probabilities
+        return 0.0 if path is None or len(path) == 0 else float(path.sum())
+
+    def subset(self, keep: np.ndarray) -> Draft:
+        """The draft made of the nodes ``keep`` (ascending indices, closed under parents), renumbered."""
+        probabilities = None if self.probabilities is None else self.probabilities[keep]
+        if self.parents is None:
+            return replace(self, tokens=self.tokens[: len(keep)], probabilities=probabilities)
+        parents = tree_shape.renumbered_parents(self.parents, keep)
+        return replace(self, tokens=self.tokens[keep], parents=parents, probabilities=probabilities)
+
+    def limit_depth(self, max_depth: int) -> Draft:
+        """The draft without its nodes deeper than ``max_depth`` tokens (a chain is simply cut)."""
+        if len(self) == 0:
+            return self
+        if self.parents is None:
+            return self if len(self) <= max_depth else self.subset(np.arange(max_depth))
+        depth = self.depths
+        if int(depth.max()) <= max_depth:
+            return self
+        return self.subset(np.flatnonzero(depth <= max_depth))
+
+    def first_path(self, max_tokens: int) -> Draft:
+        """The draft's first root-to-leaf path (each node's first child), as a chain of at most ``max_tokens`` tokens."""
+        if self.parents is None:
+            return self if len(self) <= max_tokens else self.subset(np.arange(max_tokens))
+        index = tree_shape.first_path(self.parents, max_tokens)
+        probabilities = None if self.probabilities is None else self.probabilities[index]
+        return Draft(self.tokens[index], None, self.source, probabilities, self.match_length)
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,10 @@ class HeadsDrafter(Drafter):
         return best_first_tree(tokens, probabilities, self.widths[:depth], self.max_nodes, self.min_probability)
 
     def _chain(self, tokens: np.ndarray, probabilities: np.ndarray) -> Draft:
-        path = np.cumprod(probabilities)
-        keep = int(np.count_nonzero(path >= self.min_probability)) if self.min_probability > 0 else len(tokens)
-        return Draft.chain(tokens[:keep], SOURCE, probabilities[:keep])
+        draft = Draft.chain(tokens, SOURCE, probabilities)
+        if self.min_probability <= 0:
+            return draft
+        return draft.subset(np.arange(int(np.count_nonzero(draft.path_probabilities >= self.min_probability))))
 
 
 def best_first_tree(

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sam_decoding.automaton import ScoredDraftOptions
 from sam_decoding.drafters.base import Draft, Drafter, Verified
-
-from sam_decoding.automaton import SCORED_ENOUGH_OCCURRENCES
 
 if TYPE_CHECKING:
     from sam_decoding.automaton import StaticAutomaton
@@ -30,12 +29,13 @@ if TYPE_CHECKING:
 # path probability and the cost-aware policy, not a size cap, decide how much is verified.
 DEFAULT_MAX_DRAFT = 40
 DEFAULT_TREE_NODES = 64
+_SCORED_DEFAULTS = ScoredDraftOptions()
 #: Nodes whose estimated chance of acceptance (along their whole path) is below this are not drafted.
-DEFAULT_MIN_PROBABILITY = 0.1
+DEFAULT_MIN_PROBABILITY = _SCORED_DEFAULTS.min_probability
 #: Contexts longer than this many tokens trust their counts more (see :class:`~sam_decoding.ScoredDraft`).
-DEFAULT_TRUSTED_LENGTH = 2.0
+DEFAULT_TRUSTED_LENGTH = _SCORED_DEFAULTS.trusted_length
 #: How many matched suffix lengths, longest first, are blended into each estimate.
-DEFAULT_MAX_ORDERS = 1
+DEFAULT_MAX_ORDERS = _SCORED_DEFAULTS.max_orders
 
 
 class SamDrafter(Drafter):
@@ -79,10 +79,9 @@ class SamDrafter(Drafter):
 
         if max_draft < 1 or tree_nodes < 1 or max_orders < 1:
             raise ValueError("max_draft, tree_nodes and max_orders must be positive")
-        if not 0.0 <= min_probability <= 1.0:
-            raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
-        if not trusted_length >= 0.0:
-            raise ValueError(f"trusted_length must be >= 0, got {trusted_length}")
+        # Checked once here; every step passes them to the search as they are.
+        self.scored_options = ScoredDraftOptions(min_probability=min_probability, chain=not use_tree,
+                                                 max_orders=max_orders, trusted_length=trusted_length)
         if fallback is not None and not isinstance(fallback, Drafter):
             raise TypeError(f"fallback must be a sam_decoding Drafter, got {type(fallback).__name__}")
         if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
@@ -99,9 +98,9 @@ class SamDrafter(Drafter):
         self.max_draft = max_draft
         self.use_tree = use_tree
         self.tree_nodes = tree_nodes
-        self.min_probability = float(min_probability)
-        self.trusted_length = float(trusted_length)
-        self.max_orders = int(max_orders)
+        self.min_probability = self.scored_options.min_probability
+        self.trusted_length = self.scored_options.trusted_length
+        self.max_orders = self.scored_options.max_orders
         self._cursor = static.cursor() if static is not None else None
         self._responses_cursor: Any = None
         self._response: list[np.ndarray] = []
@@ -128,20 +127,19 @@ class SamDrafter(Drafter):
     def _retrieval_drafts(self, max_tokens: int) -> list[Draft]:
         """Each automaton's scored draft that has at least one node, best expected first."""
         depth = min(self.max_draft, max_tokens)
-        chain = not self.use_tree
-        # The settings were checked once in __init__: this per-step path calls the core directly
-        # (the checked public scored_draft cost more than the search itself).
-        arguments = (depth if chain else self.tree_nodes, depth, self.min_probability, chain, self.max_orders,
-                     SCORED_ENOUGH_OCCURRENCES, self.trusted_length)
+        options = self.scored_options
+        chain = options.chain
+        nodes = depth if chain else self.tree_nodes
         scored: list[tuple[float, Draft]] = []
         for source, automaton in (("dynamic", self._dynamic), ("static", self._cursor),
                                   ("responses", self._responses_cursor)):
             if automaton is None:
                 continue
-            tokens, parents, probabilities, _, match_length, _, expected, _ = automaton._native.scored_draft(*arguments)
-            if len(tokens):
-                draft = Draft(tokens.astype(np.int64), None if chain else parents, source, probabilities, match_length)
-                scored.append((expected, draft))
+            found = automaton.scored_draft(nodes, options, max_depth=depth)
+            if len(found):
+                draft = Draft(found.tokens.astype(np.int64), None if chain else found.parents, source,
+                              found.probabilities, found.match_length)
+                scored.append((found.expected_tokens, draft))
         scored.sort(key=lambda item: -item[0])
         return [draft for _, draft in scored]
 
@@ -153,7 +151,7 @@ class SamDrafter(Drafter):
         if not retrieved:
             return fallback
         # A fallback without estimates cannot be weighed: it drafts only where retrieval has nothing.
-        if fallback.probabilities is not None and expected_tokens(fallback) > expected_tokens(retrieved[0]):
+        if fallback.probabilities is not None and fallback.expected_tokens > retrieved[0].expected_tokens:
             return fallback
         return retrieved[0]
 
@@ -181,14 +179,3 @@ class SamDrafter(Drafter):
         if self.fallback is not None:
             self.fallback.finish()
 
-
-def expected_tokens(draft: Draft) -> float:
-    """Expected accepted tokens of a draft with per-node estimates: the sum of its path probabilities."""
-    if draft.probabilities is None or len(draft) == 0:
-        return 0.0
-    if draft.parents is None:
-        return float(np.cumprod(draft.probabilities).sum())
-    path = np.empty(len(draft), dtype=np.float64)
-    for index, parent in enumerate(draft.parents.tolist()):
-        path[index] = draft.probabilities[index] * (path[parent] if parent >= 0 else 1.0)
-    return float(path.sum())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
+from sam_decoding.tree_shape import depths_and_ranks
 
 # Prior weight of the rank-r entry of a table row being the right next token; only the ordering
 # of products of these matters, so they shape the template (more width near the root, long
@@ -63,11 +64,9 @@ class TreeTemplate:
     def __init__(self, parents: np.ndarray, ranks: np.ndarray) -> None:
         self.parents = np.asarray(parents, dtype=np.int32)
         self.ranks = np.asarray(ranks, dtype=np.int32)
-        depth = np.zeros(len(self.parents), dtype=np.int32)
-        for i, parent in enumerate(self.parents):
-            if parent >= i:
-                raise ValueError("template parents must precede their children")
-            depth[i] = 1 if parent < 0 else depth[parent] + 1
+        if np.any(self.parents >= np.arange(len(self.parents))):
+            raise ValueError("template parents must precede their children")
+        depth = depths_and_ranks(self.parents)[0].astype(np.int32)
         if np.any(np.diff(depth) < 0):
             raise ValueError("template nodes must be ordered by depth")
         self.depth = depth
@@ -162,12 +161,8 @@ class TokenRecyclingDrafter(Drafter):
         if np.all(draft_tokens >= 0):
             return Draft(draft_tokens.copy(), parents.copy(), "token_recycling", probabilities)
         # Rows filled only partially (never after a full update) or unknown tokens: compact.
-        keep = np.flatnonzero(draft_tokens >= 0)
-        remap = np.full(node_count, -1, dtype=np.int32)
-        remap[keep] = np.arange(len(keep), dtype=np.int32)
-        kept_parents = parents[keep]
-        new_parents = np.where(kept_parents < 0, -1, remap[np.maximum(kept_parents, 0)]).astype(np.int32)
-        return Draft(draft_tokens[keep].copy(), new_parents, "token_recycling", probabilities[keep])
+        draft = Draft(draft_tokens.copy(), parents, "token_recycling", probabilities)
+        return draft.subset(np.flatnonzero(draft_tokens >= 0))
 
     def accept(self, tokens: np.ndarray, verified: Verified | None) -> None:
         self._last_token = int(tokens[-1])

@@ -79,40 +79,6 @@ class NodeEstimates:
         )
 
 
-#: Shapes of recent tree drafts, by their parent arrays: template drafters (Token Recycling, heads)
-#: propose the same shape every step. Cleared when full; the arrays are read-only.
-_SHAPES: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-_MAX_SHAPES = 256
-
-
-def tree_shape(draft: Draft) -> tuple[np.ndarray, np.ndarray]:
-    """Depth (1 for children of the context's last token) and rank among earlier siblings of every node."""
-    k = len(draft)
-    if draft.parents is None:
-        return np.arange(1, k + 1, dtype=np.int64), np.zeros(k, dtype=np.int64)
-    key = draft.parents.astype(np.int32, copy=False).tobytes()
-    shape = _SHAPES.get(key)
-    if shape is None:
-        if len(_SHAPES) >= _MAX_SHAPES:
-            _SHAPES.clear()
-        shape = _SHAPES[key] = _tree_shape(draft.parents)
-    return shape
-
-
-def _tree_shape(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    k = len(parents)
-    depth = np.empty(k, dtype=np.int64)
-    rank = np.empty(k, dtype=np.int64)
-    children_seen: dict[int, int] = {}
-    for node, parent in enumerate(parents.tolist()):
-        depth[node] = 1 if parent < 0 else depth[parent] + 1
-        rank[node] = children_seen.get(parent, 0)
-        children_seen[parent] = rank[node] + 1
-    depth.setflags(write=False)
-    rank.setflags(write=False)
-    return depth, rank
-
-
 def default_prior(depth: np.ndarray, rank: np.ndarray, match_length: int) -> np.ndarray:
     """Acceptance prior of nodes whose drafter gave no estimate (see the module constants)."""
     if match_length > 0:
@@ -120,16 +86,6 @@ def default_prior(depth: np.ndarray, rank: np.ndarray, match_length: int) -> np.
     else:
         first = FIRST_CHILD_PRIOR * DEPTH_DECAY ** (depth - 1)
     return np.where(rank == 0, first, SIBLING_PRIOR / rank.clip(1))
-
-
-def path_products(probabilities: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
-    """Products of ``probabilities`` from the root down to each node."""
-    if parents is None:
-        return np.cumprod(probabilities)
-    products = np.empty_like(probabilities)
-    for node, parent in enumerate(parents.tolist()):
-        products[node] = probabilities[node] * (products[parent] if parent >= 0 else 1.0)
-    return products
 
 
 class AcceptanceModel:
@@ -159,7 +115,7 @@ class AcceptanceModel:
 
     def estimate(self, draft: Draft) -> NodeEstimates:
         """Calibrated acceptance estimates for every node of ``draft``."""
-        depth, rank = tree_shape(draft)
+        depth, rank = draft.depths, draft.ranks
         if draft.probabilities is not None:
             prior = np.clip(draft.probabilities.astype(np.float64), 0.0, _MAX_PROBABILITY)
             prior_bin = np.minimum((prior * 10).astype(np.int64), 9)
@@ -174,7 +130,7 @@ class AcceptanceModel:
         correction = (self.coarse_accepted[coarse] + k) / (self.coarse_predicted[coarse] + k)
         coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
         probabilities = (self.accepted[cells] + k * coarse_probability) / (self.judged[cells] + k)
-        return NodeEstimates(probabilities, path_products(probabilities, draft.parents), prior, coarse, cells, depth)
+        return NodeEstimates(probabilities, draft.path_products(probabilities), prior, coarse, cells, depth)
 
     def learn(self, estimates: NodeEstimates, judged: np.ndarray, accepted: np.ndarray) -> None:
         """Record the outcome of verified nodes: ``judged`` (parent accepted) and ``accepted`` (bool ``[k]`` each)."""

@@ -16,7 +16,6 @@ from sam_decoding.policy.acceptance import AcceptanceModel, NodeEstimates
 from sam_decoding.policy.cost_profile import CostProfile, calibrate, hardware_key
 from sam_decoding.policy.hindsight import Hindsight
 from sam_decoding.policy.selection import best_subtree
-from sam_decoding.verification import subset_draft
 
 #: Largest number of draft nodes one step may verify.
 DEFAULT_MAX_NODES = 256
@@ -117,7 +116,7 @@ class CostAwarePolicy:
         if len(keep) == len(draft):
             kept, kept_estimates = draft, estimates
         else:
-            kept, kept_estimates = subset_draft(draft, keep), estimates.subset(keep)
+            kept, kept_estimates = draft.subset(keep), estimates.subset(keep)
         return Plan(kept, kept_estimates, choice.expected_accepted, choice.expected_rate, draft, estimates, keep)
 
     def choose(self, candidates: list[Draft], context_length: int, draft_seconds: float) -> Plan:

@@ -1,27 +1,44 @@
-"""Suffix automata: the static one over a corpus (built offline, memory-mapped from a file) and
-the dynamic one over the live sequence.
+"""The typed face of the native core, and its only gateway: the one module that imports ``_core``.
 
-Both answer, in amortized O(1) per token, "what is the longest suffix of the text so far that
-occurs in the indexed text, and which tokens followed it there?" -- the retrieval step of
-SAM-Decoding's drafter.
+:class:`StaticAutomaton` (a corpus, built offline, memory-mapped from a file), :class:`StaticCursor`
+(a position in one, or in several shards at once) and :class:`DynamicAutomaton` (the live sequence)
+hold the native handles. Both kinds answer, in amortized O(1) per token, "what is the longest
+suffix of the text so far that occurs in the indexed text, and which tokens followed it there?" --
+the retrieval step of SAM-Decoding's drafter. Other modules build and step automata through these
+classes (:meth:`StaticAutomaton.from_checked_tokens`, :meth:`StaticCursor.over_shards`), never
+through ``_core``; a native batch component reaches the handles with :func:`native_automata`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any
 
 import numpy as np
 
 from sam_decoding import _core
 from sam_decoding.atomic_file import replacing_atomically
+from sam_decoding.automaton.results import DraftChain, DraftTree, ScoredDraft, ScoredDraftOptions
+from sam_decoding.automaton.tokens import (
+    MAX_TOKEN_ID,
+    PathLike,
+    TokenSequence,
+    as_token_array,
+    check_count,
+    check_token,
+    checked_token_array,
+)
 
+#: The compiled extension itself, for a native component built beside this one (e.g. a batch
+#: drafter) that must construct its own ``_core`` objects; everything else goes through the classes.
+_native_core = _core
+
+__version__: str = _core.__version__
 FORMAT_VERSION: int = _core.FORMAT_VERSION
-MAX_TOKEN_ID: int = _core.MAX_TOKEN
+if _core.MAX_TOKEN != MAX_TOKEN_ID:  # the Python range check must be the core's
+    raise ImportError(f"sam_decoding._core takes token ids up to {_core.MAX_TOKEN}, the package checks {MAX_TOKEN_ID}")
 #: Most tokens plus document separators one automaton (one shard) is built over: below it every
 #: state id and transition offset fits 32 bits. Larger corpora are split into shards.
 MAX_BUILD_TEXT_LENGTH: int = _core.MAX_BUILD_TEXT_LENGTH
@@ -30,177 +47,22 @@ FormatError = _core.FormatError
 FormatError.__doc__ = "An automaton file is truncated, corrupted, foreign or of a newer format version."
 FormatError.__module__ = "sam_decoding"
 
-TokenSequence = Union[Sequence[int], np.ndarray]
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 class TokenizerMismatchError(ValueError):
     """A corpus automaton was built with a different tokenizer than the model's."""
 
 
-def as_token_array(tokens: TokenSequence | int) -> np.ndarray:
-    """``tokens`` as a 1-D integer NumPy array (no copy for int32/uint32/int64 arrays).
-
-    Raises ``TypeError`` for non-integer input and ``ValueError`` for other shapes; the native
-    layer checks that every id lies in ``[0, 2**31 - 1]``.
-    """
-    if isinstance(tokens, np.ndarray):
-        array = tokens
-    else:
-        if isinstance(tokens, (str, bytes)):
-            raise TypeError("token ids must be integers, got a string")
-        if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # a torch tensor
-            array = tokens.detach().cpu().numpy()
-        else:
-            array = np.asarray(tokens)
-            if array.size == 0:
-                array = np.zeros(0, dtype=np.int64)
-    if array.dtype == np.bool_ or array.dtype.kind not in "iu":
-        if array.dtype.kind == "O":
-            raise TypeError("token ids must be integers; got values too large or of mixed types")
-        raise TypeError(f"token ids must be integers, got dtype {array.dtype}")
-    if array.ndim != 1:
-        raise ValueError(f"token ids must be a 1-D sequence, got shape {array.shape}")
-    return array
-
-
-@dataclass(frozen=True)
-class DraftTree:
-    """Frequency-ranked continuations of the current match, as a tree of ``len(self)`` nodes.
-
-    Node ``i`` is token ``tokens[i]`` (int32) following node ``parents[i]`` (int32; ``-1``:
-    following the matched context); ``parents[i] < i``. ``counts[i]`` (int64) is the number of
-    corpus occurrences of the matched context followed by the path to node ``i``.
-    ``probabilities[i]`` (float64) is ``counts[i]`` over the same count of its parent (of the
-    context for ``parents[i] == -1``): the corpus frequency of the node's token after its
-    parent's path, an estimate of the chance that a model accepts node ``i`` given that it
-    accepted its parent. :meth:`path_probabilities` gives the chance of the whole path.
-    """
-
-    tokens: np.ndarray
-    parents: np.ndarray
-    probabilities: np.ndarray
-    counts: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.tokens.shape[0])
-
-    def depths(self) -> np.ndarray:
-        """Depth of each node (1 for children of the context)."""
-        depth = np.zeros(len(self), dtype=np.int32)
-        for index, parent in enumerate(self.parents.tolist()):
-            depth[index] = 1 if parent < 0 else depth[parent] + 1
-        return depth
-
-    def path_probabilities(self) -> np.ndarray:
-        """float64 ``[len(self)]``: the product of ``probabilities`` from the context down to each
-        node, i.e. node ``i``'s path count over the context's count."""
-        path = np.empty(len(self), dtype=np.float64)
-        for index, parent in enumerate(self.parents.tolist()):
-            path[index] = self.probabilities[index] * (path[parent] if parent >= 0 else 1.0)
-        return path
-
-
-class DraftChain(NamedTuple):
-    """A chain draft with its corpus counts; unpacks as ``tokens, counts, state_counts``.
-
-    ``tokens`` (int32 ``[k]``) continue the matched context. ``counts[i]`` (int64) is the number
-    of corpus occurrences of the context followed by ``tokens[:i + 1]``, and ``state_counts[i]``
-    that of the context followed by ``tokens[:i]`` (the context alone for ``i == 0``).
-    """
-
-    tokens: np.ndarray
-    counts: np.ndarray
-    state_counts: np.ndarray
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """float64 ``[k]``: ``counts / state_counts``, the corpus frequency of each token after
-        the tokens before it (an estimate of its acceptance given the previous ones). A path that
-        occurs once is followed along its text with probability 1.0 at each step."""
-        return self.counts / np.maximum(self.state_counts, 1).astype(np.float64)
-
-    def __len__(self) -> int:
-        return int(self.tokens.shape[0])
-
-
-@dataclass(frozen=True)
-class ScoredDraft:
-    """Continuations of the context scored across every matched suffix length, best first.
-
-    The estimate of node ``i`` blends, by Witten-Bell interpolation, what followed each of the
-    context's matched suffixes (the longest, then each shorter one whose occurrences differ) and the
-    path to the node: per suffix, ``n`` occurrences continued by some token, ``c`` of them by this
-    one, ``u`` distinct tokens, and ``p = (c + u * p_shorter) / (n + u)`` from the shortest suffix up.
-    A continuation seen once is worth 1/2, one seen ``n`` times out of ``n``, ``n / (n + 1)``. With
-    ``trusted_length`` > 0, a context (matched suffix plus the path above the node) of ``L`` tokens
-    longer than that weighs ``u`` by ``trusted_length / L``: a long match seen once is rarely chance.
-
-    Attributes:
-        tokens: int32 ``[k]``; ``parents``: int32 ``[k]`` (``-1``: follows the context; ``parents[i] < i``).
-        probabilities: float64 ``[k]``: estimated P(node accepted | parent accepted).
-        path_probabilities: float64 ``[k]``: their product from the context; never increases along the array.
-        match_length: Longest matched suffix blended, in tokens (0: nothing matched).
-        num_orders: How many matched suffix lengths were blended at the root.
-        expected_tokens: Sum of ``path_probabilities``: the expected number of accepted tokens.
-        transitions_scanned: Automaton transitions the search read.
-    """
-
-    tokens: np.ndarray
-    parents: np.ndarray
-    probabilities: np.ndarray
-    path_probabilities: np.ndarray
-    match_length: int
-    num_orders: int
-    expected_tokens: float
-    transitions_scanned: int
-
-    def __len__(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def is_chain(self) -> bool:
-        """Whether every node continues the one before it."""
-        return bool(np.array_equal(self.parents, np.arange(-1, len(self) - 1, dtype=np.int32)))
-
-
-#: Defaults of scored drafts (see :meth:`StaticCursor.scored_draft`).
-SCORED_MAX_ORDERS = 8
-SCORED_ENOUGH_OCCURRENCES = 64
-SCORED_TRUSTED_LENGTH = 0.0
-
-
-def _scored(native_call: Any, max_nodes: int, max_depth: int | None, min_probability: float, chain: bool,
-            max_orders: int, enough_occurrences: int, trusted_length: float) -> ScoredDraft:
-    max_nodes = _check_count("max_nodes", max_nodes)
-    depth = max_nodes if max_depth is None else _check_count("max_depth", max_depth)
-    probability = float(min_probability)
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
-    orders = _check_count("max_orders", max_orders)
-    if orders < 1:
-        raise ValueError("max_orders must be >= 1")
-    trusted = float(trusted_length)
-    if not trusted >= 0.0:
-        raise ValueError(f"trusted_length must be >= 0, got {trusted_length}")
-    fields = native_call(max_nodes, depth, probability, bool(chain), orders,
-                         _check_count("enough_occurrences", enough_occurrences), trusted)
-    return ScoredDraft(*fields)
-
-
-def _check_token(token: int) -> int:
-    token = int(token)
-    if not 0 <= token <= MAX_TOKEN_ID:
-        raise ValueError(f"token ids must be in [0, 2^31-1], got {token}")
-    return token
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+def _scored(search: Any, max_nodes: int, options: ScoredDraftOptions | None, max_depth: int | None,
+            settings: dict[str, Any]) -> ScoredDraft:
+    """One scored search: ``options`` as given (checked when they were made), or made from ``settings``."""
+    if options is None:
+        options = ScoredDraftOptions(**settings)
+    elif settings or not isinstance(options, ScoredDraftOptions):
+        raise TypeError("pass a ScoredDraftOptions or keyword settings, not both")
+    max_nodes = check_count("max_nodes", max_nodes)
+    depth = max_nodes if max_depth is None else check_count("max_depth", max_depth)
+    return ScoredDraft(*search(max_nodes, depth, options.min_probability, options.chain, options.max_orders,
+                               options.enough_occurrences, options.trusted_length))
 
 
 class StaticCursor:
@@ -217,7 +79,7 @@ class StaticCursor:
     def feed(self, tokens: TokenSequence | int) -> int:
         """Append tokens to the stream (amortized O(1) each); returns the new match length in tokens."""
         if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
-            return self._native.feed_one(_check_token(tokens))
+            return self._native.feed_one(check_token(tokens))
         return self._native.feed(as_token_array(tokens))
 
     @property
@@ -233,12 +95,12 @@ class StaticCursor:
         occurs once, the text after that occurrence. A draft never crosses a document end. When every occurrence of the match ends a
         document, a shorter suffix with a continuation is used; empty only if none has one.
         """
-        return self._native.draft(_check_count("n", n))
+        return self._native.draft(check_count("n", n))
 
     def draft_with_counts(self, n: int) -> DraftChain:
         """The chain :meth:`draft` returns, with the corpus counts behind each step (see
         :class:`DraftChain`; its ``probabilities`` are per-token acceptance estimates)."""
-        return DraftChain(*self._native.draft_with_counts(_check_count("n", n)))
+        return DraftChain(*self._native.draft_with_counts(check_count("n", n)))
 
     def draft_tree(self, max_nodes: int, *, max_depth: int | None = None) -> DraftTree:
         """The ``max_nodes`` most frequent continuation paths of the match, best first.
@@ -247,24 +109,17 @@ class StaticCursor:
         transitions: a node whose continuations would exceed that budget stays a leaf, which
         bounds the call to a few milliseconds even at states with thousands of continuations.
         """
-        max_nodes = _check_count("max_nodes", max_nodes)
-        depth = max_nodes if max_depth is None else _check_count("max_depth", max_depth)
+        max_nodes = check_count("max_nodes", max_nodes)
+        depth = max_nodes if max_depth is None else check_count("max_depth", max_depth)
         tokens, parents, probabilities, counts = self._native.draft_tree(max_nodes, depth)
         return DraftTree(tokens, parents, probabilities, counts)
 
-    def scored_draft(
-        self,
-        max_nodes: int,
-        *,
-        max_depth: int | None = None,
-        min_probability: float = 0.0,
-        chain: bool = False,
-        max_orders: int = SCORED_MAX_ORDERS,
-        enough_occurrences: int = SCORED_ENOUGH_OCCURRENCES,
-        trusted_length: float = SCORED_TRUSTED_LENGTH,
-    ) -> ScoredDraft:
+    def scored_draft(self, max_nodes: int, options: ScoredDraftOptions | None = None, *,
+                     max_depth: int | None = None, **settings: Any) -> ScoredDraft:
         """The ``max_nodes`` most probable continuation nodes, blending every matched suffix length.
 
+        ``options`` (a :class:`ScoredDraftOptions`, checked when made: a drafter makes one and
+        passes it every step), or its fields as keyword ``settings`` (the rest at their defaults).
         Matched suffixes are taken longest first, skipping those nothing continues, up to
         ``max_orders``, and none shorter once one has occurred ``enough_occurrences`` times (counts
         summed over shards). Nodes whose path probability is below ``min_probability`` are left out,
@@ -272,8 +127,13 @@ class StaticCursor:
         ``max_depth`` deep (default: ``max_nodes``); reads at most 32,768 transitions. Releases the GIL.
         See :class:`ScoredDraft` for the estimate.
         """
-        return _scored(self._native.scored_draft, max_nodes, max_depth, min_probability, chain, max_orders,
-                       enough_occurrences, trusted_length)
+        return _scored(self._native.scored_draft, max_nodes, options, max_depth, settings)
+
+    @classmethod
+    def over_shards(cls, shards: Sequence[StaticAutomaton]) -> StaticCursor:
+        """A cursor with an empty stream over several automata used as one: the longest match
+        across them, and at equal length their continuation counts summed."""
+        return cls(_core.ShardedCursor([shard._native for shard in shards]))
 
     def copy(self) -> StaticCursor:
         """An independent cursor at the same position."""
@@ -330,11 +190,28 @@ class StaticAutomaton:
                 f"corpus too large for one automaton: {text_length:,} tokens and document separators, "
                 f"at most {MAX_BUILD_TEXT_LENGTH:,}; split it into shards (sam_decoding.ShardedAutomaton)"
             )
-        tokens = _concatenate_as_uint32(arrays)
+        tokens = np.empty(int(ends[-1]), dtype=np.uint32)
+        for array, end in zip(arrays, ends.tolist()):
+            tokens[end - array.shape[0] : end] = checked_token_array(array)
+        return cls.from_checked_tokens(tokens, ends, tokenizer_fingerprint=str(tokenizer_fingerprint),
+                                       metadata=metadata, construction=str(construction))
+
+    @classmethod
+    def from_checked_tokens(
+        cls,
+        tokens: np.ndarray,
+        ends: np.ndarray,
+        *,
+        tokenizer_fingerprint: str = "",
+        metadata: dict[str, Any] | None = None,
+        construction: str = "suffix_array",
+    ) -> StaticAutomaton:
+        """Build over documents laid back to back: ``tokens`` (uint32, already range-checked, e.g.
+        by :func:`~sam_decoding.automaton.tokens.checked_token_array`; may be a memory map) and
+        ``ends`` (int64 cumulative end offsets, one per document). The native build checks the
+        sizes again; releases the GIL."""
         metadata_json = json.dumps(metadata or {}, sort_keys=True)
-        native = _core.StaticAutomaton.build(tokens, ends, str(tokenizer_fingerprint), metadata_json,
-                                              str(construction))
-        return cls(native)
+        return cls(_core.StaticAutomaton.build(tokens, ends, tokenizer_fingerprint, metadata_json, construction))
 
     @classmethod
     def load(cls, path: PathLike, *, verify: bool = False) -> StaticAutomaton:
@@ -457,7 +334,7 @@ class DynamicAutomaton:
     def extend(self, tokens: TokenSequence | int) -> None:
         """Append tokens (amortized O(1) each)."""
         if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
-            self._native.extend_one(_check_token(tokens))
+            self._native.extend_one(check_token(tokens))
         else:
             self._native.extend(as_token_array(tokens))
 
@@ -468,23 +345,13 @@ class DynamicAutomaton:
 
     def draft(self, n: int) -> np.ndarray:
         """Up to ``n`` tokens (int32) that followed the first earlier occurrence of that suffix."""
-        return self._native.draft(_check_count("n", n))
+        return self._native.draft(check_count("n", n))
 
-    def scored_draft(
-        self,
-        max_nodes: int,
-        *,
-        max_depth: int | None = None,
-        min_probability: float = 0.0,
-        chain: bool = False,
-        max_orders: int = SCORED_MAX_ORDERS,
-        enough_occurrences: int = SCORED_ENOUGH_OCCURRENCES,
-        trusted_length: float = SCORED_TRUSTED_LENGTH,
-    ) -> ScoredDraft:
+    def scored_draft(self, max_nodes: int, options: ScoredDraftOptions | None = None, *,
+                     max_depth: int | None = None, **settings: Any) -> ScoredDraft:
         """As :meth:`StaticCursor.scored_draft`, over every suffix of the text that also ended earlier
         (the text's last position, which nothing follows yet, is not an occurrence that continues)."""
-        return _scored(self._native.scored_draft, max_nodes, max_depth, min_probability, chain, max_orders,
-                       enough_occurrences, trusted_length)
+        return _scored(self._native.scored_draft, max_nodes, options, max_depth, settings)
 
     def occurrences(self, tokens: TokenSequence) -> int:
         """How many times ``tokens`` occurs in the text (end positions; the text's length for no tokens)."""
@@ -518,18 +385,14 @@ class DynamicAutomaton:
         return f"DynamicAutomaton(num_tokens={self.num_tokens}, num_states={self.num_states})"
 
 
-def _concatenate_as_uint32(arrays: list[np.ndarray]) -> np.ndarray:
-    """All documents back to back, range-checked, as one uint32 array for the native build."""
-    total = sum(array.shape[0] for array in arrays)
-    tokens = np.empty(total, dtype=np.uint32)
-    offset = 0
-    for array in arrays:
-        if array.shape[0] == 0:
-            continue
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > MAX_TOKEN_ID:
-            bad = low if low < 0 else high
-            raise ValueError(f"token ids must be in [0, 2^31-1], got {bad}")
-        tokens[offset : offset + array.shape[0]] = array
-        offset += array.shape[0]
-    return tokens
+
+def native_automata(corpus: Any) -> list[Any]:
+    """The native ``_core.StaticAutomaton`` handles behind a corpus: one for a
+    :class:`StaticAutomaton`, one per shard for a sharded corpus or response-cache snapshot (any
+    object with a ``shards`` attribute). For native components that take the handles directly."""
+    shards = getattr(corpus, "shards", None)
+    automata = shards if shards is not None else (corpus,)
+    for automaton in automata:
+        if not isinstance(automaton, StaticAutomaton):
+            raise TypeError(f"expected a StaticAutomaton or a sharded corpus, got {type(automaton).__name__}")
+    return [automaton._native for automaton in automata]
