@@ -1,21 +1,22 @@
-"""The decoding methods a benchmark compares, each behind one small interface.
-
-All are greedy and should emit exactly vanilla's tokens. Methods that use this package's engine
-report forward passes from its step count; the transformers baselines count the model's forward
-calls with a hook. Either way a "forward pass" here is one that emits tokens, so MAT (new tokens
-per forward pass) is comparable; the engine's separate prompt prefill is not counted.
-"""
+"""The decoding methods a benchmark compares, by name: which exist, which a run may combine, and
+how each is made (its kind of generation lives in :mod:`~sam_decoding.benchmark.method_kinds`)."""
 
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from sam_decoding.benchmark.method_kinds import (
+    ENGINE_STATS,
+    EngineGenerate,
+    HeadsEngineGenerate,
+    Method,
+    Outcome,
+    TransformersGenerate,
+    modelled_seconds,
+)
 
 #: Every method, in the order reports list them. Names ending in ``-fixed`` verify every drafted
 #: node (no cost-aware policy): ``sam+tr-fixed`` is the drafters' previous fixed sizes,
@@ -88,176 +89,17 @@ FIXED_TR_NODES = 64
 PROMPT_LOOKUP_TOKENS = 10
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one method produced for one prompt: the new tokens and how many forward passes emitted them."""
-
-    tokens: list[int]
-    forward_passes: int
-    drafted_by_source: dict[str, int] = field(default_factory=dict)
-    accepted_by_source: dict[str, int] = field(default_factory=dict)
-    engine: dict[str, Any] = field(default_factory=dict)
-
-
-class Method(ABC):
-    """A way to generate greedily; ``run`` is what the runner times.
-
-    ``reference_profile``: when set (a :class:`~sam_decoding.policy.CostProfile`, e.g. a quiet
-    machine's or a GPU's), methods that know their verification sizes also report
-    ``engine["modelled_seconds"]``: the time their forward passes would take under that profile,
-    plus their measured drafting and policy time. It is independent of other load on the machine.
-    """
-
-    name: str = ""
-    description: str = ""
-    reference_profile: Any = None
-
-    @abstractmethod
-    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (``[1, length]``)."""
-
-    def warm_up(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> None:
-        """An untimed first call; a method that learns from its responses must not learn from this one."""
-        self.run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
-
-
-def modelled_seconds(profile: Any, prompt_tokens: int, new_tokens: int, verified_sizes: dict[int, int]) -> float:
-    """Seconds the verification passes ``{q: count}`` take under ``profile``, at the generation's mean cache length."""
-    cache_length = prompt_tokens + new_tokens // 2
-    return sum(count * profile.seconds(q, cache_length) for q, count in verified_sizes.items())
-
-
-class _ForwardCounter:
-    """Counts a module's forward calls while active."""
-
-    def __init__(self, model: Any) -> None:
-        self.calls = 0
-        self._handle = model.register_forward_hook(self._count)
-
-    def _count(self, module: Any, inputs: Any, output: Any) -> None:
-        self.calls += 1
-
-    def close(self) -> None:
-        self._handle.remove()
-
-
-class TransformersGenerate(Method):
-    """transformers' own ``model.generate`` (greedy), optionally with its prompt-lookup decoding."""
-
-    def __init__(self, name: str, description: str, **generate_options: Any) -> None:
-        self.name = name
-        self.description = description
-        self.options = generate_options
-
-    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
-        counter = _ForwardCounter(model)
-        try:
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=list(eos) or None,
-                    pad_token_id=eos[0] if eos else 0,
-                    **self.options,
-                )
-        finally:
-            counter.close()
-        tokens = output[0, input_ids.shape[1] :].tolist()
-        engine = {}
-        if self.reference_profile is not None and not self.options:
-            # Plain decoding: one pass of a single token per new token.
-            engine["modelled_seconds"] = modelled_seconds(self.reference_profile, input_ids.shape[1], len(tokens), {1: len(tokens)})
-        return Outcome(tokens, counter.calls, engine=engine)
-
-
-#: Engine counters kept per measurement (seconds and token counts of :class:`~sam_decoding.GenerationStats`).
-ENGINE_STATS: tuple[str, ...] = (
-    "steps",
-    "proposed_tokens",
-    "drafted_tokens",
-    "accepted_tokens",
-    "expected_accepted_tokens",
-    "draft_seconds",
-    "policy_seconds",
-    "verify_seconds",
-    "prefill_seconds",
-    "total_seconds",
-)
-
-
-class EngineGenerate(Method):
-    """This package's speculative ``generate`` with a drafter made fresh for each prompt (or kept, if ``persistent``).
-
-    ``policy``: a :class:`~sam_decoding.policy.CostAwarePolicy` of this method's own (it learns
-    acceptance across the run's questions), or ``None`` to verify every drafted node.
-    ``make_warmup_drafter``: the drafter of :meth:`warm_up`, for methods whose drafter learns from the
-    responses it produced (default: the method's own).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        make_drafter: Any,
-        *,
-        persistent: bool = False,
-        policy: Any = None,
-        make_warmup_drafter: Any = None,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self._make_drafter = make_drafter
-        self._drafter = make_drafter() if persistent else None
-        self._make_warmup_drafter = make_warmup_drafter
-        self.policy = policy
-
-    def warm_up(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> None:
-        if self._make_warmup_drafter is None:
-            super().warm_up(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
-            return
-        from sam_decoding.generation import generate
-
-        generate(model, input_ids, drafter=self._make_warmup_drafter(), max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self.policy)
-
-    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
-        from sam_decoding.generation import generate
-
-        drafter = self._drafter if self._drafter is not None else self._make_drafter()
-        result = generate(
-            model, input_ids, drafter=drafter, max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self.policy
+def check_method_names(names: Sequence[str], *, serving: bool) -> None:
+    """Raise ``ValueError`` unless every name is a method and the set can run (``serving`` for the
+    +cache methods). The CLI calls it before loading anything; :func:`make_methods` calls it again."""
+    unknown = [name for name in names if not is_method(name)]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHOD_NAMES)} "
+            "or sam-chainN-fixed"
         )
-        stats = result.stats
-        engine = {name: getattr(stats, name) for name in ENGINE_STATS}
-        engine["verified_sizes"] = {str(q): n for q, n in sorted(stats.verified_sizes.items())}
-        if self.reference_profile is not None:
-            engine["modelled_seconds"] = modelled_seconds(
-                self.reference_profile, stats.prompt_tokens, stats.new_tokens, stats.verified_sizes
-            ) + stats.draft_seconds + stats.policy_seconds
-        return Outcome(
-            result.new_tokens.tolist(),
-            stats.steps,
-            dict(stats.drafted_by_source),
-            dict(stats.accepted_by_source),
-            engine,
-        )
-
-
-class HeadsEngineGenerate(EngineGenerate):
-    """:class:`EngineGenerate` whose drafter uses heads bound to the benchmarked model (read on the first run)."""
-
-    def __init__(self, name: str, description: str, heads_file: Path, make_drafter: Any, *, policy: Any = None) -> None:
-        self._heads_file = heads_file
-        self._heads: Any = None
-        super().__init__(name, description, lambda: make_drafter(self._heads), policy=policy)
-
-    def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
-        if self._heads is None:
-            from sam_decoding.heads import MedusaHeads
-
-            self._heads = MedusaHeads.load(self._heads_file, model)
-        return super().run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
+    if CACHE_METHODS.intersection(names) and not serving:
+        raise ValueError("the +cache methods learn from earlier responses: they run only in a serving run (--serving)")
 
 
 def make_methods(
@@ -285,30 +127,51 @@ def make_methods(
     of its own; ``cost_profile`` (a :class:`~sam_decoding.policy.CostProfile`) replaces the measured
     cost of this machine for all of them (e.g. a GPU-like profile), else the model's own is used.
     """
-    from sam_decoding.drafters import HeadsDrafter, PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
-    from sam_decoding.policy import CostAwarePolicy
-    from sam_decoding.shards import load_corpus
-
-    def policy() -> CostAwarePolicy:
-        return CostAwarePolicy(profile=cost_profile)
-
-    if reference_profile is None:
-        reference_profile = cost_profile
-
-    unknown = [name for name in names if not is_method(name)]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)} or sam-chainN-fixed")
-    if CACHE_METHODS.intersection(names) and not serving:
-        raise ValueError("the +cache methods learn from earlier responses: they run only in a serving run (--serving)")
-    automaton = None
-    if any(needs_static_corpus(name) for name in names):
-        if static_corpus is None:
-            raise ValueError("the sam methods need a static corpus")
-        automaton = load_corpus(static_corpus)
+    check_method_names(names, serving=serving)
+    automaton = _static_automaton(names, static_corpus)
     if HEADS_METHODS.intersection(names) and heads is None:
         from sam_decoding.heads.default import default_heads_path
 
         heads = default_heads_path()
+    factories = _factories(automaton, cost_profile, heads)
+    if CACHE_METHODS.intersection(names):
+        factories.update(cache_methods(automaton, _policy_maker(cost_profile), _policy_note(cost_profile)))
+    factories.update(_suffix_factories(names, corpus_documents, serving, cost_profile))
+    methods = [factories[name]() if name in factories else _chain_cap(name, automaton) for name in names]
+    for method in methods:
+        method.reference_profile = cost_profile if reference_profile is None else reference_profile
+    return methods
+
+
+def _static_automaton(names: Sequence[str], static_corpus: Path | None) -> Any:
+    """The corpus the sam methods draft from, loaded once for all of them (``None`` if none runs)."""
+    from sam_decoding.shards import load_corpus
+
+    if not any(needs_static_corpus(name) for name in names):
+        return None
+    if static_corpus is None:
+        raise ValueError("the sam methods need a static corpus")
+    return load_corpus(static_corpus)
+
+
+def _policy_maker(cost_profile: Any) -> Callable[[], Any]:
+    """Makes a fresh cost-aware policy (one per method) under ``cost_profile``."""
+    from sam_decoding.policy import CostAwarePolicy
+
+    return lambda: CostAwarePolicy(profile=cost_profile)
+
+
+def _policy_note(cost_profile: Any) -> str:
+    if cost_profile is None:
+        return "cost-aware policy"
+    return f"cost-aware policy under the given cost profile `{cost_profile.key}`"
+
+
+def _factories(automaton: Any, cost_profile: Any, heads: Path | None) -> dict[str, Callable[[], Any]]:
+    """A maker per fixed method name."""
+    from sam_decoding.drafters import HeadsDrafter, PromptLookupDrafter, SamDrafter, TokenRecyclingDrafter
+
+    policy = _policy_maker(cost_profile)
     recycler_for_sam = TokenRecyclingDrafter()
     fixed_recycler = TokenRecyclingDrafter(max_nodes=FIXED_TR_NODES)
     # The drafter's own defaults go into the report, so a table says which parameters produced it.
@@ -317,8 +180,8 @@ def make_methods(
         f"max_draft={probe.max_draft}, min_probability={probe.min_probability}, "
         + (f"trees of {probe.tree_nodes} nodes per source" if probe.use_tree else "chains")
     )
-    policy_note = "cost-aware policy" if cost_profile is None else f"cost-aware policy under the given cost profile `{cost_profile.key}`"
-    factories = {
+    policy_note = _policy_note(cost_profile)
+    return {
         "vanilla": lambda: TransformersGenerate("vanilla", "transformers `generate`, greedy"),
         "hf-prompt-lookup": lambda: TransformersGenerate(
             "hf-prompt-lookup",
@@ -374,30 +237,36 @@ def make_methods(
         ),
     }
 
-    def chain_cap(name: str) -> Method:
-        cap = int(_CHAIN_CAP.fullmatch(name).group(1))
-        return EngineGenerate(
-            name,
-            f"`SamDrafter` chains of at most {cap} tokens, no tree, no fallback, every drafted node verified (no policy)",
-            lambda: SamDrafter(automaton, use_tree=False, max_draft=cap),
-        )
 
-    if CACHE_METHODS.intersection(names):
-        factories.update(cache_methods(automaton, policy, policy_note))
-    suffix_documents: list[Any] = []
+def _chain_cap(name: str, automaton: Any) -> Method:
+    """A ``sam-chainN-fixed`` method: chains of at most N tokens, every node verified."""
+    from sam_decoding.drafters import SamDrafter
+
+    cap = int(_CHAIN_CAP.fullmatch(name).group(1))
+    return EngineGenerate(
+        name,
+        f"`SamDrafter` chains of at most {cap} tokens, no tree, no fallback, every drafted node verified (no policy)",
+        lambda: SamDrafter(automaton, use_tree=False, max_draft=cap),
+    )
+
+
+def _suffix_factories(names: Sequence[str], corpus_documents: Callable[[], Sequence[Any]] | None, serving: bool,
+                      cost_profile: Any) -> dict[str, Callable[[], Any]]:
+    """Makers of the SuffixDecoding methods, over the corpus's documents (read only if one runs)."""
+    policy = _policy_maker(cost_profile)
+    documents: list[Any] = []
     if SUFFIX_METHODS.intersection(names):
         if corpus_documents is None:
             raise ValueError("the suffix methods need the static corpus's documents")
-        suffix_documents = list(corpus_documents())
-    for name in SUFFIX_METHODS:
-        factories[name] = lambda name=name: suffix_method(
-            name, suffix_documents, serving=serving, policy=policy() if name == "suffix+policy" else None, policy_note=policy_note
+        documents = list(corpus_documents())
+    note = _policy_note(cost_profile)
+    return {
+        name: lambda name=name: suffix_method(
+            name, documents, serving=serving,
+            policy=policy() if name == "suffix+policy" else None, policy_note=note,
         )
-
-    methods = [factories[name]() if name in factories else chain_cap(name) for name in names]
-    for method in methods:
-        method.reference_profile = reference_profile
-    return methods
+        for name in SUFFIX_METHODS
+    }
 
 
 def suffix_method(name: str, documents: Sequence[Any], *, serving: bool, policy: Any, policy_note: str = "cost-aware policy") -> Method:
@@ -440,7 +309,7 @@ def cache_methods(automaton: Any, make_policy: Callable[[], Any], policy_note: s
     (default budget) and drafts from it for later questions; its warm-up call records nothing. ``sam+tr+cache``
     has a Token Recycling table of its own, so that ``sam+tr`` in the same run learns nothing from it.
     """
-    from sam_decoding import ResponseCache
+    from sam_decoding.response_cache import ResponseCache
     from sam_decoding.drafters import SamDrafter, TokenRecyclingDrafter
 
     # The cache holds ids of the corpus's tokenizer (SamDrafter refuses a cache of another one).
@@ -463,3 +332,26 @@ def cache_methods(automaton: Any, make_policy: Callable[[], Any], policy_note: s
             "sam+tr+cache", "`SamDrafter` with a Token Recycling fallback of its own", TokenRecyclingDrafter()
         ),
     }
+
+
+__all__ = [
+    "CACHE_METHODS",
+    "DEFAULT_METHODS",
+    "ENGINE_STATS",
+    "EngineGenerate",
+    "HeadsEngineGenerate",
+    "METHOD_NAMES",
+    "Method",
+    "Outcome",
+    "QUICK_METHOD_NAMES",
+    "SUFFIX_METHODS",
+    "TransformersGenerate",
+    "cache_methods",
+    "check_method_names",
+    "is_method",
+    "make_methods",
+    "modelled_seconds",
+    "needs_static_corpus",
+    "suffix_method",
+    "unavailable_methods",
+]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sam_decoding.benchmark.methods import Method
+from sam_decoding.benchmark.method_kinds import Method
 from sam_decoding.benchmark.results import REFERENCE_METHOD, Measurement
 from sam_decoding.benchmark.suites import Suite
 

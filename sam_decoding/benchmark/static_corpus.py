@@ -103,7 +103,7 @@ def _key(*parts: Any) -> str:
 
 def _usable(path: Path, log: Log) -> bool:
     """Whether a cached corpus file exists and loads; an unreadable one (e.g. an older format) is removed."""
-    from sam_decoding import StaticAutomaton
+    from sam_decoding.automaton import StaticAutomaton
 
     if not path.is_file():
         return False
@@ -120,7 +120,7 @@ def build_corpus_file(
     inputs: list[str], output: Path, tokenizer: Any, *, glob: str = "**/*", exclude: tuple[str, ...] = (), metadata: dict[str, Any] | None = None
 ) -> Any:
     """Tokenize ``inputs`` and save a static automaton to ``output``; returns the automaton."""
-    from sam_decoding import StaticAutomaton
+    from sam_decoding.automaton import StaticAutomaton
     from sam_decoding.corpus import ReadTally
     from sam_decoding.models import tokenizer_fingerprint
 
@@ -146,7 +146,7 @@ def stdlib_corpus(tokenizer: Any, cache: Path, log: Log = _stderr) -> CorpusChoi
         started = time.perf_counter()
         automaton = build_corpus_file([root], path, tokenizer, glob="**/*.py", exclude=STDLIB_EXCLUDES, metadata={"corpus": "python-stdlib"})
         log(f"built {automaton.num_tokens:,} tokens in {time.perf_counter() - started:.0f} s")
-    from sam_decoding import StaticAutomaton
+    from sam_decoding.automaton import StaticAutomaton
 
     tokens = StaticAutomaton.load(path).num_tokens
     return CorpusChoice(
@@ -251,7 +251,7 @@ def distilled_corpus(
         path.unlink(missing_ok=True)
     if not _usable(path, log):
         build_corpus_file([str(answers)], path, tokenizer, metadata={"corpus": "spec-bench-distilled", "model": model_name})
-    from sam_decoding import StaticAutomaton
+    from sam_decoding.automaton import StaticAutomaton
 
     automaton = StaticAutomaton.load(path)
     ids = [int(r["question_id"]) for r in records]

@@ -145,36 +145,46 @@ def _available(methods: list[str]) -> list[str]:
 
 
 def _parse_methods(text: str) -> list[str]:
-    from sam_decoding.benchmark.methods import METHOD_NAMES, is_method
-
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if not is_method(name)]
-    if unknown or not names:
-        raise CliError(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHOD_NAMES)} or sam-chainN-fixed"
-        )
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its reports. Returns the exit code."""
-    from sam_decoding.benchmark.methods import (
-        CACHE_METHODS,
-        DEFAULT_METHODS,
-        QUICK_METHOD_NAMES,
-        SUFFIX_METHODS,
-        make_methods,
-        needs_static_corpus,
-    )
-    from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
-
     if args.from_json is not None:
         return _rewrite_reports(args.from_json, args.out)
     started = time.perf_counter()
+    methods = _checked_methods(args)
+    suite = _load_questions(args)
+    model, tokenizer, model_name = _load_model(args)
+    corpus_path, corpus_description, choice = _static_corpus(args, methods, model, tokenizer, model_name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    method_objects = _make_methods(args, methods, corpus_path, choice, tokenizer)
+    info = _run_info(args, suite, model, model_name, method_objects, corpus_description, started_at)
+    stem = args.out / suite.name
+    measurements = _measure(args, suite, model, tokenizer, method_objects, info, stem)
+    _finish(info, method_objects, measurements, stem, started)
+    return 0
+
+
+def _checked_methods(args: argparse.Namespace) -> list[str]:
+    """The methods to run, with ``args``' defaults filled in and every combination checked."""
+    from sam_decoding.benchmark.methods import (
+        DEFAULT_METHODS,
+        QUICK_METHOD_NAMES,
+        SUFFIX_METHODS,
+        check_method_names,
+        needs_static_corpus,
+    )
+
     if args.methods is None:
         args.methods = ",".join(QUICK_METHOD_NAMES if args.quick else DEFAULT_METHODS)
     if args.max_new_tokens is None:
         args.max_new_tokens = QUICK_MAX_NEW_TOKENS if args.quick else MAX_NEW_TOKENS
+    try:
+        check_method_names(_parse_methods(args.methods), serving=args.serving)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     methods = _available(_parse_methods(args.methods))
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
@@ -186,7 +196,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.corpus}: no such file")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"{args.out}: exists and is not a directory")
-    per_category = 1 if args.quick else args.limit
+    if any(needs_static_corpus(name) for name in methods) and args.questions is not None and args.corpus is None:
+        raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
+    if args.corpus is not None and SUFFIX_METHODS.intersection(methods):
+        raise CliError(
+            "the suffix methods put the documents of the suite's own corpus in their tree; a --corpus file "
+            "does not hold its documents: leave out --corpus or the suffix methods"
+        )
+    return methods
+
+
+def _load_questions(args: argparse.Namespace) -> Any:
+    """The suite (or --questions file), cut to the questions per category, in round-robin order."""
+    from sam_decoding.benchmark.suites import SuiteError, load_questions_file, load_suite
+
     try:
         if args.questions is not None:
             suite = load_questions_file(args.questions, args.prompt_field)
@@ -195,26 +218,20 @@ def run(args: argparse.Namespace) -> int:
     except SuiteError as error:
         raise CliError(str(error)) from None
     # Round-robin order: a run stopped early (its JSON is checkpointed) still covers every category.
-    suite = suite.limited(per_category).interleaved()
-    needs_corpus = any(needs_static_corpus(name) for name in methods)
-    if needs_corpus and args.questions is not None and args.corpus is None:
-        raise CliError("the sam methods need --corpus with --questions (or leave them out with --methods)")
-    if CACHE_METHODS.intersection(methods) and not args.serving:
-        raise CliError("the +cache methods learn from earlier responses: they run only with --serving")
-    if args.corpus is not None and SUFFIX_METHODS.intersection(methods):
-        raise CliError(
-            "the suffix methods put the documents of the suite's own corpus in their tree; a --corpus file "
-            "does not hold its documents: leave out --corpus or the suffix methods"
-        )
+    return suite.limited(_questions_per_category(args)).interleaved()
 
+
+def _questions_per_category(args: argparse.Namespace) -> int | None:
+    return 1 if args.quick else args.limit
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """The model, its tokenizer and its name, with a note when the machine is already busy."""
     import torch
 
-    from sam_decoding.benchmark.report import RunInfo, render_markdown, write_json
-    from sam_decoding.benchmark.results import summarize
-    from sam_decoding.benchmark.runner import busy_machine_note, machine_description, run_suite
-    from sam_decoding.benchmark.static_corpus import corpus_documents
-    from sam_decoding.cli.loading import load_model_and_tokenizer, open_corpus_for_tokenizer
-    from sam_decoding.models import DEFAULT_MODEL, cache_dir, default_model_is_converted
+    from sam_decoding.benchmark.runner import busy_machine_note
+    from sam_decoding.cli.loading import load_model_and_tokenizer
+    from sam_decoding.models import DEFAULT_MODEL, default_model_is_converted
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -225,31 +242,48 @@ def run(args: argparse.Namespace) -> int:
     busy = busy_machine_note(torch.get_num_threads())
     if busy:
         print(busy, file=sys.stderr, flush=True)
-    model_name = args.model or DEFAULT_MODEL
-    corpus_path = corpus_description = choice = None
-    if needs_corpus:
-        if args.corpus is not None:
-            open_corpus_for_tokenizer(args.corpus, tokenizer)
-            corpus_path, corpus_description = args.corpus, f"`{args.corpus}` (given with --corpus)"
-        else:
-            choice = _suite_corpus(args, model, tokenizer, model_name, args.cache or cache_dir() / "bench")
-            corpus_path, corpus_description = choice.path, choice.description
-    args.out.mkdir(parents=True, exist_ok=True)
+    return model, tokenizer, args.model or DEFAULT_MODEL
 
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    cost_profile = _load_cost_profile(args.cost_profile)
-    reference_profile = _load_cost_profile(args.reference_profile)
-    method_objects = make_methods(
+
+def _static_corpus(args: argparse.Namespace, methods: list[str], model: Any, tokenizer: Any,
+                   model_name: str) -> tuple[Path | None, str | None, Any]:
+    """``(path, description, suite corpus choice)`` of the sam methods' corpus (``None``s if no method needs one)."""
+    from sam_decoding.benchmark.methods import needs_static_corpus
+    from sam_decoding.cli.loading import open_corpus_for_tokenizer
+    from sam_decoding.models import cache_dir
+
+    if not any(needs_static_corpus(name) for name in methods):
+        return None, None, None
+    if args.corpus is not None:
+        open_corpus_for_tokenizer(args.corpus, tokenizer)
+        return args.corpus, f"`{args.corpus}` (given with --corpus)", None
+    choice = _suite_corpus(args, model, tokenizer, model_name, args.cache or cache_dir() / "bench")
+    return choice.path, choice.description, choice
+
+
+def _make_methods(args: argparse.Namespace, methods: list[str], corpus_path: Path | None, choice: Any,
+                  tokenizer: Any) -> list[Any]:
+    from sam_decoding.benchmark.methods import make_methods
+    from sam_decoding.benchmark.static_corpus import corpus_documents
+
+    return make_methods(
         methods,
         corpus_path,
-        cost_profile,
+        _load_cost_profile(args.cost_profile),
         heads=args.heads,
-        reference_profile=reference_profile,
+        reference_profile=_load_cost_profile(args.reference_profile),
         corpus_documents=(lambda: corpus_documents(choice, tokenizer)) if choice is not None else None,
         serving=args.serving,
     )
+
+
+def _run_info(args: argparse.Namespace, suite: Any, model: Any, model_name: str, method_objects: list[Any],
+              corpus_description: str | None, started_at: str) -> Any:
+    from sam_decoding.benchmark.report import RunInfo
+    from sam_decoding.benchmark.runner import machine_description
+
     argv = getattr(args, "argv", None) or sys.argv[1:]
-    info = RunInfo(
+    return RunInfo(
         suite=suite.name,
         model=Path(model.name_or_path).name if args.model is None else model_name,
         max_new_tokens=args.max_new_tokens,
@@ -258,22 +292,29 @@ def run(args: argparse.Namespace) -> int:
         machine=machine_description(next(model.parameters()).device),
         started_at=started_at,
         static_corpus=corpus_description,
-        questions_per_category=per_category,
+        questions_per_category=_questions_per_category(args),
         serving=args.serving,
     )
-    stem = args.out / suite.name
+
+
+def _measure(args: argparse.Namespace, suite: Any, model: Any, tokenizer: Any, method_objects: list[Any],
+             info: Any, stem: Path) -> list[Any]:
+    """Every method on every question; the JSON is rewritten after each question, so an
+    interrupted run keeps what it measured (redraw its tables with --from-json)."""
+    from sam_decoding.benchmark.report import write_json
+    from sam_decoding.benchmark.results import summarize
+    from sam_decoding.benchmark.runner import run_suite
+
     done: list[Any] = []
+    log_lines = not args.no_progress and not sys.stderr.isatty()
 
     def checkpoint(number: int, measured: list[Any]) -> None:
-        # The JSON is rewritten after every question, so an interrupted run keeps what it measured
-        # (redraw its tables with --from-json).
         done.extend(measured)
         write_json(stem.with_suffix(".json"), info, done, summarize(done))
         if log_lines:
             _log_question(number, len(suite.questions), measured)
 
-    log_lines = not args.no_progress and not sys.stderr.isatty()
-    measurements = run_suite(
+    return run_suite(
         suite,
         model,
         tokenizer,
@@ -282,19 +323,24 @@ def run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         on_question=checkpoint,
     )
+
+
+def _finish(info: Any, method_objects: list[Any], measurements: list[Any], stem: Path, started: float) -> None:
+    """Write the reports, print the tables and every output that differs from vanilla's."""
+    from sam_decoding.benchmark.report import render_markdown
+    from sam_decoding.benchmark.results import summarize
+
     summaries = summarize(measurements)
     info = dataclasses.replace(info, policies=_policy_reports(method_objects))
     _write_reports(stem, info, measurements, summaries)
     print(render_markdown(info, summaries))
-    mismatches = [m for m in measurements if m.equal_to_reference is False]
-    for mismatch in mismatches:
+    for mismatch in (m for m in measurements if m.equal_to_reference is False):
         print(
             f"mismatch: {mismatch.method} on question {mismatch.question_id} differs from vanilla "
             f"at new token {mismatch.first_mismatch}",
             file=sys.stderr,
         )
     print(f"wrote {stem}.json, {stem}.md and {stem}.png ({time.perf_counter() - started:.0f} s in all)", file=sys.stderr)
-    return 0
 
 
 def _load_cost_profile(path: Path | None) -> Any:

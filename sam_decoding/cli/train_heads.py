@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -98,145 +96,56 @@ def run(args: argparse.Namespace) -> int:
     """Train and save the heads. Returns the exit code."""
     _check(args)
     import torch
-    from tqdm import tqdm
 
+    from sam_decoding.benchmark.runner import machine_description
     from sam_decoding.cli.loading import load_model_and_tokenizer
-    from sam_decoding.heads.features import FeatureCacheError, FeatureStore
-    from sam_decoding.heads.identity import ModelIdentity
-    from sam_decoding.heads.model import MedusaHeads
-    from sam_decoding.heads.training import TrainingSettings, draft_vocabulary, head_targets, train
-    from sam_decoding.models import tokenizer_fingerprint
+    from sam_decoding.heads.pipeline import HeadsTrainingJob, accuracy_table, train_heads
+    from sam_decoding.heads.training import TrainingSettings
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(args.model)
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    identity = ModelIdentity.of(model)
-    work = args.work_dir or args.output.with_name(args.output.name + ".work")
-    meta = {
-        "hidden_size": identity.hidden_size,
-        "model": identity.fingerprint,
-        "model_probe_sha256": hashlib.sha256(identity.probe.numpy().tobytes()).hexdigest()[:16],
-        "tokenizer": fingerprint,
-        "input": args.input.name,
-        "source": "answers" if args.answers else "generated",
-        "max_new_tokens": None if args.answers else args.max_new_tokens,
-    }
-    try:
-        store = FeatureStore.open_for_writing(work / "features", meta)
-    except FeatureCacheError as error:
-        raise CliError(str(error)) from None
-    cached = len(store.spans)
-    progress_off = True if args.no_progress else None
-
-    # Stage 1: answers and their hidden states.
-    feature_started = time.perf_counter()
-    if args.answers:
-        sequences = _read_answers(args.input, tokenizer, args.limit)
-        todo = [s for s in sequences if s[0] not in store.sequence_ids()]
-        _log(f"{len(sequences)} answers in {args.input}; {cached} already cached in {work}")
-        with tqdm(total=len(todo), unit=" answers", file=sys.stderr, disable=progress_off, desc="reading answers") as bar:
-            from sam_decoding.heads.self_distillation import extract_features
-
-            extract_features(
-                model, sequences, store, batch_tokens=args.batch_tokens, max_batch=args.max_batch,
-                on_sequence=lambda _: bar.update(1),
-            )
-        skipped = 0
-    else:
-        prompts, skipped, excluded = _read_prompts(args, tokenizer)
-        todo = [p for p in prompts if p.prompt_id not in store.sequence_ids()]
-        _log(
-            f"{len(prompts)} prompts from {args.input} ({excluded} evaluated by spec-bench-mini left out, "
-            f"{skipped} longer than {args.max_prompt_tokens} tokens skipped); {cached} already answered in {work}"
-        )
-        from sam_decoding.heads.self_distillation import generate_features
-        from sam_decoding.prompts import eos_token_ids
-
-        eos = eos_token_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
-        with tqdm(total=len(todo), unit=" answers", file=sys.stderr, disable=progress_off, desc="answering") as bar:
-            generate_features(
-                model, prompts, store, max_new_tokens=args.max_new_tokens, eos=eos, pad_token_id=pad,
-                batch_tokens=args.batch_tokens, max_batch=args.max_batch, on_answer=lambda _: bar.update(1),
-            )
-    feature_seconds = time.perf_counter() - feature_started
-    _log(f"features: {len(store.spans)} answers, {store.rows} positions cached ({feature_seconds:.0f} s this run)")
-
-    # Stage 2: training.
+    prompts, answers, skipped = _read_inputs(args, tokenizer)
     settings = TrainingSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, held_out_fraction=args.held_out
     )
-    _, train_labels = head_targets(store, False, settings.held_out_fraction, args.num_heads)
-    vocabulary = None
-    if args.draft_vocab and args.draft_vocab < identity.vocab_size:
-        vocabulary = draft_vocabulary(train_labels, args.draft_vocab, identity.vocab_size)
-    heads = MedusaHeads.create(model, args.num_heads, vocabulary=vocabulary, tokenizer_fingerprint=fingerprint)
-    run_key = hashlib.sha256(
-        json.dumps([settings.__dict__, args.num_heads, None if vocabulary is None else vocabulary.tolist(), store.rows]).encode()
-    ).hexdigest()[:12]
-    checkpoint = work / f"checkpoint-{run_key}.pt"
-    if checkpoint.is_file():
-        _log(f"resuming training from {checkpoint}")
-    with tqdm(total=None, unit=" steps", file=sys.stderr, disable=progress_off, desc="training") as bar:
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            bar.total = total
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            bar.refresh()
-
-        try:
-            report = train(heads, store, settings, checkpoint=checkpoint, on_step=on_step)
-        except ValueError as error:
-            raise CliError(str(error)) from None
-
-    # Stage 3: the file.
-    total_seconds = time.perf_counter() - started
-    from sam_decoding.benchmark.runner import machine_description
-
-    record = {
-        "command": "sam-decoding " + shlex.join(getattr(args, "argv", None) or sys.argv[1:]),
-        "input": args.input.name,
-        "source": meta["source"],
-        "max_new_tokens": meta["max_new_tokens"],
-        "prompts_skipped_as_too_long": skipped,
-        "settings": settings.__dict__,
-        "draft_vocab_size": None if vocabulary is None else len(vocabulary),
-        "feature_seconds_this_run": round(feature_seconds, 1),
-        "training_seconds_this_run": round(report.seconds, 1),
-        "total_seconds_this_run": round(total_seconds, 1),
-        "machine": machine_description(),
-        **{k: v for k, v in report.as_dict().items() if k != "seconds"},
-    }
-    heads.training_record = record
-    heads.save(args.output)
+    job = HeadsTrainingJob(
+        output=args.output, work_dir=args.work_dir or args.output.with_name(args.output.name + ".work"),
+        input_name=args.input.name, num_heads=args.num_heads, settings=settings, draft_vocab=args.draft_vocab,
+        max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens, max_batch=args.max_batch,
+        record={"command": "sam-decoding " + shlex.join(getattr(args, "argv", None) or sys.argv[1:]),
+                "prompts_skipped_as_too_long": skipped, "machine": machine_description()},
+    )
+    try:
+        result = train_heads(model, tokenizer, job, prompts=prompts, answers=answers,
+                             show_progress=not args.no_progress, log=_log)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     if args.report is not None:
         from sam_decoding.atomic_file import replacing_atomically
 
         with replacing_atomically(args.report) as temporary:
-            Path(temporary).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    print(_accuracy_table(report))
+            Path(temporary).write_text(json.dumps(result.record, indent=1) + "\n", encoding="utf-8")
+    report = result.report
+    print(accuracy_table(report))
     print(
-        f"wrote {args.output}: {heads.num_heads} heads for {identity.fingerprint} "
+        f"wrote {args.output}: {result.heads.num_heads} heads for {result.heads.identity.fingerprint} "
         f"({args.output.stat().st_size / 1e6:.2f} MB); {report.train_positions} training positions, "
-        f"features {feature_seconds:.0f} s + training {report.seconds:.0f} s = {total_seconds:.0f} s this run"
+        f"features {result.feature_seconds:.0f} s + training {report.seconds:.0f} s = {result.total_seconds:.0f} s this run"
     )
     return 0
 
 
-def _accuracy_table(report: Any) -> str:
-    lines = ["head  predicts  held-out positions  top-1 (start)  top-5 (start)"]
-    start = {a.head: a for a in report.at_start}
-    for accuracy in report.trained:
-        before = start.get(accuracy.head)
-        lines.append(
-            f"{accuracy.head:>4}  t+{accuracy.head + 1:<7} {accuracy.positions:>18}  "
-            f"{accuracy.top1:.3f} ({before.top1 if before else float('nan'):.3f})  "
-            f"{accuracy.top5:.3f} ({before.top5 if before else float('nan'):.3f})"
-        )
-    return "\n".join(lines)
+def _read_inputs(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any] | None, list[Any] | None, int]:
+    """``(prompts, None, skipped)`` to answer, or ``(None, answers, 0)`` already written (``--answers``)."""
+    if args.answers:
+        answers = _read_answers(args.input, tokenizer, args.limit)
+        _log(f"{len(answers)} answers in {args.input}")
+        return None, answers, 0
+    prompts, skipped, excluded = _read_prompts(args, tokenizer)
+    _log(f"{len(prompts)} prompts from {args.input} ({excluded} evaluated by spec-bench-mini left out, "
+         f"{skipped} longer than {args.max_prompt_tokens} tokens skipped)")
+    return prompts, None, skipped
 
 
 def _log(message: str) -> None:

@@ -22,18 +22,17 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sam_decoding.atomic_file import replacing_atomically
 from sam_decoding.heads.identity import ModelIdentity, probe_row_indices
 
-if TYPE_CHECKING:
-    from sam_decoding.heads.model import MedusaHeads
-
 MAGIC = "sam-decoding-heads"
 FORMAT_VERSION = 1
+#: Most heads a file may hold (and a :class:`~sam_decoding.heads.MedusaHeads` may have).
+MAX_HEADS = 64
 #: How the heads were trained (data, times, held-out accuracy): free-form JSON kept in the file.
 TrainingRecord = dict[str, Any]
 _MAX_HEADER_BYTES = 1 << 24
@@ -51,7 +50,11 @@ class HeadsMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class StoredHeads:
-    """The validated contents of a heads file, not yet bound to a model."""
+    """The contents of a heads file, not bound to a model: what :func:`write_heads_file` writes
+    and :func:`read_heads_file` returns, validated.
+
+    ``block_state`` maps ``blocks.{k}.linear.weight`` / ``.bias`` to the blocks' tensors (stored
+    as float16, read back as float32)."""
 
     num_heads: int
     identity: ModelIdentity
@@ -76,12 +79,12 @@ class StoredHeads:
             )
 
 
-def write_heads_file(heads: MedusaHeads, path: str | os.PathLike[str]) -> None:
+def write_heads_file(heads: StoredHeads, path: str | os.PathLike[str]) -> None:
     """Write ``heads`` to ``path`` atomically (an interrupted write leaves no partial file)."""
     from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {
-        name: value.detach().to("cpu", torch.float16).contiguous() for name, value in heads.state_dict().items()
+        name: value.detach().to("cpu", torch.float16).contiguous() for name, value in heads.block_state.items()
     }
     tensors["identity.probe"] = heads.identity.probe.float().contiguous()
     if heads.vocabulary is not None:
@@ -93,7 +96,7 @@ def write_heads_file(heads: MedusaHeads, path: str | os.PathLike[str]) -> None:
         "draft_vocab_size": None if heads.vocabulary is None else len(heads.vocabulary),
         "model": heads.identity.metadata(),
         "tokenizer_fingerprint": heads.tokenizer_fingerprint,
-        "training": heads.training_record,
+        "training": heads.training,
     }
     metadata = {
         "format": MAGIC,
@@ -151,8 +154,6 @@ def _parse(data: bytes, source: str) -> StoredHeads:
         raise fail(f"unreadable tensors ({type(error).__name__}: {error})") from None
     if _tensors_digest(tensors) != metadata.get("tensors_sha256"):
         raise fail("tensor checksum mismatch (the file is corrupt)")
-
-    from sam_decoding.heads.model import MAX_HEADS
 
     num_heads = _bounded_int(config, "num_heads", 1, MAX_HEADS, fail)
     hidden = _bounded_int(config, "hidden_size", 1, _MAX_HIDDEN, fail)

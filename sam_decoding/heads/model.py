@@ -14,19 +14,14 @@ heads' cost (SmolLM2's projection is 49152 x 576; the blocks are 576 x 576 each)
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from sam_decoding.heads.file_format import MAX_HEADS, StoredHeads, TrainingRecord, read_heads_file, write_heads_file
 from sam_decoding.heads.identity import ModelIdentity, output_projection
 
-if TYPE_CHECKING:
-    from sam_decoding.heads.file_format import TrainingRecord
-
 DEFAULT_NUM_HEADS = 4
-#: Most heads a file may hold (a bound on untrusted input, far above useful depths).
-MAX_HEADS = 64
 
 
 class ResidualBlock(nn.Module):
@@ -115,8 +110,6 @@ class MedusaHeads(nn.Module):
             HeadsMismatchError: The heads were trained for another model (or, when
                 ``tokenizer_fingerprint`` is given, another tokenizer).
         """
-        from sam_decoding.heads.file_format import read_heads_file
-
         stored = read_heads_file(path)
         stored.check_model(model, tokenizer_fingerprint, path)
         heads = cls(
@@ -132,9 +125,18 @@ class MedusaHeads(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the heads (blocks as float16) and their base model's identity to ``path`` (safetensors)."""
-        from sam_decoding.heads.file_format import write_heads_file
+        write_heads_file(self.stored(), path)
 
-        write_heads_file(self, path)
+    def stored(self) -> StoredHeads:
+        """The heads as a heads file holds them: blocks, identity, vocabulary and training record."""
+        return StoredHeads(
+            num_heads=self.num_heads,
+            identity=self.identity,
+            vocabulary=self.vocabulary,
+            tokenizer_fingerprint=self.tokenizer_fingerprint,
+            training=self.training_record,
+            block_state=self.state_dict(),
+        )
 
     @property
     def num_heads(self) -> int:

@@ -4,6 +4,8 @@
 #include <limits>
 #include <utility>
 
+#include "text_layout.hpp"
+
 namespace sam {
 
 FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
@@ -16,9 +18,10 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
   std::vector<StateId> old_id(num_states);
   new_id[0] = 0;
   old_id[0] = 0;
-  StateId next_clone = static_cast<StateId>(text_length + 1);
+  StateId next_clone = text_layout::first_clone(text_length);
   for (StateId state = 1; state < num_states; ++state) {
-    const StateId id = builder.is_clone(state) ? next_clone++ : builder.first_end(state) + 1;
+    const StateId id =
+        builder.is_clone(state) ? next_clone++ : text_layout::state_of_position(builder.first_end(state));
     new_id[state] = id;
     old_id[id] = state;
   }
@@ -79,7 +82,7 @@ FrozenArrays freeze(AutomatonBuilder& builder, std::vector<Token>&& text) {
   // state in one sequential pass over the builder's table, then sorted by token per state.
   auto stored = [&](StateId old_state, Token token) {
     const StateId id = new_id[old_state];
-    const Token backbone = (id >= 1 && id < text_length) ? text[id] : kSeparator;
+    const Token backbone = text_layout::backbone_token(text, text_length, id);
     return token != kSeparator && token != backbone;
   };
   arrays.edge_offset.assign(num_states + 1, 0);

@@ -143,7 +143,7 @@ void StaticAutomaton::verify() const {
     if (link_[state] >= num_states_ || (state != 0 && length(link_[state]) >= length(state))) {
       corrupt("suffix links");
     }
-    if (state > text_length_ && clone_end_[state - text_length_ - 1] >= text_length_) {
+    if (state > text_length_ && clone_end_[text_layout::clone_index(state, text_length_)] >= text_length_) {
       corrupt("clone ends");
     }
     out_degree(state);  // checks offsets
@@ -162,7 +162,9 @@ StateId StaticAutomaton::transition(StateId state, Token token) const {
     return token < root_transitions_.size() ? root_transitions_[token] : kNoState;
   }
   check_state(state);
-  if (state >= 1 && state < text_length_ && text_[state] == token) return state + 1;
+  if (text_layout::has_backbone(state, text_length_) && text_[state] == token) {
+    return text_layout::backbone_target(state);
+  }
   std::uint32_t low = edge_offset_[state];
   std::uint32_t high = edge_offset_[state + 1];
   if (low > high || high > num_edges_) corrupt("edge offsets");
@@ -195,7 +197,8 @@ StateId StaticAutomaton::link(StateId state) const {
 
 std::uint32_t StaticAutomaton::length(StateId state) const {
   check_state(state);
-  return state <= text_length_ ? state : clone_length_[state - text_length_ - 1];
+  // A position state's longest string is the text's prefix up to its position.
+  return state <= text_length_ ? state : clone_length_[text_layout::clone_index(state, text_length_)];
 }
 
 std::uint32_t StaticAutomaton::count(StateId state) const {
@@ -219,10 +222,11 @@ std::uint32_t StaticAutomaton::count(StateId state) const {
 std::uint32_t StaticAutomaton::occurrence_end(StateId state) const {
   check_state(state);
   if (state == 0) return 0;
-  const std::uint32_t end =
-      state <= text_length_ ? state - 1 : clone_end_[state - text_length_ - 1];
+  const std::uint64_t end = text_layout::is_position_state(state, text_length_)
+                                ? text_layout::position_of_state(state)
+                                : clone_end_[text_layout::clone_index(state, text_length_)];
   if (end >= text_length_) corrupt("occurrence end");
-  return end;
+  return static_cast<std::uint32_t>(end);
 }
 
 Token StaticAutomaton::text_at(std::uint64_t position) const {
@@ -234,7 +238,7 @@ std::uint32_t StaticAutomaton::out_degree(StateId state) const {
   const std::uint32_t begin = edge_offset_[state];
   const std::uint32_t end = edge_offset_[state + 1];
   if (begin > end || end > num_edges_) corrupt("edge offsets");
-  const bool backbone = state >= 1 && state < text_length_ && text_[state] != kSeparator;
+  const bool backbone = text_layout::backbone_token(text_, text_length_, state) != kSeparator;
   return end - begin + (backbone ? 1 : 0);
 }
 

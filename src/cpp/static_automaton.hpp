@@ -20,6 +20,7 @@
 
 #include "automaton_storage.hpp"
 #include "file_format.hpp"
+#include "text_layout.hpp"
 #include "token_types.hpp"
 
 namespace sam {
@@ -93,10 +94,8 @@ class StaticAutomaton {
   template <typename Visit>
   void for_each_transition_while(StateId state, Visit&& visit) const {
     check_state(state);
-    if (state >= 1 && state < text_length_) {
-      const Token next = text_[state];
-      if (next != kSeparator && !visit(next, static_cast<StateId>(state + 1))) return;
-    }
+    const Token next = text_layout::backbone_token(text_, text_length_, state);
+    if (next != kSeparator && !visit(next, text_layout::backbone_target(state))) return;
     const std::uint32_t begin = edge_offset_[state];
     const std::uint32_t end = edge_offset_[state + 1];
     if (begin > end || end > num_edges_) corrupt("edge offsets");

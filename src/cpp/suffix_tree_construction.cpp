@@ -9,6 +9,7 @@
 #include "automaton_builder.hpp"
 #include "automaton_storage.hpp"
 #include "suffix_array.hpp"
+#include "text_layout.hpp"
 
 namespace sam {
 namespace {
@@ -61,7 +62,7 @@ void sweep_suffix_tree(const std::vector<SuffixIndex>& suffix_array, const Compa
     if (depth > stack.back().depth) {
       // A node opens at this leaf. If the leaf's suffix is exactly as long as the node's string,
       // it is a prefix of its neighbours: the node is the leaf's own position state.
-      const StateId state = leaf_length == depth ? end + 1 : visitor.open_clone();
+      const StateId state = leaf_length == depth ? text_layout::state_of_position(end) : visitor.open_clone();
       stack.push_back(OpenNode{depth, leaf, state, kNoEnd, kNoEnd});
       stack.back().add_child_end(end);
       visitor.visit_leaf(end, stack);
@@ -137,10 +138,10 @@ class StateWriter {
     arrays_.clone_end.resize(num_clones);
     creation_end_.resize(num_clones);
   }
-  StateId open_clone() { return text_length_ + 1 + next_clone_++; }
+  StateId open_clone() { return text_layout::first_clone(text_length_) + next_clone_++; }
   void opened_later(const OpenNode&) {}
   void visit_leaf(std::uint32_t end, const NodeStack& open) {
-    const StateId state = end + 1;
+    const StateId state = text_layout::state_of_position(end);
     const StateId parent = open.back().state;
     if (parent == state) return;  // a branching node: written when it closes
     arrays_.link[state] = parent;
@@ -150,7 +151,7 @@ class StateWriter {
     arrays_.link[node.state] = parent;
     set_count(node.state, occurrences);
     if (node.state <= text_length_) return;
-    const std::size_t clone = node.state - text_length_ - 1;
+    const std::size_t clone = text_layout::clone_index(node.state, text_length_);
     arrays_.clone_length[clone] = node.depth;
     arrays_.clone_end[clone] = node.min_end;
     creation_end_[clone] = node.second_end;
@@ -198,7 +199,7 @@ class CloneOrder {
   }
   StateId final_id(StateId state) const {
     if (state <= text_length_) return state;
-    return text_length_ + 1 + final_index_[state - text_length_ - 1];
+    return text_layout::first_clone(text_length_) + final_index_[text_layout::clone_index(state, text_length_)];
   }
   // The final clone index created at `step`, or kNoState if none is.
   StateId clone_created_at(std::uint32_t step) const {
@@ -225,7 +226,7 @@ void permute_clones(std::vector<T>* values, std::size_t first, const CloneOrder&
 
 void renumber_clones(FrozenArrays* arrays, StateWriter* writer, const CloneOrder& order,
                      std::size_t text_length) {
-  const auto first_clone = static_cast<StateId>(text_length + 1);
+  const StateId first_clone = text_layout::first_clone(text_length);
   for (StateId& parent : arrays->link) parent = order.final_id(parent);
   permute_clones(&arrays->link, first_clone, order, first_clone);
   permute_clones(&arrays->count, first_clone, order, first_clone);
@@ -247,7 +248,7 @@ class SolidSourceFinder {
   SolidSourceFinder(const FrozenArrays& arrays, const CloneOrder& order, std::size_t text_length)
       : arrays_(arrays), order_(order), text_length_(static_cast<StateId>(text_length)),
         sources_(arrays.clone_length.size(), kNoState) {}
-  StateId open_clone() { return order_.final_id(text_length_ + 1 + next_clone_++); }
+  StateId open_clone() { return order_.final_id(text_layout::first_clone(text_length_) + next_clone_++); }
   void visit_leaf(std::uint32_t end, const NodeStack& open) {
     // The clone created at step end + 1 has a longest string ending there; without its last
     // token, that string ends here.
@@ -295,10 +296,11 @@ struct StateGeometry {
   const FrozenArrays& arrays;
   std::size_t text_length;
   std::uint32_t length(StateId state) const {
-    return state <= text_length ? state : arrays.clone_length[state - text_length - 1];
+    return state <= text_length ? state : arrays.clone_length[text_layout::clone_index(state, text_length)];
   }
   std::uint32_t end(StateId state) const {
-    return state <= text_length ? state - 1 : arrays.clone_end[state - text_length - 1];
+    return state <= text_length ? static_cast<std::uint32_t>(text_layout::position_of_state(state))
+                                : arrays.clone_end[text_layout::clone_index(state, text_length)];
   }
 };
 
@@ -314,9 +316,10 @@ void for_each_stored_transition(const FrozenArrays& arrays, const std::vector<St
     const Token token = text[geometry.end(target)];
     if (token == kSeparator) continue;
     const std::uint32_t shortest_source = geometry.length(arrays.link[target]);
-    StateId source = target <= text_length ? target - 1 : clone_sources[target - text_length - 1];
+    // A position state's solid source is the position state before it (its backbone source).
+    StateId source = target <= text_length ? target - 1 : clone_sources[text_layout::clone_index(target, text_length)];
     while (true) {
-      const bool backbone = source >= 1 && source < text_length && text[source] == token;
+      const bool backbone = text_layout::has_backbone(source, text_length) && text[source] == token;
       if (!backbone) emit(source, token, target);
       if (source == 0) break;
       source = arrays.link[source];
