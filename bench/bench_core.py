@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -129,65 +128,17 @@ def documents_of(tokens: np.ndarray, ends: np.ndarray) -> list[np.ndarray]:
 
 # ---- builds, each in a fresh process ----------------------------------------------------------
 
-CHILD = r"""
-import json, resource, sys, time
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-import bench_core
-spec = json.loads(sys.argv[2])
-if spec["corpus"] == "zipf":
-    tokens = bench_core.zipf_tokens(spec["tokens"], seed=1)
-    ends = np.arange(bench_core.ZIPF_DOCUMENT, tokens.size + bench_core.ZIPF_DOCUMENT,
-                     bench_core.ZIPF_DOCUMENT).clip(max=tokens.size)
-else:
-    tokens = np.load(spec["tokens_path"])
-    ends = np.load(spec["ends_path"])
-if spec["kind"] == "automaton":
-    from sam_decoding import StaticAutomaton
-else:
-    import pydivsufsort
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-result = {"tokens": int(tokens.size), "rss_before": before}
-if spec["kind"] == "automaton":
-    documents = bench_core.documents_of(tokens, ends)
-    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak-RSS mark (Linux)
-        handle.write("5")
-    result["rss_before_build"] = status("VmRSS:")
-    started = time.perf_counter()
-    automaton = StaticAutomaton.build(documents, construction=spec.get("construction", "suffix_array"))
-    result["build_s"] = time.perf_counter() - started
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result["peak_rss_build"] = status("VmHWM:")
-    if spec.get("save_path"):
-        automaton.save(spec["save_path"])
-    result.update(nbytes=automaton.nbytes, states=automaton.num_states, edges=automaton.num_edges,
-                  format_version=automaton.format_version)
-else:
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    result["rss_before_build"] = status("VmRSS:")
-    started = time.perf_counter()
-    suffix_array = pydivsufsort.divsufsort(tokens)
-    result["build_s"] = time.perf_counter() - started
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result["peak_rss_build"] = status("VmHWM:")
-    result["nbytes"] = int(suffix_array.nbytes)
-    result["dtype"] = str(suffix_array.dtype)
-print("RESULT " + json.dumps(result))
-"""
-
-
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict, program: str = "build") -> dict:
+    """Runs ``bench_core_child`` (``program``: ``build`` or ``sharded``) on ``spec`` in a fresh
+    process, so that its peak RSS is its own; returns what it measured."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     completed = subprocess.run(
-        [sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent), json.dumps(spec)],
-        capture_output=True, text=True, check=False, cwd=OUT,  # not the checkout: its sam_decoding has no _core
+        [sys.executable, "-m", "bench_core_child", program, json.dumps(spec)],
+        capture_output=True, text=True, check=False, cwd=OUT, env=environment,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"build child failed ({completed.returncode}): {completed.stderr[-3000:]}")
+        raise RuntimeError(f"{program} child failed ({completed.returncode}): {completed.stderr[-3000:]}")
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
@@ -362,65 +313,6 @@ def constructions_report(results: dict) -> str:
 
 # ---- sharded builds: bounded memory, parallel shards ---------------------------------------------
 
-SHARDED_CHILD = r"""
-import json, resource, sys, time
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-import bench_core
-spec = json.loads(sys.argv[2])
-import sam_decoding, pydivsufsort  # imported before the baseline is taken
-result = {"rss_before": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-started = time.perf_counter()
-if spec["kind"] == "sharded":
-    from sam_decoding import ShardWriter, ShardedAutomaton
-    with ShardWriter(spec["out"], shard_tokens=spec["shard_tokens"], jobs=spec["jobs"]) as writer:
-        for document in bench_core.stream_documents(spec["tokens_path"], bench_core.ZIPF_DOCUMENT):
-            writer.add(document)
-    result["build_s"] = time.perf_counter() - started
-    corpus = ShardedAutomaton.load(spec["out"])
-    result.update(tokens=corpus.num_tokens, shards=corpus.num_shards, nbytes=corpus.nbytes,
-                  states=corpus.num_states, edges=corpus.num_edges)
-elif spec["kind"] == "single":
-    from sam_decoding import StaticAutomaton
-    documents = list(bench_core.stream_documents(spec["tokens_path"], bench_core.ZIPF_DOCUMENT))
-    automaton = StaticAutomaton.build(documents)
-    result["build_s"] = time.perf_counter() - started
-    result.update(tokens=automaton.num_tokens, shards=1, nbytes=automaton.nbytes,
-                  states=automaton.num_states, edges=automaton.num_edges)
-elif spec["kind"] == "shard_memory":
-    # One shard built from its token file, as a ShardWriter worker does, with the peak-RSS mark
-    # reset first (Linux clear_refs), so the growth measured is the build's own.
-    from sam_decoding import _core
-    tokens = np.load(spec["tokens_path"], mmap_mode="r")[: spec["shard_tokens"]]
-    ends = np.arange(bench_core.ZIPF_DOCUMENT, tokens.size + bench_core.ZIPF_DOCUMENT,
-                     bench_core.ZIPF_DOCUMENT).clip(max=tokens.size)
-    def status(field):
-        for line in open("/proc/self/status"):
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    result["rss_before"] = status("VmRSS:")
-    started = time.perf_counter()
-    native = _core.StaticAutomaton.build(tokens, ends, "", "{}")
-    result["build_s"] = time.perf_counter() - started
-    result["peak_rss_build"] = status("VmHWM:")
-    result.update(tokens=int(tokens.size), shards=1, nbytes=native.nbytes, states=native.num_states,
-                  edges=native.num_edges)
-else:
-    import pydivsufsort
-    tokens = np.load(spec["tokens_path"], mmap_mode="r")[: spec.get("limit")]
-    tokens = np.array(tokens)  # read into memory, as the baseline of a build from memory
-    started = time.perf_counter()
-    pydivsufsort.divsufsort(tokens)
-    result["build_s"] = time.perf_counter() - started
-    result.update(tokens=int(tokens.size), nbytes=int(tokens.size) * 8)
-result["peak_rss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-result["peak_rss_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print("RESULT " + json.dumps(result))
-"""
-
-
 def write_synthetic_tokens(path: Path, size: int, real_share: float, chunk: int = 10_000_000) -> None:
     """``size`` tokens to a .npy file, chunk by chunk (never all in memory): per chunk, Zipf
     tokens followed by a ``real_share`` of real text (the stdlib tokens, taken in order and
@@ -458,17 +350,6 @@ def stream_documents(tokens_path: str, document: int, chunk: int = 1 << 20):
                 yield block[start : start + document]
 
 
-def run_sharded_child(spec: dict) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-c", SHARDED_CHILD, str(Path(__file__).resolve().parent), json.dumps(spec)],
-        capture_output=True, text=True, check=False, cwd=OUT,  # not the checkout: its sam_decoding has no _core
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"child failed ({completed.returncode}): {completed.stderr[-3000:]}")
-    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
-
-
 def sharded_benchmark(args: argparse.Namespace) -> None:
     """Zipf tokens on disk, built (a) as one file, (b) as shards with 1 and ``--jobs`` jobs,
     (c) as a suffix array; query costs on the sharded corpus. Writes bench/results/core/."""
@@ -485,20 +366,19 @@ def sharded_benchmark(args: argparse.Namespace) -> None:
     runs: dict = {"tokens": size, "shard_tokens": args.shard_tokens, "load_average_before": load}
     if not args.skip_single:
         print(f"one file over {size:,} tokens ...", file=sys.stderr)
-        runs["single"] = run_sharded_child({"kind": "single", "tokens_path": str(tokens_path)})
+        runs["single"] = run_child({"kind": "single", "tokens_path": str(tokens_path)}, "sharded")
     for jobs in [args.jobs] if args.only_jobs else sorted({1, args.jobs}):
         out = OUT / f"zipf_shards_{jobs}"
         shutil.rmtree(out, ignore_errors=True)
         print(f"shards of {args.shard_tokens:,} tokens, {jobs} job(s) ...", file=sys.stderr)
-        runs[f"sharded_jobs{jobs}"] = run_sharded_child({"kind": "sharded", "tokens_path": str(tokens_path),
-                                                          "out": str(out), "shard_tokens": args.shard_tokens,
-                                                          "jobs": jobs})
+        runs[f"sharded_jobs{jobs}"] = run_child({"kind": "sharded", "tokens_path": str(tokens_path), "out": str(out),
+                                                 "shard_tokens": args.shard_tokens, "jobs": jobs}, "sharded")
     print("one shard's build memory ...", file=sys.stderr)
-    runs["shard_memory"] = run_sharded_child({"kind": "shard_memory", "tokens_path": str(tokens_path),
-                                              "shard_tokens": args.shard_tokens})
+    runs["shard_memory"] = run_child({"kind": "shard_memory", "tokens_path": str(tokens_path),
+                                      "shard_tokens": args.shard_tokens}, "sharded")
     print("suffix array ...", file=sys.stderr)
-    runs["suffix_array"] = run_sharded_child({"kind": "suffix_array", "tokens_path": str(tokens_path),
-                                              "limit": args.suffix_array_tokens})
+    runs["suffix_array"] = run_child({"kind": "suffix_array", "tokens_path": str(tokens_path),
+                                      "limit": args.suffix_array_tokens}, "sharded")
     corpus_dir = OUT / f"zipf_shards_{args.jobs}"
     loads = []
     for _ in range(9):

@@ -139,7 +139,7 @@ def speculate(
     if drafter.proposes_trees:
         check_tree_support(model)
     # Inference mode, not just no_grad: tensors skip autograd's version tracking, which made the loop
-    # about 3% slower than transformers' generate on a 2-core CPU (bench/engine_overhead.py).
+    # about 3% slower than transformers' generate on a 2-core CPU (bench/experiments/engine_overhead.py).
     with torch.inference_mode():
         result = SpeculativeRun(model, prompt, settings, drafter, resolve_policy(policy, model)).run()
     drafter.finish()

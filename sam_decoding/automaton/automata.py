@@ -54,14 +54,21 @@ class TokenizerMismatchError(ValueError):
 
 def _scored(search: Any, max_nodes: int, options: ScoredDraftOptions | None, max_depth: int | None,
             settings: dict[str, Any]) -> ScoredDraft:
-    """One scored search: ``options`` as given (checked when they were made), or made from ``settings``."""
+    """One scored search: ``options`` as given (checked when they were made), or made from ``settings``.
+
+    This is a drafter's per-step path: with options and plain non-negative ints it checks nothing
+    more than their types before the native call."""
     if options is None:
         options = ScoredDraftOptions(**settings)
-    elif settings or not isinstance(options, ScoredDraftOptions):
+    elif settings or type(options) is not ScoredDraftOptions and not isinstance(options, ScoredDraftOptions):
         raise TypeError("pass a ScoredDraftOptions or keyword settings, not both")
-    max_nodes = check_count("max_nodes", max_nodes)
-    depth = max_nodes if max_depth is None else check_count("max_depth", max_depth)
-    return ScoredDraft(*search(max_nodes, depth, options.min_probability, options.chain, options.max_orders,
+    if type(max_nodes) is not int or max_nodes < 0:
+        max_nodes = check_count("max_nodes", max_nodes)
+    if max_depth is None:
+        max_depth = max_nodes
+    elif type(max_depth) is not int or max_depth < 0:
+        max_depth = check_count("max_depth", max_depth)
+    return ScoredDraft(*search(max_nodes, max_depth, options.min_probability, options.chain, options.max_orders,
                                options.enough_occurrences, options.trusted_length))
 
 

@@ -1,4 +1,4 @@
 """End-to-end benchmarks: suites of questions, the methods compared, the runner and its reports.
 
-``sam-decoding bench`` drives it; ``bench/bench_generation.py`` is the script form.
+``sam-decoding bench`` drives it.
 """

@@ -6,7 +6,7 @@ building, the walk, bookkeeping, autograd state) that every drafter pays before 
 The loop is also run as it was before 2026-11-26, under ``torch.no_grad()`` instead of inference mode,
 for the side-by-side figure in the README.
 
-Run: python bench/engine_overhead.py --threads 2 --questions 3 --repeats 2
+Run: python bench/experiments/engine_overhead.py --threads 2 --questions 3 --repeats 2
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the policy predicted for every node it was offered against what the text then di
 as accepted when the emitted text follows its whole path): the calibration that decides how deep
 the policy verifies.
 
-Run: python bench/policy_ab.py --limit 2 --threads 2 \
+Run: python bench/experiments/policy_ab.py --limit 2 --threads 2 \
          --reference-profile bench/profiles/cpu-2core-smollm2-measured.json [--fallback tr]
 """
 

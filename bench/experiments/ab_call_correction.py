@@ -1,6 +1,6 @@
 """Wall-clock A/B of the policy's per-call acceptance correction, side by side in one process (2 torch threads).
 
-Run: python bench/ab_call_correction.py CATEGORIES PER_CATEGORY CORPUS
+Run: python bench/experiments/ab_call_correction.py CATEGORIES PER_CATEGORY CORPUS
 e.g. ``writing,humanities,stem,reasoning,rag,qa,translation,coding 2
 ~/.cache/sam_decoding/bench/spec-bench-distilled-*.sam`` (the corpus ``sam-decoding bench --suite
 spec-bench-mini`` distils). Prints each question's speed-up over vanilla ``model.generate`` for SAM

@@ -12,7 +12,7 @@ Token Recycling learns from the logits of the fed positions; the oracle feeds it
 accepted path only (one forward pass over the whole answer gives them), so its table sees less
 than in a real run.
 
-Run: python bench/oracle_ceiling.py --suite spec-bench-mini --limit 4 --threads 2 \
+Run: python bench/experiments/oracle_ceiling.py --suite spec-bench-mini --limit 4 --threads 2 \
          --reference-profile bench/profiles/cpu-2core-smollm2-measured.json
 """
 
