@@ -544,3 +544,32 @@ def test_bench_heads_method_loads_its_file_and_matches_vanilla(tiny_models, tiny
     assert outcome.tokens == _vanilla(model, prompt, [], new_tokens=24)[0, prompt.shape[1] :].tolist()
     with pytest.raises(ValueError, match="static corpus"):
         make_methods(["sam+heads"], None, heads=path)
+
+
+def test_training_pipeline_writes_a_loadable_file_and_resumes(tiny_models, tmp_path) -> None:
+    from sam_decoding.heads.pipeline import HeadsTrainingJob, train_heads
+    from sam_decoding.models import load_tokenizer, tokenizer_fingerprint
+
+    model = tiny_models[("llama", "sdpa")]
+    tokenizer = load_tokenizer(None)  # only its fingerprint is used: the answers are given as ids
+    generator = torch.Generator().manual_seed(5)
+    answers = [(str(i), torch.randint(2, TINY_VOCAB, (30,), generator=generator), 4) for i in range(24)]
+    job = HeadsTrainingJob(
+        output=tmp_path / "heads.safetensors", work_dir=tmp_path / "work", input_name="answers.jsonl", num_heads=2,
+        settings=TrainingSettings(epochs=2, batch_size=64, learning_rate=3e-3, held_out_fraction=0.2), draft_vocab=0,
+        record={"command": "test"},
+    )
+    messages: list[str] = []
+    first = train_heads(model, tokenizer, job, answers=answers, show_progress=False, log=messages.append)
+    loaded = MedusaHeads.load(job.output, model, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
+    assert loaded.num_heads == 2 and loaded.training_record == first.record
+    assert first.record["command"] == "test" and first.record["source"] == "answers"
+    assert first.record["input"] == "answers.jsonl" and first.report.train_positions > 0
+    # A second run finds every answer cached and the final checkpoint: nothing is redone.
+    again = train_heads(model, tokenizer, job, answers=answers, show_progress=False, log=messages.append)
+    assert any("24 already cached" in message for message in messages)
+    assert any("resuming training" in message for message in messages)
+    for a, b in zip(again.heads.parameters(), first.heads.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="either prompts or answers"):
+        train_heads(model, tokenizer, job, show_progress=False)

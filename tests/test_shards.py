@@ -375,3 +375,18 @@ def test_corrupted_shards_never_crash_unverified_queries(shard_directory):
         f"crashed with {result.returncode} after {result.stdout.strip().splitlines()[-1:]}: {result.stderr[-2000:]}"
     )
     assert "refused" in result.stdout
+
+
+def test_native_handles_and_sharded_cursors_come_from_the_gateway() -> None:
+    from sam_decoding.automaton import StaticCursor, native_automata
+
+    shards = [StaticAutomaton.build([[1, 2, 3, 4]]), StaticAutomaton.build([[1, 2, 5]])]
+    corpus = ShardedAutomaton(shards)
+    assert len(native_automata(corpus)) == 2 and len(native_automata(shards[0])) == 1
+    with pytest.raises(TypeError):
+        native_automata("corpus.sam")
+    cursor = StaticCursor.over_shards(shards)
+    cursor.feed([1, 2])
+    assert cursor.match_length == 2 and cursor.draft_with_counts(1).state_counts.tolist() == [2]
+    built = StaticAutomaton.from_checked_tokens(np.array([1, 2, 3, 7, 8], dtype=np.uint32), np.array([3, 5]))
+    assert (built.num_tokens, built.num_documents) == (5, 2)

@@ -168,3 +168,29 @@ def test_tree_pass_equals_each_path_fed_alone(tiny_models, implementation: str) 
                 alone = model(sequence).logits[0, -1]
                 torch.testing.assert_close(tree_logits[node + 1], alone, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(tree_logits[0], model(prefix).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_draft_owns_its_geometry() -> None:
+    probabilities = np.array([0.5, 0.4, 0.5, 0.2, 1.0, 0.5])
+    tree = Draft(TREE.tokens, TREE.parents, "test", probabilities, 3)
+    assert tree.depths.tolist() == [1, 1, 2, 2, 2, 3]
+    assert tree.ranks.tolist() == [0, 1, 0, 1, 0, 0]
+    # Path products by brute force: walk each node's ancestors.
+    expected = []
+    for node in range(len(tree)):
+        product, at = 1.0, node
+        while at >= 0:
+            product *= probabilities[at]
+            at = int(TREE.parents[at])
+        expected.append(product)
+    assert tree.path_probabilities.tolist() == pytest.approx(expected)
+    assert tree.expected_tokens == pytest.approx(sum(expected))
+    assert tree.path_probabilities is tree.path_probabilities  # computed once
+    first = tree.first_path(8)
+    assert first.is_chain and first.tokens.tolist() == [4, 6, 8] and first.probabilities.tolist() == [0.5, 0.5, 0.5]
+    assert first.match_length == 3 and tree.first_path(2).tokens.tolist() == [4, 6]
+    kept = tree.subset(np.array([1, 4]))
+    assert kept.parents.tolist() == [-1, 0] and kept.tokens.tolist() == [5, 6] and kept.depths.tolist() == [1, 2]
+    chain = Draft.chain([1, 2, 3], "c", [0.5, 0.5, 0.5])
+    assert chain.depths.tolist() == [1, 2, 3] and chain.expected_tokens == pytest.approx(0.875)
+    assert chain.is_path and not tree.is_path and Draft.empty().expected_tokens == 0.0
