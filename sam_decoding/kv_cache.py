@@ -5,10 +5,11 @@ remain, so that the next forward pass sees precisely the context ordinary decodi
 Only the public layer tensors (``cache.layers[i].keys`` / ``.values``) are touched.
 
 Sliding-window models (Mistral, Gemma 2, Gemma 3) get a cache whose sliding layers keep every
-position (:func:`rollback_cache`): transformers' ``DynamicSlidingWindowLayer`` drops keys as soon as
-a forward pass passes the window, including keys of tokens that verification then keeps, and has
-no rollback in transformers < 5 at all. The window itself still applies: transformers builds the
-sliding mask from absolute positions, so the extra keys are masked out and never weigh in.
+position (:func:`rollback_cache`): transformers' ``DynamicSlidingWindowLayer`` drops the oldest keys
+as soon as a forward pass crosses the window, including keys that the accepted path still needs,
+and its ``crop`` refuses from then on (transformers 5 can record the past first; 4.x cannot). The
+window itself still applies: transformers builds the sliding mask from absolute positions, so the
+extra keys are masked out and never weigh in.
 """
 
 from __future__ import annotations
