@@ -21,6 +21,7 @@ from sam_decoding.automaton import (
     TokenizerMismatchError,
 )
 from sam_decoding.automaton.automata import __version__
+from sam_decoding.models import load_model, load_tokenizer, tokenizer_fingerprint
 from sam_decoding.response_cache import ResponseCache
 from sam_decoding.shards import ShardedAutomaton, ShardWriter, load_corpus
 
@@ -88,6 +89,9 @@ __all__ = [
     "custom_generate",
     "generate",
     "load_corpus",
+    "load_model",
+    "load_tokenizer",
+    "tokenizer_fingerprint",
 ]
 
 

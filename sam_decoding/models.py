@@ -86,20 +86,75 @@ def resolve_model_path(name_or_path: str | os.PathLike[str] | None) -> str:
     return str(name_or_path)
 
 
-def load_model(name_or_path: str | os.PathLike[str] | None = None, *, dtype=None):
-    """Load a causal LM (default: SmolLM2-135M-Instruct) in eval mode on the CPU.
+#: Dtype names ``load_model`` and the command line accept, besides torch dtypes themselves.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
-    ``name_or_path`` is ``None``/``"smollm2"``, a local Hugging Face model directory or a hub id.
+
+def resolve_device(device=None):
+    """The ``torch.device`` a model runs on: ``None``/``"auto"`` is CUDA when available, else the CPU.
+
+    Accepts ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``; raises a one-line
+    ``ValueError`` for anything else or for a device this machine does not have.
     """
     import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r}: not a torch device (use auto, cpu, cuda, cuda:1 or mps)") from None
+    if target.type not in _DEVICE_TYPES:
+        raise ValueError(f"device {device!r}: unsupported device type {target.type!r} (use auto, cpu, cuda or mps)")
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    return target
+
+
+def resolve_dtype(dtype=None, device=None):
+    """The ``torch.dtype`` of the weights: ``None``/``"auto"`` is bfloat16 on CUDA and float32 elsewhere.
+
+    Accepts ``"float32"``, ``"bfloat16"``, ``"float16"`` or those torch dtypes; ``device`` is the
+    resolved device (see :func:`resolve_device`). Raises a one-line ``ValueError`` for anything else.
+    """
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device is not None and torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if str(dtype).removeprefix("torch.") in DTYPE_NAMES:
+            return dtype
+    elif isinstance(dtype, str) and dtype in DTYPE_NAMES:
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype {dtype!r}: use auto, {', '.join(DTYPE_NAMES)} or the matching torch dtype")
+
+
+def load_model(name_or_path: str | os.PathLike[str] | None = None, device=None, dtype=None):
+    """Load a causal LM (default: SmolLM2-135M-Instruct) in eval mode on ``device`` in ``dtype``.
+
+    ``name_or_path`` is ``None``/``"smollm2"``, a local Hugging Face model directory or a hub id.
+    ``device`` defaults to CUDA when available, else the CPU; ``dtype`` to bfloat16 on CUDA and
+    float32 elsewhere (see :func:`resolve_device`, :func:`resolve_dtype`). Greedy output is exact
+    token for token in float32; in bfloat16/float16 it can differ from plain decoding where the
+    top two tokens are nearly tied (docs/gpu.md).
+    """
     from transformers import AutoModelForCausalLM
 
+    target = resolve_device(device)
+    weights = resolve_dtype(dtype, target)
     path = resolve_model_path(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=weights)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {str(name_or_path)!r}: {error}") from error
-    return model.eval()
+    return model.to(target).eval()
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None):

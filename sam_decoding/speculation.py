@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
-from sam_decoding.kv_cache import cache_arguments, check_cache_layout, keep_cache_entries
+from sam_decoding.kv_cache import (
+    cache_arguments,
+    check_cache_layout,
+    fit_tree_to_window,
+    keep_cache_entries,
+    rollback_cache,
+    sliding_window,
+)
 from sam_decoding.stats import GenerationResult, GenerationStats
 from sam_decoding.verification import (
     TREE_CAPABLE_ATTENTION,
@@ -134,8 +141,9 @@ class SpeculativeRun:
         self.stop_at = prompt_length + settings.max_new_tokens
         self.past_length = prompt_length - 1  # tokens whose keys/values are cached
         self.last_token = int(self.prompt[0, -1])
-        self.cache = DynamicCache(config=model.config)
+        self.cache = rollback_cache(model.config)
         check_cache_layout(self.cache)
+        self.window = sliding_window(model.config)
         self.cache_kwargs = cache_arguments(model, self.cache)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.mask_dtype = next(model.parameters()).dtype
@@ -184,6 +192,7 @@ class SpeculativeRun:
         for draft in drafts:
             validate_draft(draft, self.vocab_size)
             draft = draft.limit_depth(remaining - 1)
+            draft = fit_tree_to_window(draft, self.past_length, self.window)
             if draft.parents is not None and not self.tree_capable:
                 check_tree_support(self.model)
             checked.append(draft)

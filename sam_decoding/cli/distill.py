@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_decoding.cli.errors import CliError
-from sam_decoding.cli.loading import load_model_and_tokenizer
+from sam_decoding.cli.loading import add_placement_arguments, load_model_and_tokenizer
 from sam_decoding.distillation import DEFAULT_BATCH_SIZE
 
 _EPILOG = """\
@@ -47,6 +47,7 @@ def register(commands: Any) -> None:
         help="field holding the prompt (default: the first of Spec-Bench's 'turns', or 'prompt')",
     )
     parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
+    add_placement_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="answer length cap in tokens (default: %(default)s)")
     parser.add_argument("--limit", type=int, metavar="N", help="answer only the first N prompts")
     parser.add_argument(
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         print(f"{args.output}: all {len(chosen)} prompts already answered")
         return 0
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     started = time.perf_counter()
     progress = tqdm(total=len(prompts), unit=" answers", file=sys.stderr, disable=True if args.no_progress else None)
     with progress:

@@ -250,11 +250,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    from sam_decoding.cli.loading import check_device
+    from sam_decoding.cli.loading import resolve_placement
     from sam_decoding.generation import generate
     from sam_decoding.prompts import eos_token_ids
 
-    check_device(args.device)  # a bad device fails before the model loads, as does a bad corpus
+    resolve_placement(args.device, args.dtype)  # a bad device fails before the model loads, as does a bad corpus
     if args.corpus is not None:
         open_corpus(args.corpus)
     if args.response_cache is not None:

@@ -24,14 +24,32 @@ def quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()
 
 
-#: ``--dtype`` choices: the torch dtypes the model's weights can be loaded in.
-DTYPES = ("float32", "bfloat16", "float16")
+#: ``--dtype`` choices: ``auto`` (bfloat16 on CUDA, float32 elsewhere) or a weight dtype.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_placement_arguments(parser: Any) -> None:
-    """Add ``--dtype`` and ``--device`` (where and in what precision the model runs) to ``parser``."""
-    parser.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: float32)")
-    parser.add_argument("--device", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    """Add ``--device`` and ``--dtype`` (where and in what precision the model runs) to ``parser``."""
+    parser.add_argument(
+        "--device", metavar="DEVICE", default="auto",
+        help="torch device: auto (CUDA when available, else cpu), cpu, cuda, cuda:1, mps (default: auto)",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto",
+        help="weight dtype: auto is bfloat16 on CUDA and float32 elsewhere; greedy output is exact token for "
+        "token in float32 (default: auto)",
+    )
+
+
+def resolve_placement(device: str | None, dtype: str | None) -> tuple[Any, Any]:
+    """``--device`` and ``--dtype`` as a ``torch.device`` and ``torch.dtype``, or a :class:`CliError` in one line."""
+    from sam_decoding.models import resolve_device, resolve_dtype
+
+    try:
+        target = resolve_device(device)
+        return target, resolve_dtype(dtype, target)
+    except ValueError as error:
+        raise CliError(f"--{str(error)}") from None
 
 
 def load_model_and_tokenizer(
@@ -39,42 +57,16 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """The causal LM and tokenizer named by ``--model`` (``None``: the default model).
 
-    ``dtype`` is one of :data:`DTYPES` (default float32); ``device`` a torch device string such as
-    ``cpu``, ``cuda``, ``cuda:1`` or ``mps`` (default cpu), checked before the model loads.
+    ``device`` and ``dtype`` are the ``--device``/``--dtype`` values (``None`` or ``auto``: CUDA in
+    bfloat16 when available, else the CPU in float32), checked before the model loads.
     """
-    import torch
-
     from sam_decoding.models import load_model, load_tokenizer
 
-    target = check_device(device)
+    target, weights = resolve_placement(device, dtype)
     quiet_transformers()
     _check_local_path(name_or_path, "model")
-    model = load_model(name_or_path, dtype=getattr(torch, dtype) if dtype is not None else None)
-    if target is not None:
-        model = model.to(target)
+    model = load_model(name_or_path, device=target, dtype=weights)
     return model, load_tokenizer(name_or_path)
-
-
-def check_device(device: str | None) -> Any:
-    """``device`` as a ``torch.device`` if this machine has it, else a :class:`CliError` naming what is missing."""
-    import torch
-
-    if device is None:
-        return None
-    try:
-        target = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
-    if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CliError(f"--device {device}: CUDA is not available on this machine")
-        if target.index is not None and target.index >= torch.cuda.device_count():
-            raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif target.type == "mps" and not torch.backends.mps.is_available():
-        raise CliError(f"--device {device}: MPS is not available on this machine")
-    elif target.type not in ("cpu", "cuda", "mps"):
-        raise CliError(f"--device {device}: unsupported device type {target.type!r} (use cpu, cuda or mps)")
-    return target
 
 
 def load_tokenizer_only(name_or_path: str | None) -> Any:

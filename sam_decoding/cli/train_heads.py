@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_decoding.cli.errors import CliError
+from sam_decoding.cli.loading import add_placement_arguments
 
 _EPILOG = """\
 Three stages, each resumable (re-run the same command after an interruption):
@@ -49,6 +50,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--answers", action="store_true", help="JSONL holds distilled chats ({'messages': [user, assistant]}), not prompts")
     parser.add_argument("--prompt-field", metavar="NAME", help="field holding the prompt (default: Spec-Bench's 'turns', or 'prompt')")
     parser.add_argument("--model", metavar="MODEL", help="local model directory or hub id (default: SmolLM2-135M-Instruct)")
+    add_placement_arguments(parser)
     parser.add_argument("--work-dir", type=Path, metavar="DIR", help="feature cache and checkpoints (default: OUTPUT with .work appended)")
     parser.add_argument("--num-heads", type=int, default=_DEFAULTS["num_heads"], metavar="K", help="heads, i.e. draft depth (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="answer length cap in tokens (default: %(default)s)")
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     prompts, answers, skipped = _read_inputs(args, tokenizer)
     settings = TrainingSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, held_out_fraction=args.held_out

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from sam_decoding.drafters.base import Draft, Drafter, Verified
-from sam_decoding.kv_cache import cache_arguments, truncate_cache
+from sam_decoding.kv_cache import cache_arguments, rollback_cache, truncate_cache
 
 
 class ModelDrafter(Drafter):
@@ -30,12 +29,12 @@ class ModelDrafter(Drafter):
         self._device = next(model.parameters()).device
         self._context: list[int] = []
         self._cached: list[int] = []  # the tokens whose keys/values are in self._cache, in order
-        self._cache = DynamicCache(config=model.config)
+        self._cache = rollback_cache(model.config)
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         self._context = [int(t) for t in prompt_ids]
         self._cached = []
-        self._cache = DynamicCache(config=self.model.config)
+        self._cache = rollback_cache(self.model.config)
 
     @torch.no_grad()
     def _next_token(self, new_tokens: list[int]) -> int:

@@ -318,9 +318,7 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
     while time is left, keeping every pass as an observation (the profile averages them).
     """
     import torch
-    from transformers import DynamicCache
-
-    from sam_decoding.kv_cache import cache_arguments, truncate_cache
+    from sam_decoding.kv_cache import cache_arguments, rollback_cache, truncate_cache
 
     started = time.perf_counter()
     parameter = next(model.parameters())
@@ -328,7 +326,7 @@ def calibrate(model: Any, profile: CostProfile, *, budget_seconds: float = 2.0) 
     vocab = model.get_input_embeddings().num_embeddings
     generator = torch.Generator().manual_seed(0)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    cache = DynamicCache(config=model.config)
+    cache = rollback_cache(model.config)
     cache_kwargs = cache_arguments(model, cache)
     # Models with learned absolute positions (e.g. GPT-2) take no position beyond their table.
     positions_limit = _max_positions(model.config)
