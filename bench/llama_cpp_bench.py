@@ -3,6 +3,7 @@
 Methods, all greedy, same GGUF file, same thread count, prompts rendered with the model's chat template:
   plain          Llama.generate, one token per evaluation
   prompt-lookup  Llama(draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10)), llama-cpp-python's own loop
+  sam-draft-model  Llama(draft_model=sam_decoding.llama_cpp.SamDraftModel(max_tokens=10)), the same loop
   sam-text       sam_decoding.llama_cpp.generate, drafting from the text so far
   sam-corpus     ... plus the suite's corpus (HumanEval: the Python standard library source;
                  Spec-Bench: the model's distilled answers to other Spec-Bench questions)
@@ -74,6 +75,8 @@ def main() -> int:
     common = dict(model_path=model_file, n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     llm = llama_cpp.Llama(**common)
     pld = llama_cpp.Llama(**common, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
+    sam_draft_model = sdl.SamDraftModel(max_tokens=10)
+    via_draft_model = llama_cpp.Llama(**common, draft_model=sam_draft_model)
     tokenizer = load_tokenizer(None)
     fingerprint = sdl.tokenizer_fingerprint(llm)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -110,6 +113,11 @@ def main() -> int:
             pld.n_tokens = 0
             record["prompt-lookup"] = {"seconds": time.perf_counter() - tick, "tokens": len(out),
                                        "differs": out != plain}
+            tick = time.perf_counter()
+            out = plain_generate(via_draft_model, prompt, args.max_new_tokens, end)
+            via_draft_model.n_tokens = 0
+            record["sam-draft-model"] = {"seconds": time.perf_counter() - tick, "tokens": len(out),
+                                         "differs": out != plain}
             methods = {
                 "sam-text": SamDrafter(use_tree=False, tokenizer_fingerprint=fingerprint),
                 "sam-corpus": SamDrafter(corpus, use_tree=False, tokenizer_fingerprint=fingerprint),
@@ -130,7 +138,7 @@ def main() -> int:
             print(json.dumps({k: (v if not isinstance(v, dict) else round(record['plain']['seconds'] / v['seconds'] * v['tokens'] / max(record['plain']['tokens'], 1), 2)) for k, v in record.items()}), file=sys.stderr, flush=True)
     load_after = load_average()
 
-    methods = ["plain", "prompt-lookup", "sam-text", "sam-corpus", "sam-cache"]
+    methods = ["plain", "prompt-lookup", "sam-draft-model", "sam-text", "sam-corpus", "sam-cache"]
 
     def summary(selected: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -139,7 +147,7 @@ def main() -> int:
             tokens = sum(r[method]["tokens"] for r in selected)
             seconds = sum(r[method]["seconds"] for r in selected)
             entry = {"tokens_per_second": tokens / seconds, "speedup": tokens / seconds / plain_rate}
-            if method.startswith("sam"):
+            if method in ("sam-text", "sam-corpus", "sam-cache"):
                 entry["tokens_per_evaluation"] = tokens / sum(r[method]["steps"] for r in selected)
                 entry["overhead_share"] = sum(r[method]["overhead_seconds"] for r in selected) / seconds
             if method != "plain":
@@ -178,8 +186,8 @@ def main() -> int:
         "Speed-up = tokens/s over plain `Llama.generate` on the same questions, run side by side; "
         "tok/eval = generated tokens per model evaluation; differ = outputs not equal to plain token for token.",
         "",
-        "| group | n | plain tok/s | prompt-lookup | sam-text | sam-corpus | sam-cache | tok/eval (sam-corpus) | differ (pl / text / corpus / cache) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| group | n | plain tok/s | prompt-lookup | SamDraftModel | sam-text | sam-corpus | sam-cache | tok/eval (sam-corpus) | differ (pl / sdm / text / corpus / cache) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def line(name: str, entry: dict) -> str:

@@ -191,6 +191,7 @@ def _run(
                 break
         # Inputs 0 .. len(emitted) - 1 were on the accepted path; later ones are dropped.
         target.remove_from(past + len(emitted))
+        cache_length = past
         past += len(emitted)
         last = emitted[-1]
         produced += len(emitted)
@@ -202,7 +203,7 @@ def _run(
 
         expected = 0.0
         if policy is not None and plan is not None:
-            policy.observe_cost(len(fed), past, forward_seconds)
+            policy.observe_cost(len(fed), cache_length, forward_seconds)
             policy.learn(plan, list(range(count)), count if hit_last else None)
             policy.advance(emitted)
             expected = plan.expected_accepted
