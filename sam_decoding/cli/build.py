@@ -25,8 +25,11 @@ examples:
   sam-decoding build notes.md manual.txt -o notes.sam
   sam-decoding build ~/src/project --glob '**/*.py' --exclude 'tests/*' -o project.sam
   sam-decoding build articles.jsonl --text-field body -o articles.sam
-  sam-decoding build chats.jsonl --chat-field messages --tokenizer ./my-model -o chats.sam
-  sam-decoding build ~/corpus --shard-tokens 50000000 --jobs 2 -o corpus-shards/
+  sam-decoding build chats.jsonl --chat-field messages --model ./my-model -o chats.sam
+  sam-decoding build ~/src/project --glob '**/*.py' --model ./qwen2.5-coder-q4_k_m.gguf -o code.sam
+      (a GGUF file: tokenized with the file's own vocabulary, for llama.cpp users)
+without --model, the default model's tokenizer (SmolLM2-135M-Instruct) is used and a notice says so:
+a corpus drafts only for models with the tokenizer it was built with.  sam-decoding build ~/corpus --shard-tokens 50000000 --jobs 2 -o corpus-shards/
       (a sharded corpus: a directory of shards of at most 50M tokens each, built two at a time,
        and its manifest.json; 'info' and 'generate --corpus' take the directory)"""
 
@@ -80,10 +83,13 @@ def register(commands: Any) -> None:
         "--chat-field", metavar="NAME", help="JSONL field holding a list of {role, content} messages"
     )
     parser.add_argument(
+        "--model",
         "--tokenizer",
+        dest="tokenizer",
         metavar="MODEL",
-        help="local model/tokenizer directory or hub id whose tokenizer to use "
-        "(default: the default model's, SmolLM2-135M-Instruct)",
+        help="the model the corpus will draft for: a local model/tokenizer directory, a hub id, or a .gguf "
+        "file (its own vocabulary); --tokenizer is the older name (default: the default model, "
+        "SmolLM2-135M-Instruct, with a notice)",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.set_defaults(handler=run)
@@ -132,8 +138,17 @@ def run(args: argparse.Namespace) -> int:
     from sam_decoding import StaticAutomaton
     from sam_decoding.models import tokenizer_fingerprint
 
-    tokenizer = load_tokenizer_only(args.tokenizer)
-    fingerprint = tokenizer_fingerprint(tokenizer)
+    if args.tokenizer is None:
+        print(
+            "note: no --model given: tokenizing with the default model's tokenizer (SmolLM2-135M-Instruct); "
+            "the corpus will draft only for models with that vocabulary",
+            file=sys.stderr,
+        )
+    if args.tokenizer is not None and args.tokenizer.lower().endswith(".gguf"):
+        tokenizer, fingerprint = _gguf_tokenizer(Path(args.tokenizer).expanduser())
+    else:
+        tokenizer = load_tokenizer_only(args.tokenizer)
+        fingerprint = tokenizer_fingerprint(tokenizer)
 
     if sharded:
         return _build_sharded(args, options, tokenizer, fingerprint)
@@ -184,6 +199,38 @@ def run(args: argparse.Namespace) -> int:
         f"{build_seconds:.1f} s building, {save_seconds:.1f} s saving"
     )
     return 0
+
+
+def _gguf_tokenizer(path: Path) -> tuple[Any, str]:
+    """The tokenizer of a GGUF file (transformers' GGUF loader) and the fingerprint of the file's own vocabulary.
+
+    The fingerprint is computed from the file's ``tokenizer.ggml.tokens``, which is what
+    :func:`sam_decoding.llama_cpp.tokenizer_fingerprint` computes for the loaded model; the
+    transformers tokenizer must map the same ids to the same tokens, or the build stops.
+    """
+    from sam_decoding.cli.loading import quiet_transformers
+    from sam_decoding.gguf_vocabulary import VocabularyError, first_difference, gguf_tokens, hf_tokens, vocabulary_fingerprint
+
+    if not path.is_file():
+        raise CliError(f"model {path}: no such GGUF file")
+    try:
+        tokens = gguf_tokens(path)
+    except VocabularyError as error:
+        raise CliError(str(error)) from None
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (OSError, ValueError, KeyError, NotImplementedError) as error:
+        raise CliError(f"model {path}: transformers cannot load this GGUF file's tokenizer ({error})") from None
+    try:
+        difference = first_difference(tokens, hf_tokens(tokenizer))
+    except VocabularyError as error:
+        difference = str(error)
+    if difference is not None:
+        raise CliError(f"model {path}: the GGUF vocabulary and transformers' reading of it differ ({difference})")
+    return tokenizer, vocabulary_fingerprint(tokens)
 
 
 def _build_parameters(args: argparse.Namespace, tally: ReadTally, documents: int, tokens: int) -> dict[str, Any]:

@@ -1,0 +1,185 @@
+"""The edge where sam-decoding meets llama.cpp: one batch, one decode, logits rows, KV removal, and the cost curve.
+
+:class:`LlamaTarget` holds a loaded ``llama_cpp.Llama``'s context and a batch of its own; nothing else
+in the package touches llama.cpp's low-level API. The sequence lives in sequence 0 of the context's
+memory: positions ``0 .. past - 1`` are cached, and a decode appends tokens at ``past``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sam_decoding.policy.cost_profile import (
+    CALIBRATION_LENGTH,
+    CALIBRATION_Q,
+    CostProfile,
+    _cpu_name,
+)
+
+#: Most tokens one verification pass feeds (the draft's depth is capped one below this).
+MAX_PASS_TOKENS = 64
+
+
+class LlamaTarget:
+    """A ``llama_cpp.Llama`` seen as a verifier: decode tokens at positions, read logits rows, drop KV entries.
+
+    Args:
+        llm: A loaded ``llama_cpp.Llama`` (its context's sequence 0 is used and overwritten).
+    """
+
+    def __init__(self, llm: Any) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.llm = llm
+        self.ctx = llm.ctx
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx = int(llm.n_ctx())
+        self.n_batch = int(llm.n_batch)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.capacity = max(self.n_batch, MAX_PASS_TOKENS)
+        self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
+        self._freed = False
+
+    def close(self) -> None:
+        """Free the batch (the ``Llama`` itself stays loaded)."""
+        if not self._freed:
+            self._freed = True
+            self._lib.llama_batch_free(self.batch)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (an end-of-generation token of the model's vocabulary)."""
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    def clear(self) -> None:
+        """Empty sequence 0 of the context's memory (and tell the ``Llama`` object its cache is gone)."""
+        self._lib.llama_memory_seq_rm(self.memory, 0, -1, -1)
+        self.llm.n_tokens = 0
+
+    def remove_from(self, position: int) -> None:
+        """Drop the cached entries at positions ``position`` and later."""
+        if not self._lib.llama_memory_seq_rm(self.memory, 0, position, -1):
+            raise RuntimeError("this llama.cpp memory cannot remove a partial sequence (recurrent model?)")
+
+    def decode(self, tokens: np.ndarray | list[int], start: int, logits_from: int) -> None:
+        """Feed ``tokens`` at positions ``start ..``; keep logits for tokens ``logits_from ..`` (index into ``tokens``)."""
+        count = len(tokens)
+        if count > self.capacity:
+            raise ValueError(f"a pass of {count} tokens exceeds the batch capacity {self.capacity}")
+        if start + count > self.n_ctx:
+            raise ValueError(f"the sequence would reach {start + count} tokens, beyond the context of {self.n_ctx}")
+        batch = self.batch
+        batch.n_tokens = count
+        for index in range(count):
+            batch.token[index] = int(tokens[index])
+            batch.pos[index] = start + index
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = 0
+            batch.logits[index] = index >= logits_from
+        status = self._lib.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+
+    def prefill(self, tokens: np.ndarray | list[int], start: int = 0) -> None:
+        """Feed ``tokens`` in chunks of the context's batch size, keeping no logits."""
+        for offset in range(0, len(tokens), self.n_batch):
+            chunk = tokens[offset : offset + self.n_batch]
+            self.decode(chunk, start + offset, len(chunk))
+
+    def logits(self, row: int) -> np.ndarray:
+        """Logits of output row ``row`` (the ``row``-th token of the last batch that kept logits), float32 ``[n_vocab]``, no copy."""
+        pointer = self._lib.llama_get_logits_ith(self.ctx, row)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    def argmax_rows(self, first: int, count: int) -> list[int]:
+        """Greedy choices at batch rows ``first .. first + count - 1``."""
+        return [int(np.argmax(self.logits(first + row))) for row in range(count)]
+
+
+def profile_key(llm: Any) -> str:
+    """A short hash naming the GGUF file (path, size, mtime), the thread counts, llama-cpp-python's version and the processor."""
+    import llama_cpp
+
+    path = Path(llm.model_path)
+    try:
+        stat = path.stat()
+        file_id = [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
+    except OSError:
+        file_id = [str(path)]
+    parts = ["llama.cpp", *file_id, llm.n_threads, llm.n_threads_batch, llama_cpp.__version__, _cpu_name()]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def calibrate_llama(target: LlamaTarget, profile: CostProfile, *, budget_seconds: float = 2.0) -> float:
+    """Time passes of :data:`CALIBRATION_Q` tokens (at most :data:`MAX_PASS_TOKENS`) into ``profile``; return seconds spent.
+
+    Random tokens over a cache of :data:`CALIBRATION_LENGTH` tokens; each size is timed at least
+    once, then the sweep repeats while the budget lasts. Leaves the context's memory empty.
+    """
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    length = min(CALIBRATION_LENGTH, target.n_ctx - MAX_PASS_TOKENS - 1)
+    sizes = [q for q in CALIBRATION_Q if q <= MAX_PASS_TOKENS]
+    target.clear()
+    target.prefill(rng.integers(0, target.n_vocab, length))
+    for q in (1, 4):  # untimed: first passes of a shape allocate
+        target.decode(rng.integers(0, target.n_vocab, q), length, 0)
+        target.remove_from(length)
+    for sweep in range(5):
+        for index, q in enumerate(sizes):
+            if index >= 4 and time.perf_counter() - started > budget_seconds * 0.8:
+                break
+            tokens = rng.integers(0, target.n_vocab, q)
+            tick = time.perf_counter()
+            target.decode(tokens, length, 0)
+            target.logits(q - 1)
+            seconds = time.perf_counter() - tick
+            target.remove_from(length)
+            profile.observe(q, length, seconds, force=True)
+        if time.perf_counter() - started > budget_seconds * 0.6:
+            break
+    target.clear()
+    spent = time.perf_counter() - started
+    profile.calibration_seconds = spent
+    return spent
+
+
+def load_or_calibrate(target: LlamaTarget, budget_seconds: float = 2.0) -> tuple[CostProfile, float]:
+    """The cached cost profile of this GGUF/threads/processor setting, or a fresh calibration (saved)."""
+    from sam_decoding.models import cache_dir
+    from sam_decoding.policy.cost_aware import PROFILE_CACHE_ENV
+
+    key = profile_key(target.llm)
+    path = None
+    if os.environ.get(PROFILE_CACHE_ENV, "1") != "0":
+        path = cache_dir() / "cost_profiles" / f"llama_cpp-{key}.json"
+    if path is not None and path.is_file():
+        try:
+            return CostProfile.from_json(json.loads(path.read_text(encoding="utf-8")), path=path), 0.0
+        except (ValueError, OSError, json.JSONDecodeError):
+            pass  # an older or damaged file: measure again and overwrite it
+    profile = CostProfile(key, path=path)
+    spent = calibrate_llama(target, profile, budget_seconds=budget_seconds)
+    profile.save_if_changed()
+    return profile, spent
+
+
+def cost_ratios(profile: CostProfile, cache_length: int = CALIBRATION_LENGTH, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> dict[int, float]:
+    """``t(q) / t(1)`` from ``profile`` at ``cache_length`` (what one more verified token costs)."""
+    curve = profile.curve(cache_length, max(sizes))
+    return {q: float(curve[q - 1] / curve[0]) for q in sizes}
+

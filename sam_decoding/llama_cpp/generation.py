@@ -1,0 +1,267 @@
+"""Speculative generation on a ``llama_cpp.Llama``: sam-decoding's drafters and cost-aware policy, llama.cpp's forward pass.
+
+A step asks the drafter for its candidate drafts, lets the policy keep the part worth verifying at
+llama.cpp's measured cost ``t(q)``, feeds the context's last token plus the kept draft as one batch
+(logits kept only at those positions), emits the target's greedy choices while they match the
+draft, and removes the rejected tokens' entries from the KV memory. The context's memory holds
+every token but the last, which the next step feeds again.
+
+Exactness: every emitted token is the argmax of llama.cpp's logits at its position, computed in
+the batch that verified it. llama.cpp's quantized CPU kernels do not give bit-identical logits for a
+batch of several tokens and for one token, so where two candidates are nearly tied the output can
+differ from one-token-at-a-time decoding; the tests measure how often, and bench reports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sam_decoding.drafters.base import Draft, Drafter
+from sam_decoding.llama_cpp.engine import MAX_PASS_TOKENS, LlamaTarget, load_or_calibrate
+from sam_decoding.policy.cost_aware import CostAwarePolicy
+from sam_decoding.stats import GenerationStats
+
+_POLICIES = ("cost", "all")
+
+
+@dataclass
+class LlamaCppResult:
+    """Output of :func:`generate`.
+
+    Attributes:
+        new_tokens: The generated token ids (the end-of-sequence token included when it ended generation).
+        stats: Counters and timings (``steps`` = verification passes; the prefill is not one).
+        stopped_at_end: Whether an end-of-generation token ended the call (else ``max_new_tokens`` did).
+    """
+
+    new_tokens: list[int]
+    stats: GenerationStats
+    stopped_at_end: bool = False
+
+    @property
+    def tokens_per_evaluation(self) -> float:
+        """Generated tokens per verification pass (1.0 for plain decoding)."""
+        return len(self.new_tokens) / self.stats.steps if self.stats.steps else 0.0
+
+
+_POLICY_BY_LLM: dict[int, tuple[Any, CostAwarePolicy, LlamaTarget]] = {}
+
+
+def _session(llm: Any, policy: str | CostAwarePolicy) -> tuple[LlamaTarget, CostAwarePolicy | None, float]:
+    """The target wrapper and policy kept per ``Llama`` object (the policy learns across calls)."""
+    entry = _POLICY_BY_LLM.get(id(llm))
+    if entry is None or entry[0] is not llm:
+        target = LlamaTarget(llm)
+        entry = (llm, CostAwarePolicy(), target)
+        _POLICY_BY_LLM[id(llm)] = entry
+    _, shared, target = entry
+    spent = 0.0
+    if policy == "all":
+        return target, None, spent
+    chosen = policy if isinstance(policy, CostAwarePolicy) else shared
+    if chosen.profile is None:
+        chosen.profile, spent = load_or_calibrate(target)
+    chosen.prepare(None)
+    return target, chosen, spent
+
+
+def _check_settings(llm: Any, prompt_tokens: Sequence[int], drafter: Any, max_new_tokens: int, policy: Any) -> list[int]:
+    if not hasattr(llm, "ctx") or not hasattr(llm, "model"):
+        raise TypeError(f"llm must be a loaded llama_cpp.Llama, got {type(llm).__name__}")
+    if drafter is not None and not isinstance(drafter, Drafter):
+        raise TypeError(f"drafter must be a sam_decoding Drafter, got {type(drafter).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not (isinstance(policy, CostAwarePolicy) or policy in _POLICIES):
+        raise ValueError(f"policy must be one of {', '.join(_POLICIES)} or a CostAwarePolicy, got {policy!r}")
+    tokens = [int(token) for token in prompt_tokens]
+    if not tokens:
+        raise ValueError("prompt_tokens is empty: give at least one token (e.g. the model's BOS)")
+    n_vocab = llm.n_vocab()
+    bad = next((token for token in tokens if not 0 <= token < n_vocab), None)
+    if bad is not None:
+        raise ValueError(f"prompt token {bad} is outside the model's vocabulary of {n_vocab}")
+    if len(tokens) + max_new_tokens > llm.n_ctx():
+        raise ValueError(
+            f"prompt ({len(tokens)}) + max_new_tokens ({max_new_tokens}) exceeds the context of {llm.n_ctx()} tokens"
+        )
+    return tokens
+
+
+def _first_chain(draft: Draft) -> Draft:
+    """A tree's first-child path as a chain (llama.cpp verification here is chains only)."""
+    if draft.parents is None or not len(draft):
+        return draft
+    keep = [0]
+    for index in range(1, len(draft)):
+        if draft.parents[index] == keep[-1]:
+            keep.append(index)
+    indices = np.asarray(keep)
+    probabilities = None if draft.probabilities is None else draft.probabilities[indices]
+    return Draft(draft.tokens[indices], None, draft.source, probabilities, draft.match_length)
+
+
+def stream(
+    llm: Any,
+    prompt_tokens: Sequence[int],
+    *,
+    drafter: Drafter | None = None,
+    max_new_tokens: int = 128,
+    policy: str | CostAwarePolicy = "cost",
+    stats: GenerationStats | None = None,
+) -> Iterator[list[int]]:
+    """Generate greedily from ``prompt_tokens``, yielding each verification step's new tokens (a list of ids).
+
+    Same arguments as :func:`generate`; pass a :class:`~sam_decoding.GenerationStats` as ``stats`` to
+    read the counters once the iterator is exhausted. Generation ends at the model's
+    end-of-generation token (yielded) or after ``max_new_tokens`` tokens.
+    """
+    tokens = _check_settings(llm, prompt_tokens, drafter, max_new_tokens, policy)
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = len(tokens)
+    started = time.perf_counter()
+    target, chooser, calibration = _session(llm, policy)
+    stats.calibration_seconds = calibration
+    if drafter is None:
+        from sam_decoding.drafters.sam import SamDrafter
+
+        drafter = SamDrafter(use_tree=False)
+    try:
+        yield from _run(target, tokens, drafter, chooser, max_new_tokens, stats)
+    finally:
+        if chooser is not None:
+            chooser.finish()
+        # The Llama object's own bookkeeping must not believe its cache still matches its input_ids.
+        target.clear()
+        stats.total_seconds = time.perf_counter() - started - calibration
+
+
+def _run(
+    target: LlamaTarget,
+    prompt: list[int],
+    drafter: Drafter,
+    policy: CostAwarePolicy | None,
+    max_new_tokens: int,
+    stats: GenerationStats,
+) -> Iterator[list[int]]:
+    if max_new_tokens == 0:
+        return
+    tick = time.perf_counter()
+    target.clear()
+    target.prefill(prompt[:-1])
+    stats.prefill_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    drafter.begin(np.asarray(prompt, dtype=np.int64))
+    stats.draft_seconds += time.perf_counter() - tick
+    past = len(prompt) - 1
+    last = prompt[-1]
+    produced = 0
+    while True:
+        tick = time.perf_counter()
+        room = min(max_new_tokens - produced - 1, MAX_PASS_TOKENS - 1)
+        proposals = drafter.propose_candidates(room) if room > 0 else [Draft.empty("none")]
+        proposals = [_first_chain(draft) for draft in proposals]
+        drafted = time.perf_counter()
+        plan = None
+        if policy is not None:
+            plan = policy.choose(proposals, past + 1, drafted - tick)
+            draft = plan.draft
+        else:
+            draft = max(proposals, key=len)
+        draft_tokens = draft.tokens[: max(room, 0)]
+        selected = time.perf_counter()
+
+        fed = [last, *draft_tokens.tolist()]
+        target.decode(fed, past, 0)
+        choices = target.argmax_rows(0, len(fed))
+        forward_seconds = time.perf_counter() - selected
+        emitted: list[int] = []
+        ended = False
+        for index, choice in enumerate(choices):
+            emitted.append(choice)
+            if target.is_end(choice) or produced + len(emitted) >= max_new_tokens:
+                ended = target.is_end(choice)
+                break
+            if index >= len(draft_tokens) or draft_tokens[index] != choice:
+                break
+        # Inputs 0 .. len(emitted) - 1 were on the accepted path; later ones are dropped.
+        target.remove_from(past + len(emitted))
+        cache_length = past
+        past += len(emitted)
+        last = emitted[-1]
+        produced += len(emitted)
+        # The last emitted token was a draft token too if the walk stopped on it (end or length).
+        count = len(emitted)
+        hit_last = count - 1 < len(draft_tokens) and int(draft_tokens[count - 1]) == emitted[-1]
+        accepted = count - 1 + int(hit_last)
+        verified = time.perf_counter()
+
+        expected = 0.0
+        if policy is not None and plan is not None:
+            policy.observe_cost(len(fed), cache_length, forward_seconds)
+            policy.learn(plan, list(range(count)), count if hit_last else None)
+            policy.advance(emitted)
+            expected = plan.expected_accepted
+        learned = time.perf_counter()
+        drafter.accept(np.asarray(emitted, dtype=np.int64), None)
+        stats.proposed_tokens += sum(len(proposal) for proposal in proposals)
+        stats.count_step(draft.source, len(draft_tokens), accepted, expected)
+        stats.new_tokens = produced
+        done = time.perf_counter()
+        stats.draft_seconds += (drafted - tick) + (done - learned)
+        stats.policy_seconds += (selected - drafted) + (learned - verified)
+        stats.verify_seconds += verified - selected
+        if policy is not None:
+            policy.observe_overhead(done - tick - forward_seconds)
+        finished = ended or produced >= max_new_tokens
+        if finished:
+            drafter.finish()
+        yield emitted
+        if finished:
+            return
+
+
+def generate(
+    llm: Any,
+    prompt_tokens: Sequence[int],
+    *,
+    drafter: Drafter | None = None,
+    max_new_tokens: int = 128,
+    policy: str | CostAwarePolicy = "cost",
+    on_tokens: Callable[[list[int]], Any] | None = None,
+) -> LlamaCppResult:
+    """Generate greedily with speculative decoding on a ``llama_cpp.Llama``.
+
+    Args:
+        llm: A loaded ``llama_cpp.Llama`` (its KV memory is used and left empty).
+        prompt_tokens: The prompt as token ids of ``llm``'s vocabulary (e.g. ``llm.tokenize(text)``).
+        drafter: Any sam-decoding drafter; ``None``: a :class:`~sam_decoding.SamDrafter` over the text so
+            far. Trees are verified along their first-child path (chains).
+        max_new_tokens: Most tokens to generate.
+        policy: ``"cost"`` (default): size each step by llama.cpp's measured cost curve on this machine
+            (calibrated in about 2 s at first use, cached per GGUF file, thread count and processor);
+            ``"all"``: verify every drafted token; or a :class:`~sam_decoding.CostAwarePolicy`.
+        on_tokens: Called with each step's new tokens as they are verified (streaming).
+
+    Returns:
+        The new tokens and the call's counters (``stats.steps`` verification passes, drafted and
+        accepted tokens, seconds spent drafting, in the policy and verifying).
+    """
+    stats = GenerationStats()
+    new_tokens: list[int] = []
+    for step_tokens in stream(llm, prompt_tokens, drafter=drafter, max_new_tokens=max_new_tokens, policy=policy, stats=stats):
+        new_tokens.extend(step_tokens)
+        if on_tokens is not None:
+            on_tokens(step_tokens)
+    return LlamaCppResult(new_tokens, stats, bool(new_tokens) and _is_end(llm, new_tokens[-1]))
+
+
+def _is_end(llm: Any, token: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token))

@@ -1,0 +1,191 @@
+"""sam-decoding on llama.cpp (llama-cpp-python) with the default model's GGUF file.
+
+What "equal to plain decoding" means here: llama.cpp's quantized CPU kernels give slightly different
+logits for a batch of several tokens than for one token, so speculative verification (a batch per
+step) can pick a different token than one-token decoding where two candidates are nearly tied. The
+tests therefore check (1) the loop itself exactly: with no draft every step is one token and the
+output equals a one-token greedy reference token for token; (2) with drafts, every emitted token is
+the argmax of a batch llama.cpp really evaluated over the accepted context, replayed from scratch;
+(3) differences from plain decoding happen only at near-ties, and their count is printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+
+from sam_decoding import SamDrafter, StaticAutomaton  # noqa: E402
+from sam_decoding.automaton import TokenizerMismatchError  # noqa: E402
+from sam_decoding.drafters.base import Draft, Drafter  # noqa: E402
+from sam_decoding.models import gguf_path  # noqa: E402
+
+import sam_decoding.llama_cpp as sdl  # noqa: E402
+
+PROMPTS = [
+    "Write a Python function that returns the sum of a list of numbers.",
+    "List the days of the week, one per line.",
+    "Explain what a hash table is in two sentences.",
+]
+
+
+class NoDraft(Drafter):
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        pass
+
+    def propose(self, max_tokens: int) -> Draft:
+        return Draft.empty("none")
+
+    def accept(self, tokens: np.ndarray, verified: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def llm():
+    try:
+        path = gguf_path()
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"the default model's GGUF file is not installed: {error}")
+    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+
+
+def chat_tokens(llm, messages: list[dict[str, str]]) -> list[int]:
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+    return llm.tokenize(text.encode(), add_bos=False, special=True)
+
+
+def one_token_greedy(llm, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Reference: prefill all but the last prompt token, then decode one token at a time (argmax); also each step's top-2 margin."""
+    target = sdl.generation._session(llm, "all")[0]
+    target.clear()
+    target.prefill(prompt[:-1])
+    out, margins, last, past = [], [], prompt[-1], len(prompt) - 1
+    for _ in range(n):
+        target.decode([last], past, 0)
+        logits = target.logits(0)
+        top2 = np.sort(logits)[-2:]
+        token = int(np.argmax(logits))
+        out.append(token)
+        margins.append(float(top2[1] - top2[0]))
+        past += 1
+        last = token
+        if target.is_end(token):
+            break
+    target.clear()
+    return out, margins
+
+
+def test_without_drafts_the_loop_is_one_token_decoding(llm) -> None:
+    prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[0]}])
+    reference, _ = one_token_greedy(llm, prompt, 40)
+    result = sdl.generate(llm, prompt, drafter=NoDraft(), max_new_tokens=40, policy="all")
+    assert result.new_tokens == reference
+    assert result.stats.steps == len(reference) and result.stats.drafted_tokens == 0
+
+
+def test_drafted_output_is_what_llama_cpp_verified(llm) -> None:
+    """Replay: a fresh context fed exactly the step batches over the accepted context gives the same argmaxes."""
+    prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[1]}])
+    result = sdl.generate(llm, prompt, drafter=SamDrafter(use_tree=False), max_new_tokens=64, policy="all")
+    assert result.stats.accepted_tokens > 0, "the drafts never paid off: the replay would test nothing"
+    target = sdl.generation._session(llm, "all")[0]
+    target.clear()
+    target.prefill(prompt[:-1])
+    past, last, emitted = len(prompt) - 1, prompt[-1], result.new_tokens
+    position = 0
+    steps = 0
+    while position < len(emitted):
+        # The greedy output decides the step boundaries: a step ends at the first token the draft missed,
+        # which the replay cannot know; so each replayed batch is the rest of the output (up to 16 tokens),
+        # and only its first token is checked, then one token is accepted. This checks the KV rollback:
+        # rejected entries left in memory would change later argmaxes.
+        batch = [last, *emitted[position : position + 15]]
+        target.decode(batch, past, 0)
+        choices = target.argmax_rows(0, len(batch))
+        agree = 0
+        while agree < len(batch) and position + agree < len(emitted) and choices[agree] == emitted[position + agree]:
+            agree += 1
+        assert agree >= 1, f"step {steps}: llama.cpp picks {choices[0]}, the loop emitted {emitted[position]}"
+        target.remove_from(past + agree)
+        past += agree
+        last = emitted[position + agree - 1]
+        position += agree
+        steps += 1
+    target.clear()
+
+
+def test_differences_from_one_token_decoding_are_near_ties(llm, capsys) -> None:
+    compared = differing = 0
+    corpus_drafter = SamDrafter(use_tree=False)
+    for text in PROMPTS:
+        prompt = chat_tokens(llm, [{"role": "user", "content": text}])
+        reference, margins = one_token_greedy(llm, prompt, 64)
+        ours = sdl.generate(llm, prompt, drafter=corpus_drafter, max_new_tokens=64).new_tokens
+        first = next((i for i, (a, b) in enumerate(zip(reference, ours)) if a != b), None)
+        compared += 1
+        if first is not None:
+            differing += 1
+            assert margins[first] < 0.5, f"output differs at token {first} where plain decoding's top-2 margin is {margins[first]:.3f}"
+        else:
+            assert ours == reference
+    with capsys.disabled():
+        print(f"\nllama.cpp: {differing} of {compared} greedy outputs differ from one-token decoding (near-ties only)")
+
+
+def test_multi_turn_chat_streams_and_stops_at_the_end_token(llm) -> None:
+    drafter = SamDrafter(use_tree=False)
+    messages = [{"role": "user", "content": "Name three colors."}]
+    streamed: list[list[int]] = []
+    first = sdl.generate(llm, chat_tokens(llm, messages), drafter=drafter, max_new_tokens=200, on_tokens=streamed.append)
+    assert first.stopped_at_end and first.new_tokens[-1] == llm.token_eos() or llm.detokenize([first.new_tokens[-1]], special=True) == b"<|im_end|>"
+    assert [t for step in streamed for t in step] == first.new_tokens
+    answer = llm.detokenize(first.new_tokens[:-1]).decode()
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Now name three more."}]
+    second = sdl.generate(llm, chat_tokens(llm, messages), drafter=drafter, max_new_tokens=200)
+    assert second.new_tokens and second.stats.steps <= len(second.new_tokens)
+    reference, _ = one_token_greedy(llm, chat_tokens(llm, messages), len(second.new_tokens))
+    same = sum(a == b for a, b in zip(reference, second.new_tokens))
+    assert same >= min(len(reference), len(second.new_tokens)) * 0.5
+
+
+def test_the_llama_fingerprint_matches_the_corpus_of_the_same_vocabulary(llm, tmp_path: Path) -> None:
+    from sam_decoding.gguf_vocabulary import gguf_tokens, vocabulary_fingerprint
+
+    fingerprint = sdl.tokenizer_fingerprint(llm)
+    assert fingerprint == vocabulary_fingerprint(gguf_tokens(gguf_path()))
+    ours = StaticAutomaton.build([[5, 6, 7, 8]], tokenizer_fingerprint=fingerprint)
+    SamDrafter(ours, tokenizer_fingerprint=fingerprint)
+    foreign = StaticAutomaton.build([[5, 6, 7, 8]], tokenizer_fingerprint="vocab32000-sha256:0123456789abcdef")
+    with pytest.raises(TokenizerMismatchError):
+        SamDrafter(foreign, tokenizer_fingerprint=fingerprint)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": -1}, "max_new_tokens must be an int >= 0"),
+        ({"max_new_tokens": 5000}, "exceeds the context"),
+        ({"policy": "fast"}, "policy must be one of"),
+        ({"drafter": "sam"}, "drafter must be a sam_decoding Drafter"),
+        ({"prompt_tokens": []}, "prompt_tokens is empty"),
+        ({"prompt_tokens": [10**7]}, "outside the model's vocabulary"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line(llm, kwargs, message) -> None:
+    arguments = {"prompt_tokens": [1, 2, 3], **kwargs}
+    prompt = arguments.pop("prompt_tokens")
+    with pytest.raises((ValueError, TypeError)) as caught:
+        sdl.generate(llm, prompt, **arguments)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_sam_draft_model_in_llama_cpp_pythons_own_loop(llm) -> None:
+    model = sdl.SamDraftModel(max_tokens=8)
+    ids = np.array([1, 2, 3, 1, 2], dtype=np.intc)
+    assert model(ids).tolist() == [3, 1, 2][: len(model(ids))]
+    assert model(np.array([1, 2, 3, 1, 2, 3, 1], dtype=np.intc)).tolist()[:1] == [2]
+    with pytest.raises(ValueError, match="max_tokens"):
+        sdl.SamDraftModel(max_tokens=0)
