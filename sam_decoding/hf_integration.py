@@ -54,7 +54,7 @@ def custom_generate(
         sam_streamer: A streamer to receive each step's new tokens and ``end()`` (the prompt was
             already sent by ``model.generate`` to its own ``streamer`` argument, not to this one).
         stats_callback: Called once with the call's :class:`~sam_decoding.GenerationStats`.
-        policy: The verification policy, as for :func:`~sam_decoding.generate` (default ``"auto"``).
+        policy: The verification policy, as for :func:`~sam_decoding.generate` (default ``"cost"``).
         model_kwargs: ``attention_mask`` (must be all ones: no padding), cache and other inputs
             prepared by transformers; the loop builds its own cache.
 

@@ -143,7 +143,7 @@ class ResponseCache:
         max_tokens: int = 1_000_000,
         path: str | os.PathLike[str] | None = None,
         *,
-        tokenizer_fingerprint: str = "",
+        tokenizer_fingerprint: str | None = None,
         segment_tokens: int | None = None,
     ) -> None:
         max_tokens = _check_positive_int("max_tokens", max_tokens)
@@ -152,8 +152,10 @@ class ResponseCache:
         if segment_tokens is None:
             segment_tokens = max(min(max_tokens, MIN_DEFAULT_SEGMENT_TOKENS), max_tokens // 4)
         segment_tokens = min(_check_positive_int("segment_tokens", segment_tokens), max_tokens)
+        if tokenizer_fingerprint is None:
+            tokenizer_fingerprint = ""  # unknown: the file records no tokenizer
         if not isinstance(tokenizer_fingerprint, str):
-            raise TypeError(f"tokenizer_fingerprint must be a str, got {type(tokenizer_fingerprint).__name__}")
+            raise TypeError(f"tokenizer_fingerprint must be a str or None, got {type(tokenizer_fingerprint).__name__}")
         self._max_tokens = max_tokens
         self._segment_tokens = segment_tokens
         self._eviction_slack = segment_tokens // 8

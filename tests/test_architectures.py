@@ -165,7 +165,7 @@ def _run_and_check(model, prompt, new_tokens, where, assert_greedy_equal) -> dic
     tree_steps = {}
     for name, drafter in _drafters(reference).items():
         with _TreeSteps(model) as steps:
-            result = generate(model, prompt, max_new_tokens=new_tokens, drafter=drafter, eos_token_id=[], policy=None)
+            result = generate(model, prompt, max_new_tokens=new_tokens, drafter=drafter, eos_token_id=[], policy="all")
         assert_greedy_equal(model, result.sequences, reference, f"{where}/{name}")
         tree_steps[name] = steps.count
         # Past the window trees are cut to their first path, which this drafter makes the wrong one.
@@ -234,7 +234,7 @@ def test_sampling_keeps_the_distribution(family, one_torch_thread) -> None:
     for _ in range(runs):
         result = generate(
             model, prompt, max_new_tokens=count, drafter=drafter, do_sample=True, temperature=TEMPERATURE,
-            top_k=TOP_K, generator=generator, eos_token_id=[], policy=None,
+            top_k=TOP_K, generator=generator, eos_token_id=[], policy="all",
         )
         observed[tuple(result.new_tokens.tolist())] += 1
         accepted += result.stats.accepted_tokens
@@ -253,6 +253,6 @@ def test_bfloat16_runs_with_chains_and_trees(family, one_torch_thread) -> None:
     prompt = _prompt(8)
     reference = model.generate(prompt, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=TINY_PAD)
     for name, drafter in _drafters(reference).items():
-        result = generate(model, prompt, max_new_tokens=16, drafter=drafter, eos_token_id=[], policy=None)
+        result = generate(model, prompt, max_new_tokens=16, drafter=drafter, eos_token_id=[], policy="all")
         assert result.sequences.shape == reference.shape, f"{family}/bf16/{name}"
         assert int((result.sequences == reference).sum()) >= reference.shape[1] // 2, f"{family}/bf16/{name}"

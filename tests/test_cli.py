@@ -175,7 +175,7 @@ def test_generate_json_from_a_file_with_system_and_draft_settings(capsys, tmp_pa
               "--json", "--dtype", "float32", "--device", "cpu"]
     code, out, err = run_cli(
         capsys, *common, "--corpus", corpus, "--fallback", "prompt-lookup", "--no-tree", "--max-draft", "4",
-        "--min-probability", "0.05", "--no-policy",
+        "--min-probability", "0.05", "--policy", "all",
     )
     assert code == 0, err
     assert err == "" and len(out.splitlines()) == 1

@@ -89,9 +89,9 @@ def test_repetitive_prompt_accepts_long_drafts(tiny_models) -> None:
     prompt = PROMPTS["repetitive"]
     reference = _vanilla(model, prompt, [])
     drafter = SamDrafter(StaticAutomaton.build([reference[0].numpy()]), use_tree=False, min_probability=0.0)
-    # policy=None: every drafted token is verified, so MAT shows the drafts themselves (the policy's
+    # policy="all": every drafted token is verified, so MAT shows the drafts themselves (the policy's
     # sizing depends on the machine's timings).
-    result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=drafter, eos_token_id=[], policy=None)
+    result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=drafter, eos_token_id=[], policy="all")
     assert torch.equal(result.sequences, reference)
     # The corpus holds the exact continuation: far more than one token per step.
     assert result.stats.mean_accepted_tokens > 4

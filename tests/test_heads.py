@@ -410,7 +410,7 @@ def test_heads_drafter_matches_vanilla_greedy(tiny_models, tiny_heads, family, c
                 reference = _vanilla(model, prompt, eos)
             make = _heads_drafters(tiny_heads[family])[configuration]
             # No verification policy: every drafted node is verified, so acceptance shows the heads' own quality.
-            result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=make(), eos_token_id=eos, policy=None)
+            result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=make(), eos_token_id=eos, policy="all")
             assert_greedy_equal(model, result.sequences, reference, f"{family}/{prompt_name}/{stop}/heads-{configuration}")
             accepted += result.stats.accepted_by_source.get("heads", 0)
     # The heads really drafted, and the target took their tokens.
@@ -504,7 +504,7 @@ def test_sampling_with_heads_is_exact_and_the_test_rejects_typical_acceptance(ti
         for _ in range(runs):
             result = generate(
                 model, PROMPT, max_new_tokens=count, drafter=make(), do_sample=True, temperature=TEMPERATURE,
-                top_k=TOP_K, generator=generator, eos_token_id=[], policy=None,
+                top_k=TOP_K, generator=generator, eos_token_id=[], policy="all",
             )
             observed[tuple(result.new_tokens.tolist())] += 1
             accepted += result.stats.accepted_tokens

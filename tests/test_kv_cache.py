@@ -85,8 +85,8 @@ def test_many_tree_steps_stay_exact(tiny_models, family: str) -> None:
     prompt = torch.tensor([[11, 4, 90, 23, 23, 60]])
     reference = model.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=TINY_PAD)
     drafter = DecoyTreeDrafter(reference[0, prompt.shape[1] :].tolist())
-    # policy=None: every drafted node is verified, so every step exercises the tree pruning.
-    result = generate(model, prompt, max_new_tokens=40, drafter=drafter, eos_token_id=[], policy=None)
+    # policy="all": every drafted node is verified, so every step exercises the tree pruning.
+    result = generate(model, prompt, max_new_tokens=40, drafter=drafter, eos_token_id=[], policy="all")
     assert torch.equal(result.sequences, reference)
     # Every step accepts the full 5-token true path plus the bonus token.
     assert result.stats.mean_accepted_tokens > 5

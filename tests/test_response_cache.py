@@ -371,11 +371,11 @@ def test_generate_calls_in_threads_share_one_cache_and_stay_lossless(tiny_models
 
     def serve(thread: int) -> None:
         try:
-            drafter = SamDrafter(None, responses=cache)  # one drafter per thread, one cache for all
+            drafter = SamDrafter(None, response_cache=cache)  # one drafter per thread, one cache for all
             start.wait()
             for repeat in range(2):  # the second call's prompt is another thread's first
                 index = (thread + repeat) % len(prompts)
-                outputs[thread, repeat] = generate(model, prompts[index], drafter=drafter, max_new_tokens=24, policy=None)
+                outputs[thread, repeat] = generate(model, prompts[index], drafter=drafter, max_new_tokens=24, policy="all")
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             failures.append(error)
 

@@ -164,7 +164,7 @@ def test_speculative_sampling_matches_ordinary_sampling(tiny_models, drafter_nam
             top_k=TOP_K, generator=generator, eos_token_id=[],
             # Every drafted node is verified: whether the cost-aware policy would verify this
             # self-draft depends on the machine's timings, and this test is about acceptance itself.
-            policy=None,
+            policy="all",
         )
         observed[tuple(result.new_tokens.tolist())] += 1
         accepted += result.stats.accepted_tokens

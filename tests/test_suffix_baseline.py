@@ -59,7 +59,7 @@ def test_suffix_drafts_from_its_corpus_are_accepted(tiny_models) -> None:
     prompt = _prompts()["random"]
     reference = _vanilla(model, prompt, [])
     drafter = SuffixDecodingDrafter([reference[0].numpy()])
-    result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=drafter, eos_token_id=[], policy=None)
+    result = generate(model, prompt, max_new_tokens=NEW_TOKENS, drafter=drafter, eos_token_id=[], policy="all")
     assert torch.equal(result.sequences, reference)
     # The corpus holds the whole answer: every step but the first few accepts a long draft.
     assert result.stats.mean_accepted_tokens > 4

@@ -184,7 +184,7 @@ def test_stop_strings_need_the_tokenizer(tiny_models) -> None:
 def test_the_output_is_an_ordinary_tensor_as_model_generate_returns(tiny_models) -> None:
     # generate runs in inference mode for speed; what it returns must still work with autograd.
     model = tiny_models[("llama", "sdpa")]
-    result = generate(model, torch.tensor([[5, 6, 7, 5, 6]]), drafter=PromptLookupDrafter(), max_new_tokens=4, policy=None)
+    result = generate(model, torch.tensor([[5, 6, 7, 5, 6]]), drafter=PromptLookupDrafter(), max_new_tokens=4, policy="all")
     assert not result.sequences.is_inference()
     try:
         model(result.sequences).logits.sum().backward()

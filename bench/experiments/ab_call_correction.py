@@ -50,7 +50,7 @@ def main(categories: list[str], per_category: int, corpus_path: str) -> None:
                                eos_token_id=eos, pad_token_id=eos[0])
             elif variant == "chain8":
                 sd.generate(model, ids, max_new_tokens=NEW_TOKENS, drafter=SamDrafter(corpus, use_tree=False, max_draft=8),
-                            policy=None, eos_token_id=eos)
+                            policy="all", eos_token_id=eos)
             else:
                 sd.generate(model, ids, max_new_tokens=NEW_TOKENS, drafter=SamDrafter(corpus), policy=policies[variant],
                             eos_token_id=eos)

@@ -79,7 +79,7 @@ def main() -> None:
                 )
             vanilla = (output.shape[1] - ids.shape[1]) / (time.perf_counter() - tick)
             tick = time.perf_counter()
-            result = generate(model, ids, drafter=NeverDrafts(), max_new_tokens=args.max_new_tokens, eos_token_id=eos, policy=None)
+            result = generate(model, ids, drafter=NeverDrafts(), max_new_tokens=args.max_new_tokens, eos_token_id=eos, policy="all")
             ratios["inference mode"].append(len(result.new_tokens) / (time.perf_counter() - tick) / vanilla)
             tick = time.perf_counter()
             count = loop_under_no_grad(model, ids, args.max_new_tokens, eos)

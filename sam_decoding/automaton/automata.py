@@ -169,7 +169,7 @@ class StaticAutomaton:
         cls,
         documents: Iterable[TokenSequence],
         *,
-        tokenizer_fingerprint: str = "",
+        tokenizer_fingerprint: str | None = None,
         metadata: dict[str, Any] | None = None,
         construction: str = "suffix_array",
     ) -> StaticAutomaton:
@@ -200,7 +200,7 @@ class StaticAutomaton:
         tokens = np.empty(int(ends[-1]), dtype=np.uint32)
         for array, end in zip(arrays, ends.tolist()):
             tokens[end - array.shape[0] : end] = checked_token_array(array)
-        return cls.from_checked_tokens(tokens, ends, tokenizer_fingerprint=str(tokenizer_fingerprint),
+        return cls.from_checked_tokens(tokens, ends, tokenizer_fingerprint=tokenizer_fingerprint or "",
                                        metadata=metadata, construction=str(construction))
 
     @classmethod
@@ -209,7 +209,7 @@ class StaticAutomaton:
         tokens: np.ndarray,
         ends: np.ndarray,
         *,
-        tokenizer_fingerprint: str = "",
+        tokenizer_fingerprint: str | None = None,
         metadata: dict[str, Any] | None = None,
         construction: str = "suffix_array",
     ) -> StaticAutomaton:
@@ -218,7 +218,7 @@ class StaticAutomaton:
         ``ends`` (int64 cumulative end offsets, one per document). The native build checks the
         sizes again; releases the GIL."""
         metadata_json = json.dumps(metadata or {}, sort_keys=True)
-        return cls(_core.StaticAutomaton.build(tokens, ends, tokenizer_fingerprint, metadata_json, construction))
+        return cls(_core.StaticAutomaton.build(tokens, ends, tokenizer_fingerprint or "", metadata_json, construction))
 
     @classmethod
     def load(cls, path: PathLike, *, verify: bool = False) -> StaticAutomaton:

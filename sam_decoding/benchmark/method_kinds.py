@@ -46,6 +46,11 @@ class Method(ABC):
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (``[1, length]``)."""
 
+    @property
+    def _verification(self) -> Any:
+        """What ``generate`` is given: this method's policy, or ``"all"`` (every drafted node verified)."""
+        return self.policy if self.policy is not None else "all"
+
     def warm_up(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> None:
         """An untimed first call; a method that learns from its responses must not learn from this one."""
         self.run(model, input_ids, max_new_tokens=max_new_tokens, eos=eos)
@@ -149,14 +154,14 @@ class EngineGenerate(Method):
             return
         from sam_decoding.generation import generate
 
-        generate(model, input_ids, drafter=self._make_warmup_drafter(), max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self.policy)
+        generate(model, input_ids, drafter=self._make_warmup_drafter(), max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self._verification)
 
     def run(self, model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int]) -> Outcome:
         from sam_decoding.generation import generate
 
         drafter = self._drafter if self._drafter is not None else self._make_drafter()
         result = generate(
-            model, input_ids, drafter=drafter, max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self.policy
+            model, input_ids, drafter=drafter, max_new_tokens=max_new_tokens, eos_token_id=list(eos), policy=self._verification
         )
         stats = result.stats
         engine = {name: getattr(stats, name) for name in ENGINE_STATS}

@@ -321,7 +321,7 @@ def cache_methods(automaton: Any, make_policy: Callable[[], Any], policy_note: s
             name,
             f"{description}, every finished response recorded in a response cache of up to {responses.max_tokens:,} tokens "
             f"that later questions draft from, {policy_note}",
-            lambda: SamDrafter(automaton, fallback=fallback, responses=responses),
+            lambda: SamDrafter(automaton, fallback=fallback, response_cache=responses),
             policy=make_policy(),
             make_warmup_drafter=lambda: SamDrafter(automaton, fallback=fallback),
         )

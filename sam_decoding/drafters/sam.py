@@ -13,6 +13,7 @@ A fallback drafter (e.g. Token Recycling) drafts when that is worth more or noth
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,13 +43,13 @@ class SamDrafter(Drafter):
     """Drafts from suffix automata, falling back to another drafter when that is expected to do better.
 
     Args:
-        static: A corpus :class:`~sam_decoding.StaticAutomaton` or :class:`~sam_decoding.ShardedAutomaton`,
-            a path to one, or ``None`` (the request's own text only).
+        corpus: A corpus :class:`~sam_decoding.StaticAutomaton` or :class:`~sam_decoding.ShardedAutomaton`,
+            a path to one, or ``None`` (the request's own text only). ``static=`` is its old name.
         fallback: Drafter used when the automata propose nothing, or (when its drafts carry acceptance
             estimates, as Token Recycling's do) when its draft is expected to be accepted further.
-        responses: A :class:`~sam_decoding.ResponseCache` shared across requests: every response this
-            drafter finishes is recorded in it, and each request drafts from what it held when the
-            request began.
+        response_cache: A :class:`~sam_decoding.ResponseCache` shared across requests: every response
+            this drafter finishes is recorded in it, and each request drafts from what it held when the
+            request began. ``responses=`` is its old name.
         max_draft: Deepest draft, in tokens.
         use_tree: Draft trees (several continuations per node) instead of single chains.
         tree_nodes: Node budget of one source's tree, in tokens.
@@ -62,10 +63,10 @@ class SamDrafter(Drafter):
 
     def __init__(
         self,
-        static: StaticAutomaton | ShardedAutomaton | str | os.PathLike[str] | None = None,
+        corpus: StaticAutomaton | ShardedAutomaton | str | os.PathLike[str] | None = None,
         *,
         fallback: Drafter | None = None,
-        responses: ResponseCache | None = None,
+        response_cache: ResponseCache | None = None,
         max_draft: int = DEFAULT_MAX_DRAFT,
         use_tree: bool = True,
         tree_nodes: int = DEFAULT_TREE_NODES,
@@ -73,10 +74,13 @@ class SamDrafter(Drafter):
         trusted_length: float = DEFAULT_TRUSTED_LENGTH,
         max_orders: int = DEFAULT_MAX_ORDERS,
         tokenizer_fingerprint: str | None = None,
+        **renamed: Any,
     ) -> None:
         from sam_decoding.automaton import DynamicAutomaton, StaticAutomaton
         from sam_decoding.shards import ShardedAutomaton, load_corpus
 
+        corpus, response_cache = _renamed_arguments(renamed, corpus, response_cache)
+        static, responses = corpus, response_cache
         if max_draft < 1 or tree_nodes < 1 or max_orders < 1:
             raise ValueError("max_draft, tree_nodes and max_orders must be positive")
         # Checked once here; every step passes them to the search as they are.
@@ -86,8 +90,8 @@ class SamDrafter(Drafter):
             raise TypeError(f"fallback must be a sam_decoding Drafter, got {type(fallback).__name__}")
         if static is not None and not isinstance(static, (StaticAutomaton, ShardedAutomaton)):
             static = load_corpus(static)
-        self.static = static
-        self.responses = responses
+        self.corpus = static
+        self.response_cache = responses
         if static is not None and tokenizer_fingerprint is not None:
             static.check_tokenizer(tokenizer_fingerprint)
         if responses is not None:
@@ -109,6 +113,16 @@ class SamDrafter(Drafter):
         self.wants_hidden_states = bool(fallback is not None and fallback.wants_hidden_states)
         self.proposes_trees = bool(use_tree or (fallback is not None and fallback.proposes_trees))
 
+    @property
+    def static(self) -> StaticAutomaton | ShardedAutomaton | None:
+        """The old name of :attr:`corpus`."""
+        return self.corpus
+
+    @property
+    def responses(self) -> ResponseCache | None:
+        """The old name of :attr:`response_cache`."""
+        return self.response_cache
+
     def begin(self, prompt_ids: np.ndarray) -> None:
         self._dynamic.reset()
         self._dynamic.extend(prompt_ids)
@@ -117,7 +131,7 @@ class SamDrafter(Drafter):
             self._cursor.reset()
             self._cursor.feed(prompt_ids)
         # The responses cached when the request begins; later ones serve later requests.
-        snapshot = self.responses.snapshot() if self.responses is not None else None
+        snapshot = self.response_cache.snapshot() if self.response_cache is not None else None
         self._responses_cursor = snapshot.cursor() if snapshot is not None else None
         if self._responses_cursor is not None:
             self._responses_cursor.feed(prompt_ids)
@@ -173,9 +187,28 @@ class SamDrafter(Drafter):
             self.fallback.accept(tokens, verified)
 
     def finish(self) -> None:
-        if self.responses is not None and self._response:
-            self.responses.record(np.concatenate(self._response))
+        if self.response_cache is not None and self._response:
+            self.response_cache.record(np.concatenate(self._response))
         self._response = []
         if self.fallback is not None:
             self.fallback.finish()
 
+
+#: Keyword arguments renamed so that each idea has one name everywhere; the old ones still work for
+#: one release, with a DeprecationWarning.
+_RENAMED = {"static": "corpus", "responses": "response_cache"}
+
+
+def _renamed_arguments(renamed: dict[str, Any], corpus: Any, response_cache: Any) -> tuple[Any, Any]:
+    """``(corpus, response_cache)`` after taking the old keyword names from ``renamed``."""
+    values = {"corpus": corpus, "response_cache": response_cache}
+    for old, value in renamed.items():
+        new = _RENAMED.get(old)
+        if new is None:
+            raise TypeError(f"SamDrafter() got an unexpected keyword argument {old!r}")
+        if values[new] is not None:
+            raise TypeError(f"SamDrafter() got both {new}= and its old name {old}=")
+        warnings.warn(f"SamDrafter({old}=...) is renamed {new}=...; the old name will be removed in the next release",
+                      DeprecationWarning, stacklevel=3)
+        values[new] = value
+    return values["corpus"], values["response_cache"]

@@ -113,7 +113,7 @@ class ShardedAutomaton:
         *,
         shard_tokens: int,
         jobs: int = 1,
-        tokenizer_fingerprint: str = "",
+        tokenizer_fingerprint: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> ShardedAutomaton:
         """Build a sharded corpus from an iterable of 1-D token sequences into ``directory``.

@@ -62,7 +62,7 @@ class ShardWriter:
         *,
         shard_tokens: int,
         jobs: int = 1,
-        tokenizer_fingerprint: str = "",
+        tokenizer_fingerprint: str | None = None,
         metadata: dict[str, Any] | None = None,
         append: bool = False,
     ) -> None:
@@ -76,7 +76,7 @@ class ShardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard_tokens = shard_tokens
         self.jobs = jobs
-        self.fingerprint = str(tokenizer_fingerprint)
+        self.fingerprint = str(tokenizer_fingerprint or "")
         self.metadata = dict(metadata or {})
         self._entries: list[dict[str, Any]] = []
         if append and (self.directory / MANIFEST_NAME).is_file():
