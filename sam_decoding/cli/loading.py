@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sam_decoding.cli.errors import CliError
 
 if TYPE_CHECKING:
-    from sam_decoding import ShardedAutomaton, StaticAutomaton
+    from sam_decoding.automaton import StaticAutomaton
+    from sam_decoding.shards import ShardedAutomaton
 
 
 _MODEL_FILES = ("config.json",)
