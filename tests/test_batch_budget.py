@@ -45,6 +45,10 @@ def test_a_steep_cost_curve_gives_no_drafts() -> None:
     budget = BatchBudget(K, ["static"])
     chosen = _run_steps(budget, cost, rows=16, prior=0.6, steps=200, accept=lambda counts: np.minimum(counts, 1))
     assert sum(chosen[-100:]) == 0
+    # Not only because the guard backed off: the curve itself says no.
+    budget.guard.backoff, budget.steps = 0, 1
+    counts = budget.allot(0.0, np.zeros(16, dtype=np.int64), np.full((16, K), 0.6), np.full(16, K), np.full(16, 8))
+    assert counts.sum() == 0
 
 
 def test_a_flat_cost_curve_drafts() -> None:
