@@ -6,7 +6,7 @@ import numpy as np
 
 from sam_decoding.policy import AcceptanceModel, BatchBudget, DraftGuard, StepCostCurve, best_budget
 from sam_decoding.policy.acceptance import estimate_chains, learn_chains
-from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, MAX_BACKOFF, SWEEP_ROUNDS
+from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, MAX_BACKOFF, PROBE_EVERY, SWEEP_ROUNDS
 
 K = 8
 
@@ -29,7 +29,7 @@ def _run_steps(budget: BatchBudget, cost, rows: int, prior: float, steps: int, a
     matches = np.full(rows, 8)
     accepted = None
     for _ in range(steps):
-        counts = budget.allot(now, codes, priors, lengths, matches)
+        counts = budget.allot(codes, priors, lengths, matches) if budget.begin(now, rows) else np.zeros(rows, dtype=np.int64)
         chosen.append(int(counts.sum()))
         accepted = accept(counts)
         now += cost(rows + counts.sum())
@@ -46,8 +46,12 @@ def test_a_steep_cost_curve_gives_no_drafts() -> None:
     chosen = _run_steps(budget, cost, rows=16, prior=0.6, steps=200, accept=lambda counts: np.minimum(counts, 1))
     assert sum(chosen[-100:]) == 0
     # Not only because the guard backed off: the curve itself says no.
-    budget.guard.backoff, budget.steps = 0, 1
-    counts = budget.allot(0.0, np.zeros(16, dtype=np.int64), np.full((16, K), 0.6), np.full(16, K), np.full(16, 8))
+    budget.guard.backoff, budget.steps = 0, 0
+    assert not budget.begin(0.0, 16), "no draft of p <= 0.995 pays on this curve"
+    budget._best_path_probability = 1.0
+    budget.steps = PROBE_EVERY - 1
+    assert budget.begin(0.0, 16)
+    counts = budget.allot(np.zeros(16, dtype=np.int64), np.full((16, K), 0.6), np.full(16, K), np.full(16, 8))
     assert counts.sum() == 0
 
 
@@ -126,9 +130,9 @@ def test_the_budget_goes_to_the_most_probable_nodes_as_prefixes() -> None:
     budget = BatchBudget(K, ["static"])
     budget.curve = _curve(cost, [4, 8, 16, 36])
     budget._sweep.clear()
-    budget.steps = 1  # not a control step
+    assert budget.begin(0.0, 4)
     priors = np.array([[0.99] * K, [0.5] * K, [0.9] * K, [0.2] * K])
-    counts = budget.allot(0.0, np.zeros(4, dtype=np.int64), priors, np.array([K, K, 3, K]), np.full(4, 8))
+    counts = budget.allot(np.zeros(4, dtype=np.int64), priors, np.array([K, K, 3, K]), np.full(4, 8))
     paths = np.cumprod(priors, axis=1)
     assert counts[3] <= counts[1] <= counts[2] <= counts[0] and counts[2] <= 3 and counts.sum() > 0
     # The kept nodes are exactly the most probable ones: every kept node beats every dropped one.

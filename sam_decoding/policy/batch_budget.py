@@ -59,6 +59,8 @@ REFIT_EVERY = 8
 CONTROL_EVERY = 16
 #: Sweep rounds at start: budget levels 0, 1, ..., k draft tokens per row, each once per round.
 SWEEP_ROUNDS = 2
+#: Between control steps, a step that the recent chains say cannot pay still looks at them this often.
+PROBE_EVERY = 8
 #: Step gains the guard compares (each of drafted and control steps), and how many new drafted
 #: steps it waits for between decisions.
 GUARD_WINDOW = 16
@@ -253,6 +255,8 @@ class BatchBudget:
     _pending: _Pending | None = None
     _source_ids: np.ndarray = field(init=False)
     _sweep: list[int] = field(init=False)
+    _level: int | None = None
+    _best_path_probability: float = 1.0
 
     def __post_init__(self) -> None:
         self._source_ids = chain_source_ids(self.acceptance, self.sources)
@@ -284,41 +288,61 @@ class BatchBudget:
         if baseline > 0.0:
             self.guard.observe(emitted_per_row * baseline / seconds, pending.drafted)
 
-    def allot(self, now: float, source_codes: np.ndarray, priors: np.ndarray, lengths: np.ndarray, match_lengths: np.ndarray) -> np.ndarray:
-        """Draft tokens to give each row this step: int64 ``[rows]``, a prefix of each row's chain.
+    def begin(self, now: float, rows: int) -> bool:
+        """Start a step of ``rows`` decoding rows at clock ``now`` (seconds); returns whether it may
+        draft at all. ``False`` (a sweep level of 0, a control step, the guard's backoff, or no draft
+        the curve could pay for): the step drafts nothing, and the drafter need only read the rows.
+        Otherwise call :meth:`allot` with the rows' chains."""
+        self.steps += 1
+        self._level = None
+        self._pending = _Pending(now, rows, 0, False, None, None)
+        if rows == 0:
+            return False
+        if self.verify_all:
+            return True
+        if self._sweep:
+            self._level = self._sweep.pop(0)
+            return self._level > 0
+        if self.steps % CONTROL_EVERY == 0 or not self.guard.allows(self.steps):
+            return False
+        # Every PROBE_EVERY steps the chains are looked at whatever the bound says (they change).
+        return self.steps % PROBE_EVERY == 0 or self._could_pay(rows)
+
+    def _could_pay(self, rows: int) -> bool:
+        """Whether any budget pays if every node were as likely as the best one seen lately."""
+        best = self._best_path_probability
+        budgets = np.arange(rows * self.max_depth + 1)
+        rates = (rows + best * budgets) / self.curve.seconds(rows + budgets)
+        return bool(rates[1:].max() > rates[0]) if np.all(np.isfinite(rates)) else True
+
+    def allot(self, source_codes: np.ndarray, priors: np.ndarray, lengths: np.ndarray, match_lengths: np.ndarray) -> np.ndarray:
+        """Draft tokens to give each row this step (after :meth:`begin` returned ``True``): int64
+        ``[rows]``, a prefix of each row's chain.
 
         Args:
-            now: The clock (seconds) at the start of this call (the step's cost runs from here to the next call).
             source_codes: int ``[rows]``: each row's source (an index into ``sources``).
             priors: float ``[rows, k]``: the drafter's per-node estimates.
             lengths: int ``[rows]``: nodes drafted per row (0: none, or a row that is not decoding).
             match_lengths: int ``[rows]``: match length behind each row's chain (tokens).
         """
+        pending = self._pending
+        assert pending is not None, "begin() first"
         rows = len(lengths)
-        self.steps += 1
-        if rows == 0:
-            return np.zeros(0, dtype=np.int64)
         estimates = estimate_chains(self.acceptance, self._source_ids[source_codes], priors, lengths, match_lengths)
+        paths = estimates.path_probabilities
+        self._best_path_probability = float(paths.max()) if paths.size else 0.0
         if self.verify_all:
             counts = lengths.astype(np.int64, copy=True)
+        elif self._level is not None:
+            counts = np.minimum(lengths, self._level).astype(np.int64)
         else:
-            counts = self._choose(rows, estimates.path_probabilities, lengths)
+            counts = self._choose(rows, paths)
         drafted = bool(counts.any())
         self.drafted_steps += drafted
-        self._pending = _Pending(now, rows, int(counts.sum()), drafted, estimates, counts)
+        pending.budget, pending.drafted, pending.estimates, pending.given = int(counts.sum()), drafted, estimates, counts
         return counts
 
-    def skip(self, now: float, rows: int) -> None:
-        """A step that drafts nothing without asking (e.g. no row had a chain): still timed."""
-        self.steps += 1
-        self._pending = _Pending(now, rows, 0, False, None, None)
-
-    def _choose(self, rows: int, paths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        if self._sweep:
-            level = self._sweep.pop(0)
-            return np.minimum(lengths, level).astype(np.int64)
-        if self.steps % CONTROL_EVERY == 0 or not self.guard.allows(self.steps):
-            return np.zeros(rows, dtype=np.int64)
+    def _choose(self, rows: int, paths: np.ndarray) -> np.ndarray:
         flat = paths.ravel()
         order = np.argsort(-flat, kind="stable")  # ties: the shallower node of a row first
         valid = int(np.count_nonzero(flat > 0.0))
