@@ -131,3 +131,197 @@ class SamSettings:
         path = cache.get("path")
         if path is not None and (not isinstance(path, str) or not os.path.isdir(os.path.dirname(os.path.abspath(path)))):
             raise SamConfigError(f"{where}: response_cache path must be a file in an existing directory, got {path!r}")
+
+
+class BatchProposer:
+    """Drafts for a batch of rows; :class:`SamProposer` is this with vLLM's config and signature.
+
+    Args:
+        settings: The parsed settings.
+        num_speculative_tokens: Most draft tokens per request and step (vLLM's ``k``).
+        tokenizer_fingerprint: The model tokenizer's fingerprint; the corpus and the response cache must match it.
+        max_model_len: Longest sequence the engine holds, in tokens (drafts never run past it; a
+            response that fills it is recorded as finished).
+        end_token_ids: The model's end-of-sequence token ids: a response ending with one is recorded
+            in the response cache when its request leaves the batch.
+        acceptance: The acceptance model (pass one to share it with other policies).
+    """
+
+    def __init__(
+        self,
+        settings: SamSettings,
+        num_speculative_tokens: int,
+        tokenizer_fingerprint: str | None = None,
+        max_model_len: int | None = None,
+        end_token_ids: Sequence[int] = (),
+        acceptance: AcceptanceModel | None = None,
+    ) -> None:
+        from sam_decoding.batch_drafter import BatchDrafter
+        from sam_decoding.shards import load_corpus
+
+        if num_speculative_tokens < 1:
+            raise SamConfigError(f"num_speculative_tokens must be >= 1, got {num_speculative_tokens}")
+        self.settings = settings
+        self.k = num_speculative_tokens
+        self.max_model_len = max_model_len
+        self.end_token_ids = np.unique(np.asarray(list(end_token_ids), dtype=np.int64))
+        static = None
+        if settings.corpus is not None:
+            static = load_corpus(settings.corpus)
+            if tokenizer_fingerprint is not None:
+                static.check_tokenizer(tokenizer_fingerprint)
+        self.responses = None
+        self.recorder = None
+        self.drafter = BatchDrafter(static, max_depth=self.k)
+        if settings.response_cache is not None:
+            from sam_decoding.response_cache import ResponseCache
+            from sam_decoding.response_recorder import ResponseRecorder
+
+            options = dict(settings.response_cache)
+            self.responses = ResponseCache(
+                options.get("max_tokens", 1_000_000), options.get("path"), tokenizer_fingerprint=tokenizer_fingerprint or ""
+            )
+            if self.responses.snapshot() is not None:
+                self.drafter.set_responses(self.responses.snapshot())
+            self.recorder = ResponseRecorder(self.responses, self.drafter.set_responses)
+        self.budget = BatchBudget(self.k, list(self.drafter.sources), acceptance or AcceptanceModel(), verify_all=settings.policy == "all")
+        self.failures = 0
+        self.responses_skipped = 0
+        self._closed = False
+
+    @property
+    def num_states(self) -> int:
+        """Requests whose state the drafter holds."""
+        return self.drafter.num_requests
+
+    @property
+    def requests_begun(self) -> int:
+        """Requests the drafter has started a state for."""
+        return self.drafter.requests_begun
+
+    def propose(
+        self, sampled_token_ids: Sequence[Sequence[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray
+    ) -> list[list[int]]:
+        """Draft tokens for every row: ``sampled_token_ids[row]`` were appended this step (empty for a
+        row that is still prefilling), the row's text is ``token_ids_cpu[row, :num_tokens_no_spec[row]]``.
+
+        Never raises: an error is logged (the first one with its traceback) and the step drafts nothing.
+        """
+        try:
+            return self._propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+        except Exception:  # noqa: BLE001 - an exception here would stop vLLM's engine
+            self.failures += 1
+            if self.failures == 1:
+                _log.exception("sam-decoding's proposer failed; this step drafts nothing (later failures are counted, not logged)")
+            return [[] for _ in range(len(sampled_token_ids))]
+
+    def _propose(
+        self, sampled_token_ids: Sequence[Sequence[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray
+    ) -> list[list[int]]:
+        now = time.perf_counter()
+        rows = len(sampled_token_ids)
+        sampled = np.fromiter(map(len, sampled_token_ids), dtype=np.int32, count=rows)
+        view = self.drafter.read(sampled, num_tokens_no_spec[:rows], token_ids_cpu[:rows])
+        # The step that ran since the last call is learned only as a pure decode step.
+        clean = bool(rows) and not view.new_requests and bool(sampled.all())
+        self.budget.learn(now, clean, view.emitted_per_row, view.previous_accepted)
+        if self.recorder is not None:
+            self._record_finished()
+        decoding = int(np.count_nonzero(sampled))
+        if not self.budget.begin(now, decoding if rows else 0):
+            self.drafter.give_nothing()
+            return [[] for _ in range(rows)]
+        view = self.drafter.draft()
+        lengths = view.lengths
+        if self.max_model_len is not None:
+            lengths = np.minimum(lengths, np.maximum(self.max_model_len - 1 - num_tokens_no_spec[:rows], 0))
+        counts = self.budget.allot(view.sources, view.probabilities, lengths, view.match_lengths)
+        self.drafter.give(counts)
+        return _as_lists(view.tokens, counts)
+
+    def _record_finished(self) -> None:
+        """Submit the responses of requests that left the batch and visibly ended (see the module docstring)."""
+        for response in self.drafter.take_finished():
+            if len(response) and (
+                np.isin(response[-1], self.end_token_ids) or (self.max_model_len is not None and response.total_length >= self.max_model_len)
+            ):
+                self.recorder.submit(response)
+            else:
+                self.responses_skipped += 1
+
+    def close(self) -> None:
+        """Record what is still queued and save the response cache (if it has a file). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
+
+
+def _as_lists(tokens: np.ndarray, counts: np.ndarray) -> list[list[int]]:
+    """vLLM's draft format: row ``r`` gets ``tokens[r, :counts[r]]`` as a list of ints."""
+    drafts: list[list[int]] = [[] for _ in range(len(counts))]
+    for row in np.flatnonzero(counts).tolist():
+        drafts[row] = tokens[row, : counts[row]].tolist()
+    return drafts
+
+
+class SamProposer:
+    """vLLM's ``custom_class`` proposer: ``speculative_config={"method": "custom_class",
+    "model": "sam_decoding.vllm.SamProposer", "num_speculative_tokens": K}``, settings in
+    ``additional_config={"sam_decoding": {...}}`` (see :class:`SamSettings`)."""
+
+    def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
+        settings = SamSettings.from_additional_config(getattr(vllm_config, "additional_config", None))
+        k = int(vllm_config.speculative_config.num_speculative_tokens)
+        fingerprint, end_tokens = None, ()
+        if settings.corpus is not None or settings.response_cache is not None:
+            fingerprint, end_tokens = _model_tokenizer_facts(vllm_config)
+        max_model_len = getattr(vllm_config.model_config, "max_model_len", None)
+        self.batch = BatchProposer(settings, k, fingerprint, max_model_len, end_tokens)
+
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        """vLLM hands every drafter the target model; retrieval drafting needs none."""
+
+    def propose(
+        self,
+        sampled_token_ids: Sequence[Sequence[int]],
+        num_tokens_no_spec: np.ndarray,
+        token_ids_cpu: np.ndarray,
+        slot_mappings: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> list[list[int]]:
+        """Draft token chains for every row of the batch (see :meth:`BatchProposer.propose`)."""
+        return self.batch.propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+
+    def close(self) -> None:
+        """Save what the response cache still holds unsaved (also done at interpreter exit)."""
+        self.batch.close()
+
+
+def _model_tokenizer_facts(vllm_config: Any) -> tuple[str, tuple[int, ...]]:
+    """The model tokenizer's fingerprint and the model's end-of-sequence token ids."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from sam_decoding.models import tokenizer_fingerprint
+
+    model_config = vllm_config.model_config
+    name = getattr(model_config, "tokenizer", None) or model_config.model
+    trust = bool(getattr(model_config, "trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        generation = GenerationConfig.from_pretrained(model_config.model)
+    except OSError:
+        generation = None  # no generation_config.json: the tokenizer's end token only
+    if generation is not None and generation.eos_token_id is not None:
+        found = generation.eos_token_id
+        ends.update(found if isinstance(found, list) else [found])
+    return tokenizer_fingerprint(tokenizer), tuple(sorted(int(token) for token in ends))
