@@ -327,7 +327,6 @@ class BatchBudget:
         """
         pending = self._pending
         assert pending is not None, "begin() first"
-        rows = len(lengths)
         estimates = estimate_chains(self.acceptance, self._source_ids[source_codes], priors, lengths, match_lengths)
         paths = estimates.path_probabilities
         self._best_path_probability = float(paths.max()) if paths.size else 0.0
@@ -336,7 +335,7 @@ class BatchBudget:
         elif self._level is not None:
             counts = np.minimum(lengths, self._level).astype(np.int64)
         else:
-            counts = self._choose(rows, paths)
+            counts = self._choose(pending.rows, paths)
         drafted = bool(counts.any())
         self.drafted_steps += drafted
         pending.budget, pending.drafted, pending.estimates, pending.given = int(counts.sum()), drafted, estimates, counts
@@ -347,4 +346,4 @@ class BatchBudget:
         order = np.argsort(-flat, kind="stable")  # ties: the shallower node of a row first
         valid = int(np.count_nonzero(flat > 0.0))
         budget = best_budget(flat[order[:valid]], rows, self.curve)
-        return np.bincount(order[:budget] // paths.shape[1], minlength=rows).astype(np.int64)
+        return np.bincount(order[:budget] // paths.shape[1], minlength=paths.shape[0]).astype(np.int64)
