@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import urllib.request
@@ -317,6 +318,38 @@ def test_a_restarted_engine_drafts_from_the_earlier_responses(tmp_path: Path) ->
     draft = batch.propose(second)[0]
     assert draft and draft == text[51 : 51 + len(draft)].tolist(), "the first request after a restart drafts from the cache file"
     second.close()
+
+
+def test_the_recorder_records_off_the_caller_thread_and_saves_at_close(tmp_path: Path) -> None:
+    from sam_decoding import ResponseCache
+    from sam_decoding.response_recorder import ResponseRecorder
+
+    path = tmp_path / "responses.bin"
+    snapshots = []
+    recorder = ResponseRecorder(ResponseCache(10_000, path), snapshots.append, save_every_responses=1_000, save_every_seconds=3600)
+    threads = set()
+    original = recorder.cache.record
+    recorder.cache.record = lambda tokens: (threads.add(threading.get_ident()), original(tokens))[1]
+    for seed in range(5):
+        assert recorder.submit(_repetitive_text(seed, 50))
+    recorder.flush()
+    assert recorder.recorded == 5 and len(snapshots) == 5 and threading.get_ident() not in threads
+    assert not path.exists(), "not saved before 1,000 responses or an hour"
+    recorder.close()
+    assert ResponseCache(10_000, path).num_responses == 5, "close saves what was recorded"
+    assert not recorder.submit(_repetitive_text(9, 50)), "a closed recorder takes nothing"
+
+
+def test_a_full_recorder_queue_drops_instead_of_blocking() -> None:
+    from sam_decoding import ResponseCache
+    from sam_decoding.response_recorder import ResponseRecorder
+
+    gate = threading.Event()
+    recorder = ResponseRecorder(ResponseCache(10_000), lambda snapshot: gate.wait(), queue_size=2)
+    accepted = [recorder.submit(_repetitive_text(seed, 50)) for seed in range(6)]
+    assert accepted.count(False) >= 3 and recorder.dropped == accepted.count(False)
+    gate.set()
+    recorder.close()
 
 
 # ---- with a real engine ----------------------------------------------------------------------
