@@ -93,6 +93,18 @@ class FakeBatch:
     def finished(self, row: int) -> bool:
         return int(self.lengths[row]) >= len(self.texts[row])
 
+    def step(self, proposer: BatchProposer, leave=lambda row: False) -> None:
+        """One engine step as vLLM orders it: the proposer sees the last step's tokens (a finished
+        request's end token too), then finished requests (and those ``leave`` picks) leave the
+        batch, then the target verifies the drafts of the rest."""
+        drafts = self.propose(proposer)
+        for row in reversed(range(len(self.texts))):
+            if self.finished(row) or leave(row):
+                drafts[row] = drafts[len(self.texts) - 1]
+                drafts.pop()
+                self.remove(row)
+        self.verify(drafts)
+
     def propose(self, proposer: BatchProposer) -> list[list[int]]:
         rows = len(self.texts)
         return proposer.propose(self.sampled[:rows], self.lengths, self.token_ids)
@@ -127,13 +139,10 @@ def _drain(batch: FakeBatch, proposer: BatchProposer, limit: int = 64) -> None:
     assert proposer.num_states == 0
 
 
-def _serve(batch: FakeBatch, proposer: BatchProposer, rows_to_finish: list[int] | None = None) -> None:
+def _serve(batch: FakeBatch, proposer: BatchProposer) -> None:
     """Decode until every row's text is complete, removing rows as they finish."""
     while batch.texts:
-        batch.verify(batch.propose(proposer))
-        for row in reversed(range(len(batch.texts))):
-            if batch.finished(row):
-                batch.remove(row)
+        batch.step(proposer)
 
 
 def _assert_drafts_follow_texts(batch: FakeBatch, drafts: list[list[int]]) -> None:
@@ -209,11 +218,8 @@ def test_memory_stays_flat_over_10000_requests() -> None:
         while started < 10_000 and len(batch.texts) < 8:
             batch.add(_repetitive_text(started, 120), prompt_length=int(rng.integers(20, 60)))
             started += 1
-        batch.verify(batch.propose(proposer))
+        batch.step(proposer, leave=lambda row: rng.random() < 0.05)
         peak_states = max(peak_states, proposer.num_states)
-        for row in reversed(range(len(batch.texts))):
-            if batch.finished(row) or rng.random() < 0.2:
-                batch.remove(row)
         for mark in (2_000, 10_000):
             if started >= mark and mark not in checkpoints:
                 proposer.recorder.flush()

@@ -271,13 +271,14 @@ class BatchBudget:
                 learned.
             emitted_per_row: Mean tokens each of the last step's rows emitted (accepted + 1).
             accepted: int ``[rows of the last step]``: draft tokens the target accepted per row, in
-                the last step's row order (``None``: unknown, learn no acceptance).
+                the last step's row order, -1 where unknown (``None``: learn no acceptance).
         """
         pending, self._pending = self._pending, None
         if pending is None:
             return
         if accepted is not None and pending.estimates is not None and pending.given is not None and len(accepted) == len(pending.given):
-            learn_chains(self.acceptance, pending.estimates, pending.given, accepted)
+            known = accepted >= 0
+            learn_chains(self.acceptance, pending.estimates, np.where(known, pending.given, 0), np.maximum(accepted, 0))
         if not clean or pending.rows == 0:
             return
         seconds = now - pending.started
