@@ -25,9 +25,9 @@ logged once and the step drafts nothing.
 
 vLLM (0.32) gives a ``custom_class`` proposer the batch's rows only: no request ids, no finish
 reasons, no sampling parameters. So a response is recorded in the response cache only when it
-visibly ended: its last token is one of the model's end-of-sequence tokens, or it filled
-``max_model_len``. An aborted request (or one stopped by ``max_tokens`` or a stop string) is not
-recorded.
+visibly ended: its last token is one of the model's end-of-sequence tokens (from its tokenizer and
+``generation_config.json``). An aborted request is not recorded, and neither is one stopped by
+``max_tokens``, a stop string or ``max_model_len`` (the proposer cannot tell those from an abort).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from sam_decoding.policy import AcceptanceModel, BatchBudget
+from sam_decoding.policy.batch_budget import Outcome
 
 #: Key of ``additional_config`` that holds this proposer's settings.
 CONFIG_KEY = "sam_decoding"
@@ -56,6 +57,9 @@ _REFUSED_FALLBACKS = {
     "(the automata already draft from the request's own text); use \"none\"",
     "token-recycling": "it needs the target's logits, which vLLM does not give a proposer; use \"none\"",
 }
+
+#: The batch drafter's source names as the acceptance model knows them (shared with the transformers loop).
+_CALIBRATION_SOURCES = {"text": "dynamic", "corpus": "static", "response_cache": "responses"}
 
 _log = logging.getLogger(__name__)
 
@@ -140,8 +144,7 @@ class BatchProposer:
         settings: The parsed settings.
         num_speculative_tokens: Most draft tokens per request and step (vLLM's ``k``).
         tokenizer_fingerprint: The model tokenizer's fingerprint; the corpus and the response cache must match it.
-        max_model_len: Longest sequence the engine holds, in tokens (drafts never run past it; a
-            response that fills it is recorded as finished).
+        max_model_len: Longest sequence the engine holds, in tokens (no draft runs past it).
         end_token_ids: The model's end-of-sequence token ids: a response ending with one is recorded
             in the response cache when its request leaves the batch.
         acceptance: The acceptance model (pass one to share it with other policies).
@@ -156,22 +159,23 @@ class BatchProposer:
         end_token_ids: Sequence[int] = (),
         acceptance: AcceptanceModel | None = None,
     ) -> None:
+        from sam_decoding.batch_drafter import SOURCE_NAMES, BatchDrafter
         from sam_decoding.shards import load_corpus
 
         if num_speculative_tokens < 1:
             raise SamConfigError(f"num_speculative_tokens must be >= 1, got {num_speculative_tokens}")
         self.settings = settings
         self.k = num_speculative_tokens
-        self.max_model_len = max_model_len
         self.end_token_ids = np.unique(np.asarray(list(end_token_ids), dtype=np.int64))
         static = None
         if settings.corpus is not None:
             static = load_corpus(settings.corpus)
             if tokenizer_fingerprint is not None:
                 static.check_tokenizer(tokenizer_fingerprint)
+        limits = {} if max_model_len is None else {"max_model_len": int(max_model_len)}
+        self.drafter = BatchDrafter(static, max_draft=self.k, **limits)
         self.responses = None
         self.recorder = None
-        self.drafter = _batch_drafter(static, self.k)
         if settings.response_cache is not None:
             from sam_decoding.response_cache import ResponseCache
             from sam_decoding.response_recorder import ResponseRecorder
@@ -180,22 +184,22 @@ class BatchProposer:
             self.responses = ResponseCache(
                 options.get("max_tokens", 1_000_000), options.get("path"), tokenizer_fingerprint=tokenizer_fingerprint or ""
             )
-            if self.responses.snapshot() is not None:
-                self.drafter.set_responses(self.responses.snapshot())
-            self.recorder = ResponseRecorder(self.responses, self.drafter.set_responses)
-        self.budget = BatchBudget(self.k, list(self.drafter.sources), acceptance or AcceptanceModel(), verify_all=settings.policy == "all")
+            self.drafter.set_response_segments(self.responses.snapshot())
+            self.recorder = ResponseRecorder(self.responses, self.drafter.set_response_segments)
+        sources = [_CALIBRATION_SOURCES.get(name, name) for name in SOURCE_NAMES]
+        self.budget = BatchBudget(self.k, sources, acceptance or AcceptanceModel(), verify_all=settings.policy == "all")
         self.failures = 0
         self.responses_skipped = 0
         self._closed = False
 
     @property
     def num_states(self) -> int:
-        """Requests whose state the drafter holds."""
-        return self.drafter.num_requests
+        """Requests the drafter holds (in the batch and parked)."""
+        return self.drafter.num_live + self.drafter.num_parked
 
     @property
     def requests_begun(self) -> int:
-        """Requests the drafter has started a state for."""
+        """Requests the drafter has begun."""
         return self.drafter.requests_begun
 
     def propose(
@@ -220,40 +224,42 @@ class BatchProposer:
         now = time.perf_counter()
         rows = len(sampled_token_ids)
         sampled = np.fromiter(map(len, sampled_token_ids), dtype=np.int32, count=rows)
-        view = self.drafter.read(sampled, num_tokens_no_spec[:rows], token_ids_cpu[:rows])
-        # The step that ran since the last call is learned only as a pure decode step.
-        clean = bool(rows) and not view.new_requests and bool(sampled.all())
-        self.budget.learn(now, clean, view.emitted_per_row, view.previous_accepted)
+        drafter = self.drafter
+        drafter.step(token_ids_cpu[:rows], num_tokens_no_spec[:rows], sampled)
+        decoding = sampled > 0
+        continuing = decoding & (drafter.new_requests == 0)
+        decode_rows = int(np.count_nonzero(decoding))
+        # The step since the last call is learned only as a pure decode step (no prefill, no new request).
+        clean = rows > 0 and decode_rows == rows and bool(continuing.all())
+        emitted = float(sampled[continuing].mean()) if continuing.any() else 1.0
+        outcome = Outcome(drafter.previous_given, drafter.previous_accepted, drafter.previous_sources, drafter.previous_probabilities, drafter.match_lengths)
+        self.budget.learn(now, clean, emitted, outcome)
         if self.recorder is not None:
             self._record_finished()
-        decoding = int(np.count_nonzero(sampled))
-        if not self.budget.begin(now, decoding if rows else 0):
-            self.drafter.give_nothing()
+        if not self.budget.begin(now, decode_rows):
             return [[] for _ in range(rows)]
-        view = self.drafter.draft()
-        lengths = view.lengths
-        if self.max_model_len is not None:
-            lengths = np.minimum(lengths, np.maximum(self.max_model_len - 1 - num_tokens_no_spec[:rows], 0))
-        counts = self.budget.allot(view.sources, view.probabilities, lengths, view.match_lengths)
-        self.drafter.give(counts)
-        return _as_lists(view.tokens, counts)
+        counts = self.budget.allot(drafter.sources, drafter.probabilities, drafter.draft_lengths, drafter.match_lengths)
+        drafter.given[:] = counts
+        return _as_lists(drafter.tokens, counts)
 
     def _record_finished(self) -> None:
         """Submit the responses of requests that left the batch and visibly ended (see the module docstring)."""
-        for response, text_length in self.drafter.take_finished():
-            if len(response) and (
-                np.isin(response[-1], self.end_token_ids) or (self.max_model_len is not None and text_length >= self.max_model_len)
-            ):
-                self.recorder.submit(response)
+        for finished in self.drafter.take_finished():
+            tokens = finished.tokens
+            if len(tokens) and np.isin(tokens[-1], self.end_token_ids):
+                self.recorder.submit(tokens)
             else:
                 self.responses_skipped += 1
 
     def close(self) -> None:
-        """Record what is still queued and save the response cache (if it has a file). Idempotent."""
+        """Release every request (recording those that ended), then record what is queued and save the
+        response cache (if it has a file). Idempotent; also run at interpreter exit by the recorder."""
         if self._closed:
             return
         self._closed = True
         if self.recorder is not None:
+            self.drafter.release_all()
+            self._record_finished()
             self.recorder.close()
 
     def __del__(self) -> None:
@@ -325,196 +331,3 @@ def _model_tokenizer_facts(vllm_config: Any) -> tuple[str, tuple[int, ...]]:
         ends.update(found if isinstance(found, list) else [found])
     return tokenizer_fingerprint(tokenizer), tuple(sorted(int(token) for token in ends))
 
-
-# ---- the drafter: the native batch drafter, or per-request drafters until it is built ------------
-
-
-@dataclass
-class _ReadView:
-    """What reading a step's rows found: whether a request began, and the last step's outcome."""
-
-    new_requests: bool
-    emitted_per_row: float
-    previous_accepted: np.ndarray | None  # [rows of the last step], -1: unknown (the request left)
-
-
-@dataclass
-class _DraftView:
-    """Every row's chain, ``[rows, k]`` arrays (0-padded) and per-row facts."""
-
-    tokens: np.ndarray
-    probabilities: np.ndarray
-    lengths: np.ndarray
-    match_lengths: np.ndarray
-    sources: np.ndarray
-
-
-#: Calls a request may be missing from the batch before its state is released (a request the
-#: scheduler skipped for a step comes back).
-PARK_CALLS = 4
-_PROBE_POSITIONS = 8
-_TAIL_TOKENS = 8
-
-
-class _Request:
-    """One request's drafter, and what recognizes its row: sampled prompt positions and its last tokens."""
-
-    __slots__ = ("drafter", "length", "prompt_length", "probe_positions", "probe_tokens", "tail", "absent", "row", "given")
-
-    def __init__(self, drafter: Any, history: np.ndarray, prompt_length: int) -> None:
-        self.drafter = drafter
-        self.length = prompt_length
-        self.prompt_length = prompt_length
-        # Positions spread over the prompt: chat prompts share their template's first tokens.
-        self.probe_positions = np.linspace(0, prompt_length - 1, num=min(_PROBE_POSITIONS, prompt_length)).astype(np.int64)
-        self.probe_tokens = history[self.probe_positions].tobytes()
-        self.tail = history[max(prompt_length - _TAIL_TOKENS, 0) : prompt_length].tobytes()
-        self.absent = 0
-        self.row = -1
-        self.given = 0
-
-    def continues(self, history: np.ndarray, length: int, sampled: int) -> bool:
-        # A step appends only its sampled tokens: a row with more new text is another request
-        # (a follow-up turn's prompt extends the earlier answer).
-        if length < self.length or length - sampled > self.length or history[self.probe_positions].tobytes() != self.probe_tokens:
-            return False
-        return history[max(self.length - _TAIL_TOKENS, 0) : self.length].tobytes() == self.tail
-
-
-class _SnapshotHolder:
-    """The newest response-cache snapshot, as :class:`~sam_decoding.SamDrafter` reads one at a request's start."""
-
-    def __init__(self) -> None:
-        self.current: Any = None
-
-    def snapshot(self) -> Any:
-        return self.current
-
-    def check_tokenizer(self, fingerprint: str) -> None:
-        """The response cache was checked against the model's tokenizer when it was opened."""
-
-
-class PerRequestDrafter:
-    """The batch drafter's interface over one :class:`~sam_decoding.SamDrafter` per request, in Python.
-
-    Used while the native batch drafter is not built: it costs tens of microseconds per row and step.
-    """
-
-    sources = ("dynamic", "static", "responses")
-
-    def __init__(self, static: Any, max_depth: int) -> None:
-        self.static = static
-        self.max_depth = max_depth
-        self.requests_begun = 0
-        self._snapshots = _SnapshotHolder()
-        self._states: list[_Request | None] = []
-        self._parked: list[_Request] = []
-        self._previous: list[_Request | None] = []
-        self._finished: list[tuple[np.ndarray, int]] = []
-        self._rows: dict[int, _Request] = {}
-
-    @property
-    def num_requests(self) -> int:
-        return len(self._rows) + len(self._parked)
-
-    def set_responses(self, snapshot: Any) -> None:
-        self._snapshots.current = snapshot
-
-    def take_finished(self) -> list[tuple[np.ndarray, int]]:
-        """Responses of requests released since the last call: (response tokens, whole text length)."""
-        finished, self._finished = self._finished, []
-        return finished
-
-    def read(self, sampled: np.ndarray, lengths: np.ndarray, token_ids: np.ndarray) -> _ReadView:
-        from sam_decoding.drafters import SamDrafter
-
-        rows = len(sampled)
-        if rows and int(lengths[:rows].max(initial=0)) > token_ids.shape[1]:
-            raise ValueError(f"a row holds {int(lengths[:rows].max())} tokens, more than the batch's {token_ids.shape[1]} columns")
-        states: list[_Request | None] = [None] * rows
-        unclaimed = [state for row, state in self._rows.items() if row >= rows] + self._parked
-        unmatched = []
-        for row in range(rows):
-            state = self._rows.get(row)
-            if not sampled[row]:
-                if state is not None:
-                    unclaimed.append(state)
-                continue
-            if state is not None and state.continues(token_ids[row], int(lengths[row]), int(sampled[row])):
-                states[row] = state
-            else:
-                unmatched.append(row)
-                if state is not None:
-                    unclaimed.append(state)
-        created = False
-        for row in unmatched:
-            length = int(lengths[row])
-            found = next((s for s in unclaimed if s.continues(token_ids[row], length, int(sampled[row]))), None)
-            if found is not None:
-                unclaimed.remove(found)
-            else:
-                prompt_length = max(length - int(sampled[row]), 1)
-                drafter = SamDrafter(self.static, responses=self._snapshots, use_tree=False, max_draft=self.max_depth)
-                drafter.begin(token_ids[row, :prompt_length].astype(np.int64))
-                found, created = _Request(drafter, token_ids[row], prompt_length), True
-                self.requests_begun += 1
-            states[row] = found
-        accepted = np.full(len(self._previous), -1, dtype=np.int64)
-        emitted, continuing = 0, 0
-        for row, state in enumerate(states):
-            if state is None:
-                continue
-            length = int(lengths[row])
-            if 0 <= state.row < len(self._previous) and self._previous[state.row] is state:
-                accepted[state.row] = min(int(sampled[row]) - 1, state.given)
-                emitted += int(sampled[row])
-                continuing += 1
-            if length > state.length:
-                state.drafter.accept(token_ids[row, state.length : length].astype(np.int64), None)
-                state.length = length
-                state.tail = token_ids[row, max(length - _TAIL_TOKENS, 0) : length].tobytes()
-            state.absent, state.row, state.given = 0, row, 0
-        kept = []
-        for state in unclaimed:
-            state.absent += 1
-            if state.absent <= PARK_CALLS:
-                kept.append(state)
-            else:
-                response = np.concatenate(state.drafter._response) if state.drafter._response else np.zeros(0, np.int64)
-                self._finished.append((response, state.length))
-        self._parked = kept
-        self._rows = {row: state for row, state in enumerate(states) if state is not None}
-        self._previous = states
-        return _ReadView(created, emitted / continuing if continuing else 1.0, accepted if len(self._previous) else None)
-
-    def draft(self) -> _DraftView:
-        rows, k = len(self._previous), self.max_depth
-        tokens = np.zeros((rows, k), dtype=np.int64)
-        probabilities = np.zeros((rows, k))
-        lengths = np.zeros(rows, dtype=np.int64)
-        matches = np.zeros(rows, dtype=np.int64)
-        sources = np.zeros(rows, dtype=np.int64)
-        for row, state in enumerate(self._previous):
-            if state is None:
-                continue
-            draft = state.drafter.propose(k)
-            n = min(len(draft), k)
-            if n == 0:
-                continue
-            tokens[row, :n] = draft.tokens[:n]
-            probabilities[row, :n] = draft.probabilities[:n] if draft.probabilities is not None else 0.5
-            lengths[row], matches[row] = n, draft.match_length
-            sources[row] = self.sources.index(draft.source)
-        return _DraftView(tokens, probabilities, lengths, matches, sources)
-
-    def give(self, counts: np.ndarray) -> None:
-        for row, count in zip(np.flatnonzero(counts).tolist(), counts[counts > 0].tolist()):
-            self._previous[row].given = count
-
-    def give_nothing(self) -> None:
-        pass
-
-
-def _batch_drafter(static: Any, max_depth: int) -> Any:
-    """The native batch drafter if this build has it, else per-request drafters."""
-    return PerRequestDrafter(static, max_depth)

@@ -6,7 +6,7 @@ import numpy as np
 
 from sam_decoding.policy import AcceptanceModel, BatchBudget, DraftGuard, StepCostCurve, best_budget
 from sam_decoding.policy.acceptance import estimate_chains, learn_chains
-from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, MAX_BACKOFF, PROBE_EVERY, SWEEP_ROUNDS
+from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, MAX_BACKOFF, PROBE_EVERY, SWEEP_ROUNDS, Outcome
 
 K = 8
 
@@ -33,7 +33,7 @@ def _run_steps(budget: BatchBudget, cost, rows: int, prior: float, steps: int, a
         chosen.append(int(counts.sum()))
         accepted = accept(counts)
         now += cost(rows + counts.sum())
-        budget.learn(now, True, 1.0 + accepted.mean(), accepted)
+        budget.learn(now, True, 1.0 + accepted.mean(), Outcome(counts, accepted, codes, priors, matches))
     return chosen
 
 

@@ -221,6 +221,24 @@ def best_budget(sorted_paths: np.ndarray, rows: int, curve: StepCostCurve) -> in
     return int(np.argmax(gains / costs))
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What each row's request was handed at its previous step and what the target accepted, ``[rows]``
+    arrays in the current step's row order (a row whose request is new, or drafted nothing, has ``given`` 0).
+
+    Attributes:
+        given: Draft tokens handed. accepted: Of those, accepted.
+        sources: The previous draft's source code. priors: ``[rows, k]``: its per-node estimates.
+        match_lengths: Match length behind each row's chain (this step's, when the previous one is not known).
+    """
+
+    given: np.ndarray
+    accepted: np.ndarray
+    sources: np.ndarray
+    priors: np.ndarray
+    match_lengths: np.ndarray
+
+
 @dataclass
 class _Pending:
     """What the last step scheduled, kept until the next call measures it."""
@@ -262,23 +280,27 @@ class BatchBudget:
         self._source_ids = chain_source_ids(self.acceptance, self.sources)
         self._sweep = list(range(self.max_depth + 1)) * SWEEP_ROUNDS
 
-    def learn(self, now: float, clean: bool, emitted_per_row: float, accepted: np.ndarray | None) -> None:
+    def learn(self, now: float, clean: bool, emitted_per_row: float, outcome: Outcome | None = None) -> None:
         """Learn the last step's outcome.
 
         Args:
             now: The clock (seconds) at the start of this call.
-            clean: The last step was a pure decode step (no prefill, no new request): its time is
-                learned.
-            emitted_per_row: Mean tokens each of the last step's rows emitted (accepted + 1).
-            accepted: int ``[rows of the last step]``: draft tokens the target accepted per row, in
-                the last step's row order, -1 where unknown (``None``: learn no acceptance).
+            clean: The last step was a pure decode step (no prefill, no new request): its time is learned.
+            emitted_per_row: Mean tokens each of the last step's decoding rows emitted (accepted + 1).
+            outcome: What each request was given and accepted at its previous step, in this step's
+                row order (``None``: learn no acceptance).
         """
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        if accepted is not None and pending.estimates is not None and pending.given is not None and len(accepted) == len(pending.given):
-            known = accepted >= 0
-            learn_chains(self.acceptance, pending.estimates, np.where(known, pending.given, 0), np.maximum(accepted, 0))
+        if outcome is not None and pending.estimates is not None and outcome.given.any():
+            if pending.given is not None and len(outcome.given) == len(pending.given) and np.array_equal(outcome.given, pending.given):
+                estimates = pending.estimates  # the rows did not move: the very estimates the step used
+            else:
+                estimates = estimate_chains(
+                    self.acceptance, self._source_ids[outcome.sources], outcome.priors, outcome.given, outcome.match_lengths
+                )
+            learn_chains(self.acceptance, estimates, outcome.given.astype(np.int64), outcome.accepted.astype(np.int64))
         if not clean or pending.rows == 0:
             return
         seconds = now - pending.started
