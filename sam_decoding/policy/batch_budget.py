@@ -25,9 +25,11 @@ Every call is O(1) NumPy calls, whatever the batch size.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +112,9 @@ class StepCostCurve:
         self._x = np.zeros(0)
         self._y = np.zeros(0)
         self._slope = 0.0
+        self._points: tuple[list[float], list[float]] = ([], [])
+        #: Incremented at every refit (callers may cache what they derive from the curve).
+        self.generation = 0
 
     @property
     def observations(self) -> int:
@@ -126,7 +131,7 @@ class StepCostCurve:
         nothing) when the gap was idle time (far above the curve)."""
         if seconds <= 0.0:
             return False
-        if len(self._x) and seconds > IDLE_FACTOR * float(self.seconds(np.array([tokens]))[0]):
+        if len(self._x) and seconds > IDLE_FACTOR * self.seconds_at(tokens):
             self._idle_in_a_row += 1
             if self._idle_in_a_row <= MAX_IDLE_IN_A_ROW:
                 return False
@@ -138,7 +143,7 @@ class StepCostCurve:
         self._times[key].append(seconds)
         self._tokens[key].append(tokens)
         self._new += 1
-        if self._new >= REFIT_EVERY or len(self._x) < 2:
+        if self._new >= REFIT_EVERY or len(self._times) != len(self._x):
             self._fit()
         return True
 
@@ -156,6 +161,21 @@ class StepCostCurve:
         else:
             self._slope = DEFAULT_TOKEN_SHARE * mean_per_token
         self._x, self._y, self._new = x, y, 0
+        self._points = (x.tolist(), y.tolist())
+        self.generation += 1
+
+    def seconds_at(self, tokens: int) -> float:
+        """:meth:`seconds` of one total, without NumPy (a step's scalar lookups)."""
+        x, y = self._points
+        if not x:
+            return 0.0
+        if tokens <= x[0]:
+            return max(y[0] - self._slope * (x[0] - tokens), MIN_COST_SHARE * y[0])
+        if tokens >= x[-1]:
+            return y[-1] + self._slope * (tokens - x[-1])
+        right = bisect.bisect_right(x, tokens)
+        share = (tokens - x[right - 1]) / (x[right] - x[right - 1])
+        return y[right - 1] + share * (y[right] - y[right - 1])
 
     def seconds(self, tokens: np.ndarray) -> np.ndarray:
         """Estimated seconds of steps of ``tokens`` total tokens (float64, same shape); all zeros
@@ -275,6 +295,7 @@ class BatchBudget:
     _sweep: list[int] = field(init=False)
     _level: int | None = None
     _best_path_probability: float = 1.0
+    _could_pay_cache: tuple[Any, bool] = (None, True)
 
     def __post_init__(self) -> None:
         self._source_ids = chain_source_ids(self.acceptance, self.sources)
@@ -307,7 +328,7 @@ class BatchBudget:
         tokens = pending.rows + pending.budget
         if not self.curve.observe(tokens, seconds):
             return
-        baseline = float(self.curve.seconds(np.array([pending.rows]))[0])
+        baseline = self.curve.seconds_at(pending.rows)
         if baseline > 0.0:
             self.guard.observe(emitted_per_row * baseline / seconds, pending.drafted)
 
@@ -333,10 +354,14 @@ class BatchBudget:
 
     def _could_pay(self, rows: int) -> bool:
         """Whether any budget pays if every node were as likely as the best one seen lately."""
-        best = self._best_path_probability
-        budgets = np.arange(rows * self.max_depth + 1)
-        rates = (rows + best * budgets) / self.curve.seconds(rows + budgets)
-        return bool(rates[1:].max() > rates[0]) if np.all(np.isfinite(rates)) else True
+        best = math.floor(self._best_path_probability * 100) / 100  # a cache key: 0.01 steps, rounded down
+        key = (rows, best, self.curve.generation)
+        if self._could_pay_cache[0] != key:
+            budgets = np.arange(rows * self.max_depth + 1)
+            rates = (rows + best * budgets) / self.curve.seconds(rows + budgets)
+            answer = bool(rates[1:].max() > rates[0]) if np.all(np.isfinite(rates)) else True
+            self._could_pay_cache = (key, answer)
+        return self._could_pay_cache[1]
 
     def allot(self, source_codes: np.ndarray, priors: np.ndarray, lengths: np.ndarray, match_lengths: np.ndarray) -> np.ndarray:
         """Draft tokens to give each row this step (after :meth:`begin` returned ``True``): int64
