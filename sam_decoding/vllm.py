@@ -32,9 +32,11 @@ visibly ended: its last token is one of the model's end-of-sequence tokens (from
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -186,6 +188,11 @@ class BatchProposer:
             )
             self.drafter.set_response_segments(self.responses.snapshot())
             self.recorder = ResponseRecorder(self.responses, self.drafter.set_response_segments)
+            # At exit, requests still held (finished in the last steps, or parked) are released and
+            # recorded before the recorder saves (exit hooks run last registered first).
+            reference = weakref.ref(self)
+            self._atexit = lambda: (lambda proposer: proposer.close() if proposer is not None else None)(reference())
+            atexit.register(self._atexit)
         sources = [_CALIBRATION_SOURCES.get(name, name) for name in SOURCE_NAMES]
         self.budget = BatchBudget(self.k, sources, acceptance or AcceptanceModel(), verify_all=settings.policy == "all")
         self.failures = 0
@@ -258,6 +265,7 @@ class BatchProposer:
             return
         self._closed = True
         if self.recorder is not None:
+            atexit.unregister(self._atexit)
             self.drafter.release_all()
             self._record_finished()
             self.recorder.close()
