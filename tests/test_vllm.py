@@ -326,6 +326,24 @@ def test_a_restarted_engine_drafts_from_the_earlier_responses(tmp_path: Path) ->
     second.close()
 
 
+def test_a_process_that_exits_without_closing_still_saves_its_responses(tmp_path: Path) -> None:
+    path = tmp_path / "responses.bin"
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_vllm import FakeBatch, _batch_proposer, _repetitive_text
+proposer = _batch_proposer(fingerprint="fp", response_cache={{"max_tokens": 10_000, "path": {str(path)!r}}})
+batch = FakeBatch()
+batch.add(_repetitive_text(1, 200), prompt_length=50)
+while batch.texts:
+    batch.step(proposer)  # the request finishes; the process ends right after, with nothing closed
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    from sam_decoding import ResponseCache
+
+    assert ResponseCache(10_000, path).num_responses == 1
+
+
 def test_the_recorder_records_off_the_caller_thread_and_saves_at_close(tmp_path: Path) -> None:
     from sam_decoding import ResponseCache
     from sam_decoding.response_recorder import ResponseRecorder
