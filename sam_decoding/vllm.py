@@ -9,55 +9,61 @@ Use::
 
 This is the only module of the package that knows about vLLM, and it imports nothing from it: vLLM
 builds :class:`SamProposer` from its config object and calls :meth:`SamProposer.propose` once per
-step for the whole batch. The adapter only translates. Each request gets an engine-neutral
-:class:`~sam_decoding.SamDrafter` (the static corpus is mapped once per worker and shared by every
-request's drafter), and the step's draft lengths come from the same acceptance model and
-cost-optimal selection as the transformers loop's :class:`~sam_decoding.CostAwarePolicy`, applied
-to the batch: a step that feeds ``q`` tokens costs ``t(q)`` seconds, learned from the time between
-calls, and the batch verifies the draft tokens, over all requests, that maximize expected tokens per
-second. With little confidence a request gets a shorter chain, and when verification is
-compute-bound (a large batch on a CPU) often none.
+step for the whole batch. The adapter only translates:
 
-vLLM passes rows of a persistent batch, not request ids, and rows move when requests leave. A
-request's state is found again by its text: the state at a row continues when the row's history
-still holds what the state has read (a sample of prompt positions and the last tokens it read);
-otherwise the unclaimed states are searched, and a row nobody claims starts a new state. States
-missing from a call are parked for a few calls (a request the scheduler skipped for a step comes
-back) and then released.
+- one native call drafts every row (:class:`~sam_decoding.batch_drafter.BatchDrafter`: it owns every
+  request's automata, finds each row's request again although vLLM moves rows, learns how much of the
+  last draft each row accepted, and drafts a chain per row into preallocated arrays);
+- :class:`~sam_decoding.policy.BatchBudget` decides how many of those draft tokens the step verifies,
+  from a step-cost curve measured between calls and the shared acceptance model;
+- one conversion builds vLLM's list of lists;
+- finished responses go to a :class:`~sam_decoding.response_recorder.ResponseRecorder` thread, which
+  records them in the response cache and hands the new snapshot back to the drafter.
+
+``propose`` never raises: vLLM turns a proposer's exception into a dead engine, so an error is
+logged once and the step drafts nothing.
+
+vLLM (0.32) gives a ``custom_class`` proposer the batch's rows only: no request ids, no finish
+reasons, no sampling parameters. So a response is recorded in the response cache only when it
+visibly ended: its last token is one of the model's end-of-sequence tokens (from its tokenizer and
+``generation_config.json``). An aborted request is not recorded, and neither is one stopped by
+``max_tokens``, a stop string or ``max_model_len`` (the proposer cannot tell those from an abort).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import time
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from sam_decoding.drafters import Draft, Drafter, PromptLookupDrafter, SamDrafter
-from sam_decoding.policy import AcceptanceModel, CostProfile, NodeEstimates, best_subtree
-from sam_decoding.policy.cost_aware import CALL_CORRECTION_STRENGTH
+from sam_decoding.policy import AcceptanceModel, BatchBudget
+from sam_decoding.policy.batch_budget import Outcome
 
 #: Key of ``additional_config`` that holds this proposer's settings.
 CONFIG_KEY = "sam_decoding"
-#: Calls a request may be missing from the batch before its state is released.
-PARK_CALLS = 4
-#: A response cache with a file is saved after this many finished requests.
-SAVE_EVERY = 64
-#: Prompt positions sampled to recognize a request's history, and tokens compared at its end.
-PROBE_POSITIONS = 8
-TAIL_TOKENS = 8
-#: Step intervals longer than this many times the profile's estimate are not learned (the engine
-#: was idle between calls, not computing).
-_IDLE_FACTOR = 20.0
-#: Step timings are handed to the cost profile this many at a time: each observation invalidates
-#: the profile's interpolated curve, which costs more to rebuild than a step's drafting.
-OBSERVATION_BATCH = 16
-_FALLBACKS = ("prompt_lookup", "none")
-_ESTIMATE_FIELDS = ("probabilities", "path_probabilities", "priors", "coarse_cells", "cells", "depths")
+_FALLBACKS = ("none",)
 _POLICIES = ("cost", "all")
+#: Keys that earlier versions took and what to do instead (a one-line refusal, not a silent ignore).
+_RETIRED = {
+    "cost_profile": "the proposer measures the engine's step cost itself, over total tokens per step; remove the key",
+}
+_REFUSED_FALLBACKS = {
+    "prompt-lookup": "it is a per-request Python drafter, which would put per-row work back on vLLM's critical path "
+    "(the automata already draft from the request's own text); use \"none\"",
+    "token-recycling": "it needs the target's logits, which vLLM does not give a proposer; use \"none\"",
+}
+
+#: The batch drafter's source names as the acceptance model knows them (shared with the transformers loop).
+_CALIBRATION_SOURCES = {"text": "dynamic", "corpus": "static", "response_cache": "responses"}
+
+_log = logging.getLogger(__name__)
 
 
 class SamConfigError(ValueError):
@@ -70,24 +76,20 @@ class SamSettings:
 
     Attributes:
         corpus: Static corpus automaton file or sharded directory (``None``: draft from each
-            request's own text only).
-        fallback: ``"none"``, or ``"prompt_lookup"``: n-gram lookup in the request's text when no
-            automaton matches well (tens of microseconds per request and step on a CPU, where the
-            automata take a few: off by default so a 32-row step drafts in about a millisecond).
-        policy: ``"cost"``: per request and step, propose the draft tokens that pay for their
-            verification (expected tokens per second); ``"all"``: propose every request's best
-            draft up to ``num_speculative_tokens``.
-        cost_profile: Optional JSON cost profile (``sam-decoding profile``) to start from; without one
-            the verify-step cost is learned from the first steps.
-        response_cache: ``None``, or ``{"max_tokens": N, "path": FILE}`` (both optional): a
-            :class:`~sam_decoding.ResponseCache` of this worker's finished responses, drafted from by
-            later requests; with ``path`` it is loaded at start and saved as responses arrive.
+            request's own text and the response cache only).
+        fallback: ``"none"`` (the only one: the automata already draft from the request's own text).
+        policy: ``"cost"``: each step verifies the draft tokens that maximize the batch's expected
+            tokens per second on the measured step cost (often none for a large batch on a CPU);
+            ``"all"``: every row's whole chain, up to ``num_speculative_tokens``.
+        response_cache: ``None``, or ``{"max_tokens": N, "path": FILE}`` (both optional; N defaults
+            to 1,000,000 tokens): a :class:`~sam_decoding.ResponseCache` of this worker's finished
+            responses, drafted from by later requests; with ``path`` it is loaded at start and saved
+            in the background every 64 responses or 30 seconds and at shutdown.
     """
 
     corpus: str | None = None
     fallback: str = "none"
     policy: str = "cost"
-    cost_profile: str | None = None
     response_cache: Mapping[str, Any] | None = None
 
     @classmethod
@@ -97,6 +99,9 @@ class SamSettings:
         where = f"additional_config[{CONFIG_KEY!r}]"
         if not isinstance(raw, Mapping):
             raise SamConfigError(f"{where} must be a JSON object, got {type(raw).__name__}")
+        for key, why in _RETIRED.items():
+            if key in raw:
+                raise SamConfigError(f"{where}: {key} is no longer used: {why}")
         known = [item.name for item in fields(cls)]
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -106,19 +111,18 @@ class SamSettings:
         return settings
 
     def _check(self, where: str) -> None:
-        for name in ("corpus", "cost_profile"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise SamConfigError(f"{where}: {name} must be a path string, got {value!r}")
-            if value is not None and not os.path.exists(value):
-                raise SamConfigError(f"{where}: {name} {value!r} does not exist")
+        if self.corpus is not None and (not isinstance(self.corpus, str) or not self.corpus):
+            raise SamConfigError(f"{where}: corpus must be a path string, got {self.corpus!r}")
+        if self.corpus is not None and not os.path.exists(self.corpus):
+            raise SamConfigError(f"{where}: corpus {self.corpus!r} does not exist")
         if self.response_cache is not None:
             self._check_response_cache(where)
+        if self.fallback in _REFUSED_FALLBACKS:
+            raise SamConfigError(f"{where}: fallback {self.fallback!r} is not available in vLLM: {_REFUSED_FALLBACKS[self.fallback]}")
         if self.fallback not in _FALLBACKS:
             raise SamConfigError(f"{where}: fallback must be one of {', '.join(_FALLBACKS)}, got {self.fallback!r}")
         if self.policy not in _POLICIES:
             raise SamConfigError(f"{where}: policy must be one of {', '.join(_POLICIES)}, got {self.policy!r}")
-
 
     def _check_response_cache(self, where: str) -> None:
         cache = self.response_cache
@@ -135,327 +139,150 @@ class SamSettings:
             raise SamConfigError(f"{where}: response_cache path must be a file in an existing directory, got {path!r}")
 
 
-class _RequestState:
-    """One request's drafter and what the proposer needs to recognize its row and learn from it."""
-
-    __slots__ = (
-        "drafter", "length", "probe_positions", "probe_tokens", "tail", "pending", "pending_call",
-        "absent_calls", "call_accepted", "call_predicted",
-    )
-
-    def __init__(self, drafter: Drafter, history: np.ndarray, prompt_length: int) -> None:
-        self.drafter = drafter
-        self.length = 0
-        # Positions spread over the prompt: chat prompts share their template's first tokens, so
-        # the prompt's own text, not its start, tells requests apart.
-        self.probe_positions = np.linspace(0, prompt_length - 1, num=min(PROBE_POSITIONS, prompt_length)).astype(np.int64)
-        self.probe_tokens = history[self.probe_positions].tobytes()
-        self.tail = b""
-        self.pending: tuple[int, NodeEstimates] | None = None  # draft tokens proposed, their estimates
-        self.pending_call = -1
-        self.absent_calls = 0
-        self.call_accepted = 0.0
-        self.call_predicted = 0.0
-
-    def continues(self, history: np.ndarray, length: int) -> bool:
-        """Whether a row whose first ``length`` tokens are ``history`` is this request's text."""
-        # Byte comparisons: a few hundred nanoseconds where np.array_equal takes microseconds.
-        if length < self.length or history[self.probe_positions].tobytes() != self.probe_tokens:
-            return False
-        return history[max(self.length - TAIL_TOKENS, 0) : self.length].tobytes() == self.tail
-
-    def read(self, tokens: np.ndarray, length: int, history: np.ndarray) -> None:
-        """Append ``tokens`` (the row's text from ``self.length`` to ``length``) to the drafter."""
-        self.drafter.accept(tokens.astype(np.int64, copy=False), None)
-        self.length = length
-        self.tail = history[max(length - TAIL_TOKENS, 0) : length].tobytes()
-
-    @property
-    def call_correction(self) -> float:
-        """This request's accepted-over-predicted ratio, shrunk to 1 while it has seen little."""
-        k = CALL_CORRECTION_STRENGTH
-        return (self.call_accepted + k) / (self.call_predicted + k)
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A request's draft chain for this step: tokens, calibrated estimates, and the path probabilities selection uses."""
-
-    tokens: np.ndarray
-    estimates: NodeEstimates
-    paths: np.ndarray
-
-
-@dataclass
-class _Step:
-    """What one call proposed, kept until the next call measures how long the step took."""
-
-    fed_tokens: int
-    mean_length: int
-    ended_at: float
-    clean: bool  # no prefill in the batch: the interval is a decode step's cost
-
-
-@dataclass
 class BatchProposer:
     """Drafts for a batch of rows; :class:`SamProposer` is this with vLLM's config and signature.
 
     Args:
         settings: The parsed settings.
         num_speculative_tokens: Most draft tokens per request and step (vLLM's ``k``).
-        tokenizer_fingerprint: The model tokenizer's fingerprint; the corpus must match it.
-        max_model_len: Longest sequence the engine holds, in tokens (drafts never run past it).
+        tokenizer_fingerprint: The model tokenizer's fingerprint; the corpus and the response cache must match it.
+        max_model_len: Longest sequence the engine holds, in tokens (no draft runs past it).
+        end_token_ids: The model's end-of-sequence token ids: a response ending with one is recorded
+            in the response cache when its request leaves the batch.
+        acceptance: The acceptance model (pass one to share it with other policies).
     """
 
-    settings: SamSettings
-    num_speculative_tokens: int
-    tokenizer_fingerprint: str | None = None
-    max_model_len: int | None = None
-    acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
-    profile: CostProfile = field(init=False)
-    static: Any = field(init=False, default=None)
-    responses: Any = field(init=False, default=None)
-    responses_recorded: int = field(init=False, default=0)
-    _rows: dict[int, _RequestState] = field(init=False, default_factory=dict)
-    _parked: list[_RequestState] = field(init=False, default_factory=list)
-    requests_begun: int = field(init=False, default=0)
-    _calls: int = field(init=False, default=0)
-    _last_step: _Step | None = field(init=False, default=None)
-    _timings: list[tuple[int, int, float]] = field(init=False, default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        settings: SamSettings,
+        num_speculative_tokens: int,
+        tokenizer_fingerprint: str | None = None,
+        max_model_len: int | None = None,
+        end_token_ids: Sequence[int] = (),
+        acceptance: AcceptanceModel | None = None,
+    ) -> None:
+        from sam_decoding.batch_drafter import SOURCE_NAMES, BatchDrafter
         from sam_decoding.shards import load_corpus
 
-        if self.num_speculative_tokens < 1:
-            raise SamConfigError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
-        if self.settings.corpus is not None:
-            self.static = load_corpus(self.settings.corpus)
-            if self.tokenizer_fingerprint is not None:
-                self.static.check_tokenizer(self.tokenizer_fingerprint)
-        if self.settings.response_cache is not None:
+        if num_speculative_tokens < 1:
+            raise SamConfigError(f"num_speculative_tokens must be >= 1, got {num_speculative_tokens}")
+        self.settings = settings
+        self.k = num_speculative_tokens
+        self.end_token_ids = np.unique(np.asarray(list(end_token_ids), dtype=np.int64))
+        static = None
+        if settings.corpus is not None:
+            static = load_corpus(settings.corpus)
+            if tokenizer_fingerprint is not None:
+                static.check_tokenizer(tokenizer_fingerprint)
+        limits = {} if max_model_len is None else {"max_model_len": int(max_model_len)}
+        self.drafter = BatchDrafter(static, max_draft=self.k, **limits)
+        self.responses = None
+        self.recorder = None
+        if settings.response_cache is not None:
             from sam_decoding.response_cache import ResponseCache
+            from sam_decoding.response_recorder import ResponseRecorder
 
-            options = dict(self.settings.response_cache)
+            options = dict(settings.response_cache)
             self.responses = ResponseCache(
-                options.get("max_tokens", 1_000_000), options.get("path"), tokenizer_fingerprint=self.tokenizer_fingerprint or ""
+                options.get("max_tokens", 1_000_000), options.get("path"), tokenizer_fingerprint=tokenizer_fingerprint or ""
             )
-        if self.settings.cost_profile is not None:
-            self.profile = CostProfile.load(self.settings.cost_profile, frozen=False)
-        else:
-            self.profile = CostProfile("vllm-steps")
+            self.drafter.set_response_segments(self.responses.snapshot())
+            self.recorder = ResponseRecorder(self.responses, self.drafter.set_response_segments)
+            # At exit, requests still held (finished in the last steps, or parked) are released and
+            # recorded before the recorder saves (exit hooks run last registered first).
+            reference = weakref.ref(self)
+            self._atexit = lambda: (lambda proposer: proposer.close() if proposer is not None else None)(reference())
+            atexit.register(self._atexit)
+        sources = [_CALIBRATION_SOURCES.get(name, name) for name in SOURCE_NAMES]
+        self.budget = BatchBudget(self.k, sources, acceptance or AcceptanceModel(), verify_all=settings.policy == "all")
+        self.failures = 0
+        self.responses_skipped = 0
+        self._closed = False
 
-    # --- the request table ----------------------------------------------------------------------
     @property
     def num_states(self) -> int:
-        """Request states held (in the batch and parked)."""
-        return len(self._rows) + len(self._parked)
+        """Requests the drafter holds (in the batch and parked)."""
+        return self.drafter.num_live + self.drafter.num_parked
 
-    def _new_drafter(self) -> Drafter:
-        fallback = PromptLookupDrafter() if self.settings.fallback == "prompt_lookup" else None
-        return SamDrafter(self.static, fallback=fallback, responses=self.responses, use_tree=False)
+    @property
+    def requests_begun(self) -> int:
+        """Requests the drafter has begun."""
+        return self.drafter.requests_begun
 
-    def _begin(self, history: np.ndarray, length: int, sampled: int) -> _RequestState:
-        # The prompt is the row's text before this step's sampled tokens, so the drafter reads the
-        # response from its first token (what a response cache records).
-        prompt_length = max(length - sampled, 1)
-        self.requests_begun += 1
-        drafter = self._new_drafter()
-        drafter.begin(history[:prompt_length].astype(np.int64))
-        state = _RequestState(drafter, history, prompt_length)
-        state.read(history[prompt_length:length], length, history)
-        return state
-
-    def _claim(self, sampled_token_ids: Sequence[Sequence[int]], lengths: np.ndarray, token_ids: np.ndarray) -> tuple[list[_RequestState | None], bool]:
-        """The state of every row that sampled tokens this step (``None`` for the others), and whether any was new."""
-        rows = len(sampled_token_ids)
-        states: list[_RequestState | None] = [None] * rows
-        unclaimed = [state for row, state in self._rows.items() if row >= rows] + self._parked
-        unmatched = []
-        for row in range(rows):
-            state = self._rows.get(row)
-            if not sampled_token_ids[row]:
-                if state is not None and row < rows:
-                    unclaimed.append(state)  # a row in chunked prefill, or one that sampled nothing
-                continue
-            if state is not None and state.continues(token_ids[row], int(lengths[row])):
-                states[row] = state
-            else:
-                unmatched.append(row)
-                if state is not None:
-                    unclaimed.append(state)
-        created = False
-        for row in unmatched:
-            length = int(lengths[row])
-            found = next((s for s in unclaimed if s.continues(token_ids[row], length)), None)
-            if found is not None:
-                unclaimed.remove(found)
-            else:
-                found, created = self._begin(token_ids[row], length, len(sampled_token_ids[row])), True
-            states[row] = found
-        self._rows = {row: state for row, state in enumerate(states) if state is not None}
-        self._park(unclaimed)
-        return states, created
-
-    def _park(self, unclaimed: list[_RequestState]) -> None:
-        kept = []
-        for state in unclaimed:
-            state.absent_calls += 1
-            if state.absent_calls <= PARK_CALLS:
-                kept.append(state)
-            else:
-                # vLLM does not tell a proposer why a request left; one gone for several calls has
-                # ended (finished or aborted), and its text so far is the model's own output.
-                self._finish(state)
-        self._parked = kept
-
-    def _finish(self, state: _RequestState) -> None:
-        state.drafter.finish()  # a response cache records the response here
-        if self.responses is not None:
-            self.responses_recorded += 1
-            if self.responses.path is not None and self.responses_recorded % SAVE_EVERY == 0:
-                self.responses.save()
-
-    def release_all(self) -> None:
-        """Drop every request state (calling each drafter's ``finish``)."""
-        for state in [*self._rows.values(), *self._parked]:
-            self._finish(state)
-        self._rows, self._parked = {}, []
-        if self.responses is not None and self.responses.path is not None:
-            self.responses.save()
-
-    # --- one call ---------------------------------------------------------------------------------
     def propose(
         self, sampled_token_ids: Sequence[Sequence[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray
     ) -> list[list[int]]:
         """Draft tokens for every row: ``sampled_token_ids[row]`` were appended this step (empty for a
-        row that is still prefilling), the row's text is ``token_ids_cpu[row, :num_tokens_no_spec[row]]``."""
-        started = time.perf_counter()
-        self._calls += 1
-        states, created = self._claim(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
-        prefilling = any(not tokens for tokens in sampled_token_ids)
-        if self._last_step is not None and self._last_step.clean and not (created or prefilling):
-            self._observe_step(started)
-        outcomes: list[tuple[NodeEstimates, int, int]] = []
-        for row, state in enumerate(states):
-            if state is not None:
-                self._catch_up(state, token_ids_cpu[row], int(num_tokens_no_spec[row]), len(sampled_token_ids[row]), outcomes)
-        self._learn(outcomes)
-        candidates = [None if state is None else self._best_candidate(state) for state in states]
-        decode_rows = sum(state is not None for state in states)
-        mean_length = int(np.mean([s.length for s in states if s is not None])) if decode_rows else 0
-        counts = self._draft_lengths(candidates, decode_rows, mean_length)
-        if self.max_model_len is not None:
-            room = np.array([self.max_model_len - s.length if s is not None else 0 for s in states], dtype=np.int64)
-            counts = np.clip(np.minimum(counts, room), 0, None)
-        drafts = [self._hand_out(state, candidate, int(count)) for state, candidate, count in zip(states, candidates, counts)]
-        self._last_step = _Step(decode_rows + int(counts.sum()), mean_length, time.perf_counter(), not prefilling)
-        return drafts
+        row that is still prefilling), the row's text is ``token_ids_cpu[row, :num_tokens_no_spec[row]]``.
 
-    def _hand_out(self, state: _RequestState | None, candidate: _Candidate | None, count: int) -> list[int]:
-        """The first ``count`` tokens of a row's candidate, remembered to learn from the next call."""
-        if state is None:
-            return []
-        if candidate is None or count == 0:
-            state.pending = None
-            return []
-        state.pending = (count, candidate.estimates)
-        state.pending_call = self._calls
-        return candidate.tokens[:count].tolist()
-
-    def _catch_up(self, state: _RequestState, history: np.ndarray, length: int, sampled: int, outcomes: list) -> None:
-        """Note how much of the last draft was accepted (in ``outcomes``), then read the row's new tokens."""
-        if state.pending is not None and state.pending_call == self._calls - 1:
-            count, estimates = state.pending
-            accepted = min(sampled - 1, count)
-            # Nodes up to the first rejected one were judged (their parents were accepted).
-            judged = min(accepted + 1, count)
-            outcomes.append((estimates, judged, accepted))
-            state.call_accepted += accepted
-            state.call_predicted += float(estimates.path_probabilities[:count].sum())
-        state.pending = None
-        if length > state.length:
-            state.read(history[state.length : length], length, history)
-        state.absent_calls = 0
-
-    def _learn(self, outcomes: list[tuple[NodeEstimates, int, int]]) -> None:
-        """Teach the acceptance model every row's outcome in one call (it is vectorized over nodes)."""
-        if not outcomes:
-            return
-        parts = [estimates.subset(slice(0, judged)) for estimates, judged, _ in outcomes]
-        merged = NodeEstimates(*(np.concatenate([getattr(part, name) for part in parts]) for name in _ESTIMATE_FIELDS))
-        accepted = np.concatenate([np.arange(judged) < accepted for _, judged, accepted in outcomes])
-        self.acceptance.learn(merged, np.ones(len(accepted), dtype=bool), accepted)
-
-    def _best_candidate(self, state: _RequestState) -> _Candidate | None:
-        """The request's draft chain and its calibrated acceptance estimates (``None``: nothing to draft).
-
-        The drafter's own choice among its sources (``propose``) is estimated, not every candidate:
-        the estimate is most of the per-row cost, and a 32-row batch must be drafted in about a millisecond.
+        Never raises: an error is logged (the first one with its traceback) and the step drafts nothing.
         """
-        draft = state.drafter.propose(self.num_speculative_tokens)
-        if not len(draft):
-            return None
-        draft = _chain_of(draft, self.num_speculative_tokens)
-        estimates = self.acceptance.estimate(draft)
-        # Selection sees the estimates scaled by this request's record; learning, the calibrated ones.
-        paths = np.minimum(estimates.path_probabilities * state.call_correction, 1.0)
-        return _Candidate(draft.tokens, estimates, paths)
+        try:
+            return self._propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+        except Exception:  # noqa: BLE001 - an exception here would stop vLLM's engine
+            self.failures += 1
+            if self.failures == 1:
+                _log.exception("sam-decoding's proposer failed; this step drafts nothing (later failures are counted, not logged)")
+            return [[] for _ in range(len(sampled_token_ids))]
 
-    def _draft_lengths(
-        self, candidates: list[_Candidate | None], decode_rows: int, mean_length: int
-    ) -> np.ndarray:
-        """How many tokens of each row's candidate to propose: the batch's expected tokens per second,
-        maximized, over ``decode_rows`` rows that feed one token each without drafts."""
-        counts = np.zeros(len(candidates), dtype=np.int64)
-        present = [(row, c) for row, c in enumerate(candidates) if c is not None]
-        if not present:
-            return counts
-        if self.settings.policy == "all" or not self.profile.is_calibrated:
-            # Until a step has been timed every draft is proposed whole: those steps measure what drafting costs.
-            for row, candidate in present:
-                counts[row] = len(candidate.tokens)
-            return counts
-        paths = np.concatenate([candidate.paths for _, candidate in present])
-        owners = np.concatenate([np.full(len(candidate.tokens), row) for row, candidate in present])
-        base = max(decode_rows, 1)
-        costs = self.profile.curve(mean_length, base + len(paths))[base - 1 :]
-        # best_subtree weighs one emitted token per step; the batch emits one per row, so the
-        # probabilities are scaled to that unit (the argmax is unchanged). Chains never gain
-        # probability with depth, so the kept nodes of each row are a prefix of its chain.
-        choice = best_subtree(paths / base, costs, 0.0)
-        np.add.at(counts, owners[choice.keep], 1)
-        return counts
+    def _propose(
+        self, sampled_token_ids: Sequence[Sequence[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray
+    ) -> list[list[int]]:
+        now = time.perf_counter()
+        rows = len(sampled_token_ids)
+        sampled = np.fromiter(map(len, sampled_token_ids), dtype=np.int32, count=rows)
+        drafter = self.drafter
+        drafter.step(token_ids_cpu[:rows], num_tokens_no_spec[:rows], sampled)
+        decoding = sampled > 0
+        continuing = decoding & (drafter.new_requests == 0)
+        decode_rows = int(np.count_nonzero(decoding))
+        # The step since the last call is learned only as a pure decode step (no prefill, no new request).
+        clean = rows > 0 and decode_rows == rows and bool(continuing.all())
+        emitted = float(sampled[continuing].mean()) if continuing.any() else 1.0
+        outcome = Outcome(drafter.previous_given, drafter.previous_accepted, drafter.previous_sources, drafter.previous_probabilities, drafter.match_lengths)
+        self.budget.learn(now, clean, emitted, outcome)
+        if self.recorder is not None:
+            self._record_finished()
+        if not self.budget.begin(now, decode_rows):
+            return [[] for _ in range(rows)]
+        counts = self.budget.allot(drafter.sources, drafter.probabilities, drafter.draft_lengths, drafter.match_lengths)
+        drafter.given[:] = counts
+        return _as_lists(drafter.tokens, counts)
 
-    def _observe_step(self, now: float) -> None:
-        step = self._last_step
-        assert step is not None
-        seconds = now - step.ended_at
-        if self.profile.is_calibrated:
-            expected = self.profile.seconds(max(step.fed_tokens, 1), step.mean_length)
-            if seconds > _IDLE_FACTOR * expected:
-                return  # the engine was idle between the calls, not computing
-        self._timings.append((max(step.fed_tokens, 1), step.mean_length, seconds))
-        # The first timing goes in at once: until then every draft is proposed whole.
-        if len(self._timings) >= OBSERVATION_BATCH or not self.profile.is_calibrated:
-            for q, length, spent in self._timings:
-                self.profile.observe(q, length, spent)
-            self._timings.clear()
+    def _record_finished(self) -> None:
+        """Submit the responses of requests that left the batch and visibly ended (see the module docstring)."""
+        for finished in self.drafter.take_finished():
+            tokens = finished.tokens
+            if len(tokens) and np.isin(tokens[-1], self.end_token_ids):
+                self.recorder.submit(tokens)
+            else:
+                self.responses_skipped += 1
+
+    def close(self) -> None:
+        """Release every request (recording those that ended), then record what is queued and save the
+        response cache (if it has a file). Idempotent; also run at interpreter exit by the recorder."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.recorder is not None:
+            atexit.unregister(self._atexit)
+            self.drafter.release_all()
+            self._record_finished()
+            self.recorder.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
 
 
-def _chain_of(draft: Draft, limit: int) -> Draft:
-    """``draft`` as a chain of at most ``limit`` tokens (a tree keeps its first root-to-leaf path)."""
-    if draft.parents is not None:
-        path = [0]
-        for node in range(1, len(draft)):
-            if int(draft.parents[node]) == path[-1]:
-                path.append(node)
-        index = np.asarray(path[:limit])
-        probabilities = None if draft.probabilities is None else draft.probabilities[index]
-        return Draft.chain(draft.tokens[index], draft.source, probabilities, draft.match_length)
-    if len(draft) <= limit:
-        return draft
-    probabilities = None if draft.probabilities is None else draft.probabilities[:limit]
-    return Draft.chain(draft.tokens[:limit], draft.source, probabilities, draft.match_length)
+def _as_lists(tokens: np.ndarray, counts: np.ndarray) -> list[list[int]]:
+    """vLLM's draft format: row ``r`` gets ``tokens[r, :counts[r]]`` as a list of ints."""
+    drafts: list[list[int]] = [[] for _ in range(len(counts))]
+    for row in np.flatnonzero(counts).tolist():
+        drafts[row] = tokens[row, : counts[row]].tolist()
+    return drafts
 
 
 class SamProposer:
@@ -466,11 +293,11 @@ class SamProposer:
     def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         settings = SamSettings.from_additional_config(getattr(vllm_config, "additional_config", None))
         k = int(vllm_config.speculative_config.num_speculative_tokens)
-        fingerprint = None
+        fingerprint, end_tokens = None, ()
         if settings.corpus is not None or settings.response_cache is not None:
-            fingerprint = _model_tokenizer_fingerprint(vllm_config)
+            fingerprint, end_tokens = _model_tokenizer_facts(vllm_config)
         max_model_len = getattr(vllm_config.model_config, "max_model_len", None)
-        self.batch = BatchProposer(settings, k, fingerprint, max_model_len)
+        self.batch = BatchProposer(settings, k, fingerprint, max_model_len, end_tokens)
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         """vLLM hands every drafter the target model; retrieval drafting needs none."""
@@ -487,13 +314,28 @@ class SamProposer:
         """Draft token chains for every row of the batch (see :meth:`BatchProposer.propose`)."""
         return self.batch.propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
 
+    def close(self) -> None:
+        """Save what the response cache still holds unsaved (also done at interpreter exit)."""
+        self.batch.close()
 
-def _model_tokenizer_fingerprint(vllm_config: Any) -> str:
-    from transformers import AutoTokenizer
+
+def _model_tokenizer_facts(vllm_config: Any) -> tuple[str, tuple[int, ...]]:
+    """The model tokenizer's fingerprint and the model's end-of-sequence token ids."""
+    from transformers import AutoTokenizer, GenerationConfig
 
     from sam_decoding.models import tokenizer_fingerprint
 
     model_config = vllm_config.model_config
     name = getattr(model_config, "tokenizer", None) or model_config.model
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=bool(getattr(model_config, "trust_remote_code", False)))
-    return tokenizer_fingerprint(tokenizer)
+    trust = bool(getattr(model_config, "trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        generation = GenerationConfig.from_pretrained(model_config.model)
+    except OSError:
+        generation = None  # no generation_config.json: the tokenizer's end token only
+    if generation is not None and generation.eos_token_id is not None:
+        found = generation.eos_token_id
+        ends.update(found if isinstance(found, list) else [found])
+    return tokenizer_fingerprint(tokenizer), tuple(sorted(int(token) for token in ends))
+

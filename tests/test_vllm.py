@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import urllib.request
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 
 from sam_decoding import StaticAutomaton, TokenizerMismatchError
-from sam_decoding.vllm import PARK_CALLS, BatchProposer, SamConfigError, SamSettings
+from sam_decoding.vllm import BatchProposer, SamConfigError, SamSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "vllm.md"
@@ -50,9 +52,15 @@ QUESTIONS = [
 
 # ---- the proposer alone: fabricated batches --------------------------------------------------
 
+#: The fabricated model's end-of-sequence token: texts that end with it are finished responses.
+EOS = 2
 
-def _batch_proposer(corpus: Path | None = None, fingerprint: str | None = None, k: int = K) -> BatchProposer:
-    return BatchProposer(SamSettings(corpus=None if corpus is None else str(corpus)), k, fingerprint, 4096)
+
+def _batch_proposer(
+    corpus: Path | None = None, fingerprint: str | None = None, k: int = K, response_cache: dict | None = None, policy: str = "all"
+) -> BatchProposer:
+    settings = SamSettings(corpus=None if corpus is None else str(corpus), response_cache=response_cache, policy=policy)
+    return BatchProposer(settings, k, fingerprint, 4096, end_token_ids=(EOS,))
 
 
 class FakeBatch:
@@ -60,7 +68,7 @@ class FakeBatch:
 
     def __init__(self, rows: int = 32, width: int = 4096) -> None:
         self.token_ids = np.zeros((rows, width), dtype=np.int32)
-        self.lengths = np.zeros(rows, dtype=np.int64)
+        self.lengths = np.zeros(rows, dtype=np.int32)
         self.texts: list[np.ndarray] = []  # each row's whole text (what the target will say)
         self.sampled: list[list[int]] = []
 
@@ -82,6 +90,21 @@ class FakeBatch:
         self.sampled.pop()
         self.lengths[last] = 0
 
+    def finished(self, row: int) -> bool:
+        return int(self.lengths[row]) >= len(self.texts[row])
+
+    def step(self, proposer: BatchProposer, leave=lambda row: False) -> None:
+        """One engine step as vLLM orders it: the proposer sees the last step's tokens (a finished
+        request's end token too), then finished requests (and those ``leave`` picks) leave the
+        batch, then the target verifies the drafts of the rest."""
+        drafts = self.propose(proposer)
+        for row in reversed(range(len(self.texts))):
+            if self.finished(row) or leave(row):
+                drafts[row] = drafts[len(self.texts) - 1]
+                drafts.pop()
+                self.remove(row)
+        self.verify(drafts)
+
     def propose(self, proposer: BatchProposer) -> list[list[int]]:
         rows = len(self.texts)
         return proposer.propose(self.sampled[:rows], self.lengths, self.token_ids)
@@ -99,11 +122,33 @@ class FakeBatch:
             self.sampled[row] = [int(token) for token in new]
 
 
-def _repetitive_text(seed: int, length: int = 200) -> np.ndarray:
-    """A text whose second half repeats its first (so a request's own automaton drafts it)."""
+def _repetitive_text(seed: int, length: int = 200, end: bool = True) -> np.ndarray:
+    """A text whose second half repeats its first (so a request's own automaton drafts it), ending
+    with the end-of-sequence token."""
     rng = np.random.default_rng(seed)
     half = rng.integers(10, 30_000, size=length // 2)
-    return np.concatenate([half, half]).astype(np.int32)
+    return np.concatenate([half, half, [EOS] if end else []]).astype(np.int32)
+
+
+def _drain(batch: FakeBatch, proposer: BatchProposer, limit: int = 64) -> None:
+    """Empty steps until the proposer has let go of every request that left the batch."""
+    for _ in range(limit):
+        if proposer.num_states == 0:
+            break
+        batch.propose(proposer)
+    assert proposer.num_states == 0
+
+
+def _serve(batch: FakeBatch, proposer: BatchProposer) -> None:
+    """Decode until every row's text is complete, removing rows as they finish."""
+    while batch.texts:
+        batch.step(proposer)
+
+
+def _assert_drafts_follow_texts(batch: FakeBatch, drafts: list[list[int]]) -> None:
+    for row, draft in enumerate(drafts):
+        length = int(batch.lengths[row])
+        assert draft == batch.texts[row][length : length + len(draft)].tolist(), f"row {row} drafted another request's text"
 
 
 def test_state_follows_each_request_across_row_moves() -> None:
@@ -118,9 +163,39 @@ def test_state_follows_each_request_across_row_moves() -> None:
             batch.remove(0)  # request 2 moves to row 0
         drafts = batch.propose(proposer)
     assert proposer.requests_begun == 3, "a moved request must keep its state, not start a new one"
-    for row, draft in enumerate(drafts):
-        length = int(batch.lengths[row])
-        assert draft and draft == batch.texts[row][length : length + len(draft)].tolist()
+    assert all(drafts)
+    _assert_drafts_follow_texts(batch, drafts)
+
+
+def test_identical_prompts_are_two_requests() -> None:
+    batch, proposer = FakeBatch(), _batch_proposer()
+    prompt = _repetitive_text(5, 120, end=False)
+    answers = [_repetitive_text(seed, 80) for seed in (6, 7)]
+    for answer in answers:
+        batch.add(np.concatenate([prompt, answer, answer]).astype(np.int32), prompt_length=len(prompt))
+    for step in range(30):
+        drafts = batch.propose(proposer)
+        _assert_drafts_follow_texts(batch, drafts)
+        batch.verify(drafts)
+        if step == 3:
+            batch.remove(0)  # the second request moves into the first one's row
+            batch.add(np.concatenate([prompt, answers[0], answers[0]]).astype(np.int32), prompt_length=len(prompt))
+    assert proposer.requests_begun == 3
+
+
+def test_a_follow_up_turn_is_a_new_request() -> None:
+    batch, proposer = FakeBatch(), _batch_proposer()
+    first = _repetitive_text(8, 120)
+    batch.add(first, prompt_length=40)
+    _serve(batch, proposer)
+    follow_up = np.concatenate([first, _repetitive_text(9, 60)]).astype(np.int32)
+    batch.add(follow_up, prompt_length=len(first) + 10)
+    drafts = batch.propose(proposer)
+    assert proposer.requests_begun == 2
+    for _ in range(20):
+        _assert_drafts_follow_texts(batch, drafts)
+        batch.verify(drafts)
+        drafts = batch.propose(proposer)
 
 
 def test_rows_still_prefilling_get_no_draft_and_no_state() -> None:
@@ -135,7 +210,7 @@ def test_rows_still_prefilling_get_no_draft_and_no_state() -> None:
 def test_memory_stays_flat_over_10000_requests() -> None:
     """Requests arrive, decode a few steps and leave (rows condensed); the proposer releases their state."""
     rng = np.random.default_rng(0)
-    batch, proposer = FakeBatch(rows=8, width=256), _batch_proposer()
+    batch, proposer = FakeBatch(rows=8, width=256), _batch_proposer(response_cache={"max_tokens": 20_000}, policy="cost")
     tracemalloc.start()
     started, peak_states = 0, 0
     checkpoints = {}
@@ -143,22 +218,34 @@ def test_memory_stays_flat_over_10000_requests() -> None:
         while started < 10_000 and len(batch.texts) < 8:
             batch.add(_repetitive_text(started, 120), prompt_length=int(rng.integers(20, 60)))
             started += 1
-        batch.verify(batch.propose(proposer))
+        batch.step(proposer, leave=lambda row: rng.random() < 0.05)
         peak_states = max(peak_states, proposer.num_states)
-        for row in reversed(range(len(batch.texts))):
-            if batch.lengths[row] >= len(batch.texts[row]) - 1 or rng.random() < 0.2:
-                batch.remove(row)
         for mark in (2_000, 10_000):
             if started >= mark and mark not in checkpoints:
+                proposer.recorder.flush()
                 checkpoints[mark] = tracemalloc.get_traced_memory()[0]
-    for _ in range(PARK_CALLS + 1):
-        proposer.propose([], np.zeros(0, dtype=np.int64), np.zeros((0, 256), dtype=np.int32))
+    _drain(batch, proposer)
     tracemalloc.stop()
+    proposer.close()
     assert proposer.requests_begun == 10_000
-    assert peak_states <= 8 * (PARK_CALLS + 2), f"{peak_states} request states held at once"
-    assert proposer.num_states == 0
+    assert peak_states <= 8 * 6, f"{peak_states} request states held at once"
+    assert proposer.responses.num_responses > 0
     growth = checkpoints[10_000] - checkpoints[2_000]
-    assert growth < 256 * 1024, f"traced memory grew by {growth} bytes from request 2,000 to 10,000"
+    assert growth < 512 * 1024, f"traced memory grew by {growth} bytes from request 2,000 to 10,000"
+
+
+def test_an_error_inside_propose_drafts_nothing_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    batch, proposer = FakeBatch(), _batch_proposer()
+    for seed in range(3):
+        batch.add(_repetitive_text(seed), prompt_length=110)
+    batch.lengths[1] = batch.token_ids.shape[1] + 5  # a row longer than the batch's buffer
+    with caplog.at_level(logging.ERROR, logger="sam_decoding.vllm"):
+        for _ in range(3):
+            assert batch.propose(proposer) == [[], [], []]
+    assert proposer.failures == 3
+    assert len([record for record in caplog.records if record.name == "sam_decoding.vllm"]) == 1
+    batch.lengths[1] = 111
+    assert any(batch.propose(proposer)), "the proposer drafts again once its input is sound"
 
 
 def test_settings_refuse_unknown_keys_and_bad_values(tmp_path: Path) -> None:
@@ -168,6 +255,10 @@ def test_settings_refuse_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         SamSettings.from_additional_config({"sam_decoding": {"corpus": str(tmp_path / "missing.sam")}})
     with pytest.raises(SamConfigError, match="fallback must be one of"):
         SamSettings.from_additional_config({"sam_decoding": {"fallback": "magic"}})
+    with pytest.raises(SamConfigError, match="fallback 'prompt-lookup' is not available in vLLM"):
+        SamSettings.from_additional_config({"sam_decoding": {"fallback": "prompt-lookup"}})
+    with pytest.raises(SamConfigError, match="cost_profile is no longer used"):
+        SamSettings.from_additional_config({"sam_decoding": {"cost_profile": "profile.json"}})
     with pytest.raises(SamConfigError, match="policy must be one of"):
         SamSettings.from_additional_config({"sam_decoding": {"policy": 3}})
     with pytest.raises(SamConfigError, match="must be a JSON object"):
@@ -199,21 +290,90 @@ def test_corpus_drafts_for_a_matching_request(tmp_path: Path) -> None:
     assert drafts[0] == text[61 : 61 + len(drafts[0])].tolist() and len(drafts[0]) > 0
 
 
-def test_a_finished_response_drafts_for_a_later_request() -> None:
-    settings = SamSettings.from_additional_config({"sam_decoding": {"response_cache": {"max_tokens": 10_000}}})
-    proposer = BatchProposer(settings, K, "fp", 4096)
-    text = _repetitive_text(3, 300)  # nothing in its first 150 tokens repeats
+def test_finished_responses_draft_for_later_requests_and_aborted_ones_are_not_recorded() -> None:
+    proposer = _batch_proposer(fingerprint="fp", response_cache={"max_tokens": 10_000})
+    finished, aborted = _repetitive_text(3, 300), _repetitive_text(4, 300)  # nothing in their first 150 tokens repeats
+    batch = FakeBatch()
+    batch.add(finished, prompt_length=50)
+    batch.add(aborted, prompt_length=50)
+    for _ in range(5):
+        batch.verify(batch.propose(proposer))
+    batch.remove(1)  # aborted mid-answer
+    _serve(batch, proposer)
+    _drain(batch, proposer)
+    proposer.recorder.flush()
+    assert proposer.responses.num_responses == 1, "only the response that ended with the end token is recorded"
+    for text in (finished, aborted):
+        batch.add(text, prompt_length=50)
+    drafts = batch.propose(proposer)
+    assert drafts[0] and drafts[0] == finished[51 : 51 + len(drafts[0])].tolist()
+    assert not drafts[1], "the aborted answer is not in the response cache"
+
+
+def test_a_restarted_engine_drafts_from_the_earlier_responses(tmp_path: Path) -> None:
+    options = {"max_tokens": 10_000, "path": str(tmp_path / "responses.bin")}
+    text = _repetitive_text(11, 300)
+    first = _batch_proposer(fingerprint="fp", response_cache=options)
     batch = FakeBatch()
     batch.add(text, prompt_length=50)
-    while batch.lengths[0] < len(text) - 1:
-        batch.verify(batch.propose(proposer))
-    batch.remove(0)
-    for _ in range(PARK_CALLS + 1):
-        batch.propose(proposer)  # no rows: the finished request's state is released and its response recorded
-    assert proposer.responses.num_responses == 1 and proposer.num_states == 0
+    _serve(batch, first)
+    _drain(batch, first)
+    first.close()  # the engine shuts down: the recorder saves what it recorded
+    second = _batch_proposer(fingerprint="fp", response_cache=options)
     batch.add(text, prompt_length=50)
-    draft = batch.propose(proposer)[0]
-    assert draft and draft == text[51 : 51 + len(draft)].tolist()
+    draft = batch.propose(second)[0]
+    assert draft and draft == text[51 : 51 + len(draft)].tolist(), "the first request after a restart drafts from the cache file"
+    second.close()
+
+
+def test_a_process_that_exits_without_closing_still_saves_its_responses(tmp_path: Path) -> None:
+    path = tmp_path / "responses.bin"
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_vllm import FakeBatch, _batch_proposer, _repetitive_text
+proposer = _batch_proposer(fingerprint="fp", response_cache={{"max_tokens": 10_000, "path": {str(path)!r}}})
+batch = FakeBatch()
+batch.add(_repetitive_text(1, 200), prompt_length=50)
+while batch.texts:
+    batch.step(proposer)  # the request finishes; the process ends right after, with nothing closed
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    from sam_decoding import ResponseCache
+
+    assert ResponseCache(10_000, path).num_responses == 1
+
+
+def test_the_recorder_records_off_the_caller_thread_and_saves_at_close(tmp_path: Path) -> None:
+    from sam_decoding import ResponseCache
+    from sam_decoding.response_recorder import ResponseRecorder
+
+    path = tmp_path / "responses.bin"
+    snapshots = []
+    recorder = ResponseRecorder(ResponseCache(10_000, path), snapshots.append, save_every_responses=1_000, save_every_seconds=3600)
+    threads = set()
+    original = recorder.cache.record
+    recorder.cache.record = lambda tokens: (threads.add(threading.get_ident()), original(tokens))[1]
+    for seed in range(5):
+        assert recorder.submit(_repetitive_text(seed, 50))
+    recorder.flush()
+    assert recorder.recorded == 5 and len(snapshots) == 5 and threading.get_ident() not in threads
+    assert not path.exists(), "not saved before 1,000 responses or an hour"
+    recorder.close()
+    assert ResponseCache(10_000, path).num_responses == 5, "close saves what was recorded"
+    assert not recorder.submit(_repetitive_text(9, 50)), "a closed recorder takes nothing"
+
+
+def test_a_full_recorder_queue_drops_instead_of_blocking() -> None:
+    from sam_decoding import ResponseCache
+    from sam_decoding.response_recorder import ResponseRecorder
+
+    gate = threading.Event()
+    recorder = ResponseRecorder(ResponseCache(10_000), lambda snapshot: gate.wait(), queue_size=2)
+    accepted = [recorder.submit(_repetitive_text(seed, 50)) for seed in range(6)]
+    assert accepted.count(False) >= 3 and recorder.dropped == accepted.count(False)
+    gate.set()
+    recorder.close()
 
 
 # ---- with a real engine ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ second, and ``cost_aware`` ties them into the policy the generate loop uses by d
 """
 
 from sam_decoding.policy.acceptance import AcceptanceModel, NodeEstimates
+from sam_decoding.policy.batch_budget import BatchBudget, DraftGuard, StepCostCurve, best_budget
 from sam_decoding.policy.cost_aware import CostAwarePolicy, Plan
 from sam_decoding.policy.cost_profile import CostProfile, calibrate
 from sam_decoding.policy.selection import Selection, best_subtree
@@ -15,12 +16,16 @@ VerificationPolicy = CostAwarePolicy
 
 __all__ = [
     "AcceptanceModel",
+    "BatchBudget",
     "CostAwarePolicy",
     "CostProfile",
+    "DraftGuard",
     "NodeEstimates",
     "Plan",
     "Selection",
+    "StepCostCurve",
     "VerificationPolicy",
+    "best_budget",
     "best_subtree",
     "calibrate",
 ]

@@ -160,3 +160,76 @@ class AcceptanceModel:
                     }
                 )
         return rows
+
+
+# ---- chains of a whole batch at once (engine integrations) ----------------------------------
+
+
+@dataclass(frozen=True)
+class ChainEstimates:
+    """Calibrated estimates of one chain per row, ``[rows, k]`` each (node ``j`` of a row at depth ``j + 1``).
+
+    Attributes:
+        probabilities: P(accept node | parent accepted), calibrated.
+        path_probabilities: P(node accepted); 0 beyond each row's chain length.
+        priors: The drafter's own estimates.
+        coarse_cells, cells: Each node's calibration cells (the same cells :meth:`AcceptanceModel.estimate` uses).
+    """
+
+    probabilities: np.ndarray
+    path_probabilities: np.ndarray
+    priors: np.ndarray
+    coarse_cells: np.ndarray
+    cells: np.ndarray
+
+
+def estimate_chains(
+    model: AcceptanceModel, source_ids: np.ndarray, priors: np.ndarray, lengths: np.ndarray, match_lengths: np.ndarray
+) -> ChainEstimates:
+    """Calibrate every row's chain in O(1) NumPy calls.
+
+    Args:
+        model: The acceptance model (shared with the transformers loop's policy).
+        source_ids: int ``[rows]``: each row's source, as returned by :func:`chain_source_ids`.
+        priors: float ``[rows, k]``: the drafter's per-node estimates (P(node | parent)).
+        lengths: int ``[rows]``: nodes drafted per row (nodes beyond get path probability 0).
+        match_lengths: int ``[rows]``: the match length (tokens) each row's chain was drafted from.
+    """
+    rows, k = priors.shape
+    prior = np.clip(priors.astype(np.float64, copy=False), 0.0, _MAX_PROBABILITY)
+    prior_bin = np.minimum((prior * 10).astype(np.int64), 9)
+    depth_bucket = np.searchsorted(_DEPTH_BUCKET_EDGES, np.arange(1, k + 1), side="right")
+    match_bucket = np.searchsorted(_MATCH_BUCKET_EDGES, match_lengths, side="right")
+    coarse = (source_ids[:, None] * _DEPTHS + depth_bucket[None, :]) * _MATCH_BUCKETS + match_bucket[:, None]
+    cells = coarse * (_RANKS * _PRIOR_BINS) + prior_bin  # rank 0: a chain has no siblings
+    strength = model.prior_strength
+    correction = (model.coarse_accepted[coarse] + strength) / (model.coarse_predicted[coarse] + strength)
+    coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
+    probabilities = (model.accepted[cells] + strength * coarse_probability) / (model.judged[cells] + strength)
+    paths = np.cumprod(probabilities, axis=1)
+    paths[np.arange(k)[None, :] >= lengths[:, None]] = 0.0
+    return ChainEstimates(probabilities, paths, prior, coarse, cells)
+
+
+def chain_source_ids(model: AcceptanceModel, sources: list[str]) -> np.ndarray:
+    """The model's ids of ``sources`` (index = a drafter's source code), for :func:`estimate_chains`."""
+    return np.array([model._source_id(source) for source in sources], dtype=np.int64)
+
+
+def learn_chains(model: AcceptanceModel, estimates: ChainEstimates, given: np.ndarray, accepted: np.ndarray) -> None:
+    """Teach ``model`` a step's outcome: row ``r`` was given its first ``given[r]`` nodes and the
+    target accepted ``accepted[r]`` of them (one :meth:`AcceptanceModel.learn` call for all rows)."""
+    depth_index = np.arange(estimates.cells.shape[1])[None, :]
+    judged = depth_index < np.minimum(accepted + 1, given)[:, None]
+    if not judged.any():
+        return
+    nodes = NodeEstimates(
+        estimates.probabilities[judged],
+        estimates.path_probabilities[judged],
+        estimates.priors[judged],
+        estimates.coarse_cells[judged],
+        estimates.cells[judged],
+        np.broadcast_to(depth_index + 1, judged.shape)[judged],
+    )
+    count = nodes.cells.shape[0]
+    model.learn(nodes, np.ones(count, dtype=bool), (depth_index < accepted[:, None])[judged])

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "batch_drafter.hpp"
 #include "draft_search.hpp"
 #include "scored_draft.hpp"
 #include "dynamic_automaton.hpp"
@@ -164,6 +165,156 @@ py::tuple scored(const Drafting& draft, std::size_t max_nodes, std::size_t max_d
 struct StaticHandle {
   std::shared_ptr<const sam::StaticAutomaton> automaton;
 };
+
+// One value per row as int64: int32 or int64 input, 1-D, `rows` long.
+std::vector<std::int64_t> row_values(const py::array& array, std::size_t rows, const char* name) {
+  if (array.ndim() != 1) {
+    throw py::value_error(std::string(name) + " must be 1-D, got " + std::to_string(array.ndim()) +
+                          " dimensions");
+  }
+  const py::dtype dtype = array.dtype();
+  if (dtype.kind() != 'i' || (dtype.itemsize() != 4 && dtype.itemsize() != 8)) {
+    throw py::type_error(std::string(name) + " must be int32 or int64, got dtype " +
+                         std::string(py::str(dtype)));
+  }
+  if (static_cast<std::size_t>(array.shape(0)) != rows) {
+    throw py::value_error(std::string(name) + " has " + std::to_string(array.shape(0)) +
+                          " entries for " + std::to_string(rows) + " rows");
+  }
+  const py::array_t<std::int64_t, py::array::forcecast> values(array);
+  auto view = values.unchecked<1>();
+  std::vector<std::int64_t> result(rows);
+  for (std::size_t row = 0; row < rows; ++row) result[row] = view(static_cast<py::ssize_t>(row));
+  return result;
+}
+
+std::vector<std::shared_ptr<const sam::StaticAutomaton>> automata_of(const std::vector<StaticHandle>& handles) {
+  std::vector<std::shared_ptr<const sam::StaticAutomaton>> automata;
+  automata.reserve(handles.size());
+  for (const StaticHandle& handle : handles) automata.push_back(handle.automaton);
+  return automata;
+}
+
+// A view of `size` (x `width`) values owned by the drafter, kept alive by `owner`.
+template <typename T>
+py::array buffer_view(T* data, std::size_t size, std::size_t width, const py::handle& owner) {
+  if (width == 0) return py::array_t<T>({static_cast<py::ssize_t>(size)}, data, owner);
+  return py::array_t<T>({static_cast<py::ssize_t>(size), static_cast<py::ssize_t>(width)}, data, owner);
+}
+
+void bind_batch_drafter(py::module_& module) {
+  py::class_<sam::BatchDrafter>(module, "BatchDrafter")
+      .def(py::init([](const std::vector<StaticHandle>& corpus, std::size_t max_draft, double min_probability,
+                       double trusted_length, std::size_t max_orders, std::uint64_t enough_occurrences,
+                       std::size_t max_model_len, std::uint32_t park_steps) {
+             sam::BatchDrafterOptions options;
+             options.max_draft = max_draft;
+             options.min_probability = min_probability;
+             options.trusted_length = trusted_length;
+             options.max_orders = max_orders;
+             options.enough_occurrences = enough_occurrences;
+             options.max_model_len = max_model_len;
+             options.park_steps = park_steps;
+             return std::make_unique<sam::BatchDrafter>(automata_of(corpus), options);
+           }),
+           py::arg("corpus"), py::arg("max_draft"), py::arg("min_probability"), py::arg("trusted_length"),
+           py::arg("max_orders"), py::arg("enough_occurrences"), py::arg("max_model_len"),
+           py::arg("park_steps"))
+      .def(
+          "step",
+          [](sam::BatchDrafter& self, const py::array& token_ids, const py::array& lengths,
+             const py::array& sampled) {
+            if (token_ids.ndim() != 2) {
+              throw py::value_error("token_ids must be 2-D (rows x width), got " +
+                                    std::to_string(token_ids.ndim()) + " dimensions");
+            }
+            const py::dtype dtype = token_ids.dtype();
+            const char order = dtype.byteorder();
+            const std::uint16_t probe = 1;
+            const bool little_endian_host = *reinterpret_cast<const std::uint8_t*>(&probe) == 1;
+            const bool native_order = order == '=' || order == '|' || (order == '<') == little_endian_host;
+            if (dtype.kind() != 'i' || (dtype.itemsize() != 4 && dtype.itemsize() != 8) || !native_order) {
+              throw py::type_error("token_ids must be native int32 or int64, got dtype " +
+                                   std::string(py::str(dtype)));
+            }
+            if ((token_ids.flags() & py::array::c_style) == 0) {
+              throw py::value_error("token_ids must be C-contiguous");
+            }
+            sam::BatchStepInput input;
+            input.rows = static_cast<std::size_t>(token_ids.shape(0));
+            input.stride = static_cast<std::size_t>(token_ids.shape(1));
+            const std::vector<std::int64_t> row_lengths = row_values(lengths, input.rows, "lengths");
+            const std::vector<std::int64_t> row_sampled = row_values(sampled, input.rows, "sampled");
+            input.lengths = row_lengths.data();
+            input.sampled = row_sampled.data();
+            if (dtype.itemsize() == 4) {
+              input.tokens32 = static_cast<const std::int32_t*>(token_ids.data());
+            } else {
+              input.tokens64 = static_cast<const std::int64_t*>(token_ids.data());
+            }
+            py::gil_scoped_release release;
+            self.step(input);
+          },
+          py::arg("token_ids"), py::arg("lengths"), py::arg("sampled"))
+      .def(
+          "buffers",
+          [](py::object self_object) {
+            auto& self = self_object.cast<sam::BatchDrafter&>();
+            const std::size_t rows = self.capacity();
+            const std::size_t k = self.options().max_draft;
+            py::dict views;
+            views["tokens"] = buffer_view(self.tokens(), rows, k, self_object);
+            views["probabilities"] = buffer_view(self.probabilities(), rows, k, self_object);
+            views["path_probabilities"] = buffer_view(self.path_probabilities(), rows, k, self_object);
+            views["draft_lengths"] = buffer_view(self.draft_lengths(), rows, 0, self_object);
+            views["sources"] = buffer_view(self.sources(), rows, 0, self_object);
+            views["match_lengths"] = buffer_view(self.match_lengths(), rows, 0, self_object);
+            views["new_requests"] = buffer_view(self.new_requests(), rows, 0, self_object);
+            views["previous_given"] = buffer_view(self.previous_given(), rows, 0, self_object);
+            views["previous_accepted"] = buffer_view(self.previous_accepted(), rows, 0, self_object);
+            views["previous_probabilities"] = buffer_view(self.previous_probabilities(), rows, k, self_object);
+            views["previous_sources"] = buffer_view(self.previous_sources(), rows, 0, self_object);
+            views["given"] = buffer_view(self.given(), rows, 0, self_object);
+            return views;
+          })
+      .def(
+          "set_response_segments",
+          [](sam::BatchDrafter& self, const std::vector<StaticHandle>& segments) {
+            auto automata = automata_of(segments);
+            py::gil_scoped_release release;
+            self.set_response_segments(std::move(automata));
+          },
+          py::arg("segments"))
+      .def("take_finished",
+           [](sam::BatchDrafter& self) {
+             std::vector<sam::FinishedResponse> finished;
+             {
+               py::gil_scoped_release release;
+               finished = self.take_finished();
+             }
+             py::list result;
+             for (const sam::FinishedResponse& response : finished) {
+               py::array_t<std::int32_t> tokens(static_cast<py::ssize_t>(response.tokens.size()));
+               if (!response.tokens.empty()) {
+                 std::memcpy(tokens.mutable_data(), response.tokens.data(), response.tokens.size() * 4);
+               }
+               result.append(py::make_tuple(tokens, response.parked_out));
+             }
+             return result;
+           })
+      .def("release_all",
+           [](sam::BatchDrafter& self) {
+             py::gil_scoped_release release;
+             self.release_all();
+           })
+      .def_property_readonly("rows", &sam::BatchDrafter::rows)
+      .def_property_readonly("capacity", &sam::BatchDrafter::capacity)
+      .def_property_readonly("buffer_generation", &sam::BatchDrafter::buffer_generation)
+      .def_property_readonly("max_draft", [](const sam::BatchDrafter& self) { return self.options().max_draft; })
+      .def_property_readonly("num_live", &sam::BatchDrafter::num_live)
+      .def_property_readonly("num_parked", &sam::BatchDrafter::num_parked)
+      .def_property_readonly("requests_begun", &sam::BatchDrafter::requests_begun);
+}
 
 // The same Python face for a cursor over one automaton and over a set of shards.
 template <typename Cursor>
@@ -394,4 +545,6 @@ PYBIND11_MODULE(_core, module) {
       .def_property_readonly("num_tokens", &sam::DynamicAutomaton::num_tokens)
       .def_property_readonly("num_states", &sam::DynamicAutomaton::num_states)
       .def_property_readonly("nbytes", &sam::DynamicAutomaton::nbytes);
+
+  bind_batch_drafter(module);
 }
