@@ -1,287 +1,358 @@
-"""vLLM with and without speculative decoding: plain, ``ngram``, ``suffix`` and sam-decoding, in one run.
+"""vLLM with and without speculative decoding, side by side: plain, empty drafts, ``ngram``, ``suffix``, sam-decoding.
 
-Every configuration runs in its own process (one engine each) on the same questions: Spec-Bench-mini
-(round-robin over categories) and HumanEval, one request at a time, then other questions of the same
-suite all at once (``--concurrency`` running together), greedy. Before measuring, the configurations that learn across
-requests (``suffix``, ours) serve the same past traffic: other questions of the same suites. Our static
-corpus is built from plain vLLM's answers to that traffic, so it holds exactly what ``suffix``'s global
-tree saw. Reported per suite and batch size: tokens per second, tokens per target forward pass (per
-request: emitted tokens over the steps it took), acceptance per draft position, and mismatches
-against plain vLLM's token ids. JSON, Markdown and a PNG chart go to ``--out``.
+One driver process holds one engine per configuration and interleaves them: every prompt (batch 1)
+or every group of prompts (batch 8, 32) is served by each engine in turn, the order rotating, so the
+ratios between configurations are measured under the same machine load. Before measuring, every
+engine serves the same past traffic, and no engine is ever measured on a prompt it answered before
+(the batch sizes ask different questions). Our corpus holds plain vLLM's answers to that past
+traffic, so it saw what ``suffix``'s global tree saw; ours also keeps a response cache, as in the
+README's serve command. A cold-start case gives fresh ``suffix`` and sam-decoding engines HumanEval
+problems with nothing served before; ours has a corpus of Python standard-library source.
 
-Run with the vLLM virtual environment (see docs/vllm.md), e.g.::
+``empty`` is a proposer that never drafts: what speculative decoding costs the engine by itself.
+A configuration may carry a preloaded library: ``plain@iomp`` is plain vLLM with TCMalloc and Intel
+OpenMP in ``LD_PRELOAD``, ``plain@tcmalloc`` with TCMalloc only.
 
-    VLLM_CPU_KVCACHE_SPACE=2 python bench/vllm_bench.py --spec-bench 8 --humaneval 4 --past 16 --max-tokens 128
+Reported per cell and configuration: tokens per second and its ratio to plain vLLM (``plain``, no
+preload) per round, tokens per target forward pass, acceptance per draft position, mismatches
+against plain vLLM's token ids, and the load average. JSON, Markdown and a PNG chart go to ``--out``.
+
+Run with the vLLM virtual environment (see docs/vllm.md), with sam-decoding importable, e.g.::
+
+    VLLM_CPU_KVCACHE_SPACE=1 python bench/vllm_bench.py --batch1 4 --rounds8 2 --rounds32 1 --cold 4
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CONFIGS: dict[str, dict[str, Any] | None] = {
+K = 8
+SPECULATIVE: dict[str, dict[str, Any] | None] = {
     "plain": None,
-    "ngram": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
-    "suffix": {"method": "suffix", "num_speculative_tokens": 8},
-    "sam": {"method": "custom_class", "model": "sam_decoding.vllm.SamProposer", "num_speculative_tokens": 8},
+    "empty": {"method": "custom_class", "model": "vllm_bench.EmptyProposer", "num_speculative_tokens": K},
+    "ngram": {"method": "ngram", "num_speculative_tokens": K, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
+    "suffix": {"method": "suffix", "num_speculative_tokens": K},
+    "sam": {"method": "custom_class", "model": "sam_decoding.vllm.SamProposer", "num_speculative_tokens": K},
 }
-SUITES = ("spec-bench-mini", "humaneval")
+COLD = ("suffix-cold", "sam-cold")
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
-def questions(spec_bench: int, humaneval: int, past: int, concurrency: int) -> dict[str, list[dict[str, str]]]:
-    """Questions per suite and batch size, and the past traffic (later questions of the same suites).
+class EmptyProposer:
+    """A ``custom_class`` proposer that never drafts: every row gets an empty draft, every step."""
 
-    The batched runs ask other questions than the one-at-a-time runs: a method that learns across
-    requests (``suffix``, a response cache) would otherwise draft the batched answers from the
-    identical answers it produced a moment before.
+    def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def propose(self, sampled_token_ids: list[list[int]], *args: Any, **kwargs: Any) -> list[list[int]]:
+        return [[] for _ in sampled_token_ids]
+
+
+def preload_paths(preload: str) -> str:
+    """``LD_PRELOAD`` for a preload name: ``""`` (vLLM's own choice), ``tcmalloc``, ``iomp`` (TCMalloc + Intel OpenMP)."""
+    if preload == "":
+        return ""
+    iomp = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libiomp5.so")))
+    paths = {"tcmalloc": [TCMALLOC], "iomp": [TCMALLOC, *iomp[:1]]}.get(preload)
+    if paths is None:
+        sys.exit(f"unknown preload {preload!r}: use tcmalloc or iomp")
+    missing = [path for path in paths if not os.path.exists(path)] or ([] if preload != "iomp" or iomp else ["libiomp5.so (pip install intel-openmp)"])
+    if missing:
+        sys.exit(f"preload {preload}: not found: {', '.join(missing)}")
+    return ":".join(paths)
+
+
+# ---- questions ----------------------------------------------------------------------------------
+
+
+def questions(batch1: int, rounds8: int, rounds32: int, past: int, cold: int) -> dict[str, list[str]]:
+    """Disjoint prompt lists: past traffic, batch 1, each round of 8 and of 32, and the cold-start HumanEval problems.
+
+    The main lists mix Spec-Bench-mini (round-robin over categories) with one HumanEval problem in
+    four; the cold-start problems come from the end of HumanEval, which the main lists never reach.
     """
     from sam_decoding.benchmark.suites import load_humaneval, load_spec_bench_mini
 
-    spec = load_spec_bench_mini().interleaved().questions
-    code = load_humaneval().questions
-    past_spec, past_code = past - past // 4, past // 4
-    as_dicts = lambda items: [{"id": q.question_id, "category": q.category, "prompt": q.prompt} for q in items]  # noqa: E731
-    spec_end, code_end = spec_bench + concurrency, humaneval + concurrency
-    return {
-        "spec-bench-mini/1": as_dicts(spec[:spec_bench]),
-        f"spec-bench-mini/{concurrency}": as_dicts(spec[spec_bench:spec_end]),
-        "humaneval/1": as_dicts(code[:humaneval]),
-        f"humaneval/{concurrency}": as_dicts(code[humaneval:code_end]),
-        "past": as_dicts(spec[spec_end : spec_end + past_spec] + code[code_end : code_end + past_code]),
-    }
+    spec = [q.prompt for q in load_spec_bench_mini().interleaved().questions]
+    code = [q.prompt for q in load_humaneval().questions]
+    cold_code, code = code[len(code) - cold :] if cold else [], code[: len(code) - cold]
+    pool = []
+    while spec or code:
+        for source in (spec, spec, spec, code):
+            if source:
+                pool.append(source.pop(0))
+    sizes = {"past": past, "main/1": batch1, **{f"main/8/{r}": 8 for r in range(rounds8)}, **{f"main/32/{r}": 32 for r in range(rounds32)}}
+    if sum(sizes.values()) > len(pool):
+        sys.exit(f"asked for {sum(sizes.values())} prompts, the suites hold {len(pool)}")
+    plan, start = {}, 0
+    for name, size in sizes.items():
+        plan[name], start = pool[start : start + size], start + size
+    plan["cold/1"] = cold_code
+    return plan
 
 
-# ---- one configuration, in its own process ------------------------------------------------------
+# ---- engines ------------------------------------------------------------------------------------
 
 
-def _spec_counters(llm: Any) -> dict[str, Any]:
-    counters: dict[str, Any] = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_position": []}
-    names = {
-        "vllm:spec_decode_num_drafts": "drafts",
-        "vllm:spec_decode_num_draft_tokens": "draft_tokens",
-        "vllm:spec_decode_num_accepted_tokens": "accepted",
-    }
-    for metric in llm.get_metrics():
-        if metric.name in names:
-            counters[names[metric.name]] += int(metric.value)
-        elif metric.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
-            counters["per_position"] = list(metric.values)
-    return counters
+class Engine:
+    """One vLLM engine (its own engine-core and worker processes) for one configuration."""
+
+    def __init__(self, label: str, model: str, max_num_seqs: int, additional: dict[str, Any]) -> None:
+        from vllm import LLM
+
+        self.label = label
+        self.config, _, self.preload = label.partition("@")
+        speculative = SPECULATIVE[self.config.removesuffix("-cold")]
+        saved = os.environ.get("LD_PRELOAD")
+        os.environ["LD_PRELOAD"] = preload_paths(self.preload)
+        started = time.perf_counter()
+        try:
+            self.llm = LLM(
+                model=model, dtype="float32", max_model_len=2048, seed=0, enforce_eager=True, max_num_seqs=max_num_seqs,
+                disable_log_stats=False, speculative_config=speculative, additional_config=additional,
+            )
+        finally:
+            if saved is None:
+                os.environ.pop("LD_PRELOAD", None)
+            else:
+                os.environ["LD_PRELOAD"] = saved
+        self.start_seconds = time.perf_counter() - started
+        print(f"{label}: engine up in {self.start_seconds:.0f} s", file=sys.stderr, flush=True)
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+        """Serve ``prompts`` together; token ids, seconds, load average and the speculative counters of this call."""
+        from vllm import SamplingParams
+
+        before = self._counters()
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+        seconds = time.perf_counter() - started
+        after = self._counters()
+        width = max(len(after["per_position"]), len(before["per_position"]))
+        pad = lambda values: list(values) + [0] * (width - len(values))  # noqa: E731
+        return {
+            "outputs": [list(output.outputs[0].token_ids) for output in outputs],
+            "seconds": seconds,
+            "load": round((load_before + os.getloadavg()[0]) / 2, 2),
+            **{key: after[key] - before[key] for key in ("drafts", "draft_tokens", "accepted")},
+            "per_position": [a - b for a, b in zip(pad(after["per_position"]), pad(before["per_position"]))],
+        }
+
+    def _counters(self) -> dict[str, Any]:
+        counters: dict[str, Any] = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_position": []}
+        names = {
+            "vllm:spec_decode_num_drafts": "drafts",
+            "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+            "vllm:spec_decode_num_accepted_tokens": "accepted",
+        }
+        for metric in self.llm.get_metrics():
+            if metric.name in names:
+                counters[names[metric.name]] += int(metric.value)
+            elif metric.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+                counters["per_position"] = list(metric.values)
+        return counters
 
 
-def _difference(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    width = max(len(after["per_position"]), len(before["per_position"]))
-    pad = lambda values: list(values) + [0] * (width - len(values))  # noqa: E731
-    return {
-        "drafts": after["drafts"] - before["drafts"],
-        "draft_tokens": after["draft_tokens"] - before["draft_tokens"],
-        "accepted": after["accepted"] - before["accepted"],
-        "per_position": [a - b for a, b in zip(pad(after["per_position"]), pad(before["per_position"]))],
-    }
-
-
-def _generate(llm: Any, prompts: list[list[int]], params: Any) -> tuple[list[list[int]], float]:
-    started = time.perf_counter()
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
-    return [list(output.outputs[0].token_ids) for output in outputs], time.perf_counter() - started
-
-
-def _chat_ids(tokenizer, question: str) -> list[int]:
+def chat_ids(tokenizer: Any, question: str) -> list[int]:
     """Token ids of ``question`` as a one-turn chat, ready for the assistant's answer."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def run_config(name: str, plan: dict[str, Any], out: Path) -> None:
-    """Serve the past traffic (if the configuration learns from it), then measure; write JSON to ``out``."""
-    from vllm import LLM, SamplingParams
-
-    speculative = CONFIGS[name]
-    additional = {"sam_decoding": {"corpus": plan["corpus"], "response_cache": {"max_tokens": 1_000_000}}} if name == "sam" else {}
-    llm = LLM(
-        model=plan["model"], dtype="float32", max_model_len=2048, seed=0, enforce_eager=True,
-        max_num_seqs=plan["concurrency"], disable_log_stats=False, speculative_config=speculative,
-        additional_config=additional,
-    )
-    tokenizer = llm.get_tokenizer()
-    chat = lambda q: _chat_ids(tokenizer, q["prompt"])  # noqa: E731
-    params = SamplingParams(temperature=0.0, max_tokens=plan["max_tokens"])
-    result: dict[str, Any] = {"config": name, "speculative_config": speculative, "runs": []}
-    if name in ("plain", "suffix", "sam"):
-        past, seconds = _generate(llm, [chat(q) for q in plan["questions"]["past"]], params)
-        result["past"] = {"outputs": past, "seconds": seconds}
-    for suite in SUITES:
-        for batch in (1, plan["concurrency"]):
-            prompts = [chat(q) for q in plan["questions"][f"{suite}/{batch}"]]
-            before = _spec_counters(llm)
-            if batch == 1:
-                outputs, seconds = [], 0.0
-                for prompt in prompts:
-                    tokens, spent = _generate(llm, [prompt], params)
-                    outputs += tokens
-                    seconds += spent
-            else:
-                outputs, seconds = _generate(llm, prompts, params)
-            counters = _difference(_spec_counters(llm), before)
-            # The machine is shared: its load beside each run says how far absolute speeds compare.
-            load = round(os.getloadavg()[0], 2)
-            result["runs"].append({"suite": suite, "batch": batch, "seconds": seconds, "outputs": outputs, "load": load, **counters})
-            print(f"{name} {suite} batch {batch}: {sum(map(len, outputs)) / seconds:.1f} tok/s", file=sys.stderr, flush=True)
-    out.write_text(json.dumps(result))
-
-
-# ---- the cost of one propose call --------------------------------------------------------------
-
-
-def propose_timing(out: Path, rows: int = 32, steps: int = 200, k: int = 8, fallback: str = "prompt_lookup") -> dict[str, Any]:
-    """Time one ``propose`` call for ``rows`` decoding rows, ours beside vLLM's ``ngram`` proposer on the
-    same arrays (no engine). Each row's "target" follows a real text (Spec-Bench questions and HumanEval
-    prompts, tokenized), so drafts are accepted as often as that text repeats itself or the corpus."""
-    from types import SimpleNamespace
-
-    import numpy as np
-    from transformers import AutoTokenizer
-    from vllm.v1.spec_decode.ngram_proposer import NgramProposer
-
-    import sam_decoding as sd
-    from sam_decoding.benchmark.suites import load_humaneval, load_spec_bench_mini
-    from sam_decoding.models import default_model_dir, tokenizer_fingerprint
-    from sam_decoding.vllm import BatchProposer, SamSettings
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
-    prompts = [q.prompt for q in load_spec_bench_mini().interleaved().questions] + [q.prompt for q in load_humaneval().questions]
-    texts = [np.asarray(tokenizer(text)["input_ids"], dtype=np.int32) for text in prompts]
-    texts = [text for text in texts if 150 <= len(text) <= 1500]
-    corpus = out.parent / "propose-timing-corpus.sam"
-    sd.StaticAutomaton.build(texts[len(texts) // 2 :], tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)).save(corpus)
-    texts = texts[: len(texts) // 2]
-    width = 2048
-    config = SimpleNamespace(
-        speculative_config=SimpleNamespace(prompt_lookup_min=2, prompt_lookup_max=4, num_speculative_tokens=k),
-        model_config=SimpleNamespace(max_model_len=width), scheduler_config=SimpleNamespace(max_num_seqs=rows),
-        parallel_config=SimpleNamespace(tensor_parallel_size=1),
-    )
-    ngram = NgramProposer(config)
-    ours = BatchProposer(SamSettings(corpus=str(corpus), fallback=fallback), k, tokenizer_fingerprint(tokenizer), width)
-    token_ids = np.zeros((rows, width), dtype=np.int32)
-    lengths = np.zeros(rows, dtype=np.int32)
-    targets: list[np.ndarray] = [texts[0]] * rows
-    sampled: list[list[int]] = [[]] * rows
-    started_requests = 0
-
-    def start(row: int) -> None:
-        # A new request in this row: its first 100 tokens are the prompt, the rest is what the target says.
-        nonlocal started_requests
-        text = targets[row] = texts[started_requests % len(texts)]
-        started_requests += 1
-        token_ids[row, :101] = text[:101]
-        lengths[row] = 101
-        sampled[row] = [int(text[100])]
-
-    for row in range(rows):
-        start(row)
-    timings: dict[str, list[float]] = {"sam": [], "ngram": []}
-    for _ in range(steps):
-        started = time.perf_counter()
-        ngram.propose(k, sampled, lengths, token_ids)
-        timings["ngram"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        drafts = ours.propose(sampled, lengths, token_ids)
-        timings["sam"].append(time.perf_counter() - started)
-        for row, draft in enumerate(drafts):
-            text, length = targets[row], int(lengths[row])
-            if length >= len(text):
-                start(row)
-                continue
-            accepted = 0
-            while accepted < len(draft) and length + accepted + 1 < len(text) and draft[accepted] == text[length + accepted]:
-                accepted += 1
-            new = text[length : length + accepted + 1]
-            token_ids[row, length : length + len(new)] = new
-            lengths[row] = length + len(new)
-            sampled[row] = [int(token) for token in new]
-        time.sleep(0.002)  # a "forward pass", so the proposer's step timing sees an interval
-    result = {
-        "rows": rows, "steps": steps, "num_speculative_tokens": k, "requests": started_requests,
-        "mean_draft_tokens_last_step": round(sum(map(len, drafts)) / rows, 2),
-        **{f"{name}_ms_median": round(float(np.median(values)) * 1e3, 3) for name, values in timings.items()},
-        **{f"{name}_ms_p90": round(float(np.percentile(values, 90)) * 1e3, 3) for name, values in timings.items()},
-    }
-    result["sam_over_ngram_median"] = round(result["sam_ms_median"] / result["ngram_ms_median"], 2)
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
-    return result
-
-
-# ---- the whole run ------------------------------------------------------------------------------
-
-
-def build_corpus(model: str, answers: list[list[int]], path: Path) -> None:
-    """Our static corpus: plain vLLM's answers to the past traffic, tokenized as the model saw them."""
-    from transformers import AutoTokenizer
-
+def build_corpus(tokenizer: Any, documents: list[list[int]], path: Path) -> None:
     import sam_decoding as sd
     from sam_decoding.models import tokenizer_fingerprint
 
+    sd.StaticAutomaton.build([d for d in documents if d], tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)).save(path)
+
+
+def stdlib_documents(tokenizer: Any, max_bytes: int) -> tuple[list[list[int]], list[str]]:
+    """This Python's standard-library sources (top-level modules, sorted by name) up to ``max_bytes`` of text, tokenized."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    documents, names, total = [], [], 0
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if total + len(text) > max_bytes:
+            continue
+        documents.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        names.append(path.name)
+        total += len(text)
+    return documents, names
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from sam_decoding.models import default_model_dir
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The engines' processes import EmptyProposer from this file.
+    here = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    labels = args.configs.split(",")
+    for label in labels:
+        config, _, preload = label.partition("@")
+        if config not in SPECULATIVE:
+            sys.exit(f"--configs: unknown configuration {config!r} (one of {', '.join(SPECULATIVE)})")
+        preload_paths(preload)
+    if labels[0] != "plain":
+        sys.exit("--configs must start with plain (the reference)")
+    if "suffix" in args.configs and not _has_arctic_inference():
+        sys.exit("suffix needs arctic-inference (see docs/vllm.md)")
+    model = str(default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(model)
-    corpus = sd.StaticAutomaton.build([answer for answer in answers if answer], tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
-    corpus.save(path)
+    plan = questions(args.batch1, args.rounds8, args.rounds32, args.past, args.cold)
+    prompts = {cell: [chat_ids(tokenizer, q) for q in qs] for cell, qs in plan.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work"
+    work.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    meta: dict[str, Any] = {"started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_at_start": os.getloadavg()}
+
+    max_seqs = 32 if args.rounds32 else 8
+    engines: dict[str, Engine] = {}
+    past: dict[str, Any] = {}
+    engines["plain"] = Engine("plain", model, max_seqs, {})
+    past["plain"] = engines["plain"].generate(prompts["past"], args.max_tokens)
+    past_corpus = work / "past-answers.sam"
+    build_corpus(tokenizer, past["plain"]["outputs"], past_corpus)
+    ours = {"sam_decoding": {"corpus": str(past_corpus.resolve()), "response_cache": {}}}
+    for label in labels[1:]:
+        engines[label] = Engine(label, model, max_seqs, ours if label.startswith("sam") else {})
+        past[label] = engines[label].generate(prompts["past"], args.max_tokens)
+    if args.cold:
+        documents, names = stdlib_documents(tokenizer, args.cold_corpus_bytes)
+        stdlib_corpus = work / "python-stdlib.sam"
+        build_corpus(tokenizer, documents, stdlib_corpus)
+        meta["cold_corpus"] = {"files": len(names), "tokens": sum(map(len, documents)), "bytes": stdlib_corpus.stat().st_size}
+        cold_ours = {"sam_decoding": {"corpus": str(stdlib_corpus.resolve()), "response_cache": {}}}
+        for label in COLD:
+            engines[label] = Engine(label, model, max_seqs, cold_ours if label.startswith("sam") else {})
+    meta["engine_start_seconds"] = {label: round(engine.start_seconds, 1) for label, engine in engines.items()}
+
+    # Interleaved: each unit of work (one prompt at batch 1, one group at 8 and 32) goes to every engine in turn.
+    units: list[tuple[str, int, int, list[list[int]], list[str]]] = []
+    for index, prompt in enumerate(prompts["main/1"]):
+        units.append(("main", 1, index, [prompt], labels))
+    for r in range(args.rounds8):
+        units.append(("main", 8, r, prompts[f"main/8/{r}"], labels))
+    for r in range(args.rounds32):
+        units.append(("main", 32, r, prompts[f"main/32/{r}"], labels))
+    cold_labels = ["plain", *(["ngram"] if "ngram" in labels else []), *COLD]
+    for index, prompt in enumerate(prompts["cold/1"]):
+        units.append(("cold", 1, index, [prompt], cold_labels))
+    runs = []
+    for turn, (cell, batch, index, group, order) in enumerate(units):
+        shift = turn % len(order)
+        for label in order[shift:] + order[:shift]:
+            result = engines[label].generate(group, args.max_tokens)
+            runs.append({"cell": cell, "batch": batch, "round": index, "config": label, **result})
+            tokens = sum(map(len, result["outputs"]))
+            print(f"{cell} batch {batch} #{index} {label}: {tokens / result['seconds']:.1f} tok/s load {result['load']}", file=sys.stderr, flush=True)
+    meta["total_seconds"] = round(time.perf_counter() - started)
+    command = "python bench/vllm_bench.py " + " ".join(sys.argv[1:])
+    rows = summarize(runs)
+    (args.out / "results.json").write_text(json.dumps({"command": command, "meta": meta, "plan": plan, "rows": rows, "runs": runs}))
+    write_markdown(args.out / "results.md", rows, command, meta, plan)
+    write_chart(args.out / "results.png", rows)
+    print((args.out / "results.md").read_text())
 
 
-def summarize(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration, suite and batch size, with ratios to plain vLLM of the same cell."""
-    plain = {(run["suite"], run["batch"]): run for run in results["plain"]["runs"]}
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell, batch size and configuration: sums over its rounds, and the per-round ratios to plain."""
+    reference = {(r["cell"], r["batch"], r["round"]): r for r in runs if r["config"] == "plain"}
+    grouped: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        grouped.setdefault((r["cell"], r["batch"], r["config"]), []).append(r)
     rows = []
-    for name, result in results.items():
-        for run in result["runs"]:
-            reference = plain[(run["suite"], run["batch"])]
-            tokens = sum(map(len, run["outputs"]))
-            passes = tokens - run["accepted"]  # every step emits its accepted draft tokens plus one
-            drafts = max(run["drafts"], 1)
-            rows.append(
-                {
-                    "config": name,
-                    "suite": run["suite"],
-                    "batch": run["batch"],
-                    "tokens": tokens,
-                    "seconds": round(run["seconds"], 3),
-                    "tokens_per_second": round(tokens / run["seconds"], 2),
-                    "throughput_vs_plain": round(tokens / run["seconds"] / (sum(map(len, reference["outputs"])) / reference["seconds"]), 3),
-                    "tokens_per_target_pass": round(tokens / max(passes, 1), 3),
-                    "draft_tokens": run["draft_tokens"],
-                    "accepted_tokens": run["accepted"],
-                    "acceptance_per_position": [round(count / drafts, 3) for count in run["per_position"]],
-                    "mismatches": sum(a != b for a, b in zip(run["outputs"], reference["outputs"])),
-                    "load_average": run.get("load"),
-                }
-            )
+    for (cell, batch, config), items in grouped.items():
+        tokens = sum(sum(map(len, r["outputs"])) for r in items)
+        seconds = sum(r["seconds"] for r in items)
+        plain_items = [reference[(cell, batch, r["round"])] for r in items]
+        plain_tokens = sum(sum(map(len, r["outputs"])) for r in plain_items)
+        plain_seconds = sum(r["seconds"] for r in plain_items)
+        # Per round (batch 8, 32) or per prompt (batch 1): the spread of the ratio says how far noise reaches.
+        ratios = [
+            (sum(map(len, r["outputs"])) / r["seconds"]) / (sum(map(len, p["outputs"])) / p["seconds"]) for r, p in zip(items, plain_items)
+        ]
+        accepted = sum(r["accepted"] for r in items)
+        drafts = max(sum(r["drafts"] for r in items), 1)
+        width = max(len(r["per_position"]) for r in items)
+        per_position = [sum((r["per_position"] + [0] * width)[i] for r in items) for i in range(width)]
+        rows.append(
+            {
+                "cell": cell,
+                "batch": batch,
+                "config": config,
+                "requests": sum(len(r["outputs"]) for r in items),
+                "tokens": tokens,
+                "seconds": round(seconds, 2),
+                "tokens_per_second": round(tokens / seconds, 2),
+                "vs_plain": round((tokens / seconds) / (plain_tokens / plain_seconds), 3),
+                "vs_plain_per_round": [round(x, 3) for x in ratios],
+                "vs_plain_spread": round(max(ratios) - min(ratios), 3) if len(ratios) > 1 else None,
+                "tokens_per_target_pass": round(tokens / max(tokens - accepted, 1), 3),
+                "draft_tokens": sum(r["draft_tokens"] for r in items),
+                "accepted_tokens": accepted,
+                "acceptance_per_position": [round(count / drafts, 3) for count in per_position],
+                "mismatches": sum(a != b for r, p in zip(items, plain_items) for a, b in zip(r["outputs"], p["outputs"])),
+                "load_min": min(r["load"] for r in items),
+                "load_max": max(r["load"] for r in items),
+            }
+        )
     return rows
 
 
-def write_markdown(path: Path, rows: list[dict[str, Any]], command: str, notes: list[str]) -> None:
+def _order(row: dict[str, Any]) -> tuple:
+    config, _, preload = row["config"].partition("@")
+    names = [*SPECULATIVE, *COLD]
+    return (row["cell"] != "main", row["batch"], preload, names.index(config))
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], command: str, meta: dict[str, Any], plan: dict[str, list[str]]) -> None:
+    counts = {cell: len(qs) for cell, qs in plan.items()}
     lines = [
-        "# vLLM: plain, ngram, suffix and sam-decoding",
+        "# vLLM side by side: plain, empty drafts, ngram, suffix and sam-decoding",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}` (started {meta['started_utc']} UTC, load average at start "
+        f"{' '.join(f'{x:.2f}' for x in meta['load_at_start'])}, {meta['total_seconds']} s in all).",
         "",
-        *notes,
+        f"Prompts: {counts}. Every engine served the {counts['past']} past-traffic prompts first (cold-start engines: none). "
+        "Ratios are to plain vLLM measured right beside each run; `per round` lists them per prompt (batch 1) or per group.",
         "",
-        "| suite | batch | config | tok/s | vs plain | tokens / target pass | acceptance by draft position | mismatches | load |",
-        "|---|---:|---|---:|---:|---:|---|---:|---:|",
+        "| cell | batch | config | requests | tok/s | vs plain | per round | tokens / target pass | acceptance by draft position | mismatches | load |",
+        "|---|---:|---|---:|---:|---:|---|---:|---|---:|---|",
     ]
-    for row in sorted(rows, key=lambda r: (r["suite"], r["batch"], list(CONFIGS).index(r["config"]))):
+    for row in sorted(rows, key=_order):
         positions = " ".join(f"{value:.2f}" for value in row["acceptance_per_position"]) or "-"
+        rounds = " ".join(f"{value:.2f}" for value in row["vs_plain_per_round"])
         lines.append(
-            f"| {row['suite']} | {row['batch']} | {row['config']} | {row['tokens_per_second']:.1f} | "
-            f"{row['throughput_vs_plain']:.2f}x | {row['tokens_per_target_pass']:.2f} | {positions} | {row['mismatches']} | "
-            f"{row['load_average'] if row['load_average'] is not None else '-'} |"
+            f"| {row['cell']} | {row['batch']} | {row['config']} | {row['requests']} | {row['tokens_per_second']:.1f} | "
+            f"{row['vs_plain']:.2f}x | {rounds} | {row['tokens_per_target_pass']:.2f} | {positions} | {row['mismatches']} | "
+            f"{row['load_min']}-{row['load_max']} |"
         )
+    if "cold_corpus" in meta:
+        c = meta["cold_corpus"]
+        lines += ["", f"Cold-start corpus: {c['files']} Python standard-library modules, {c['tokens']:,} tokens, {c['bytes']:,} bytes on disk."]
+    lines += ["", "Engine start (s): " + ", ".join(f"{k} {v}" for k, v in meta["engine_start_seconds"].items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -291,100 +362,45 @@ def write_chart(path: Path, rows: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = list(dict.fromkeys((row["suite"], row["batch"]) for row in rows))
-    configs = [name for name in CONFIGS if any(row["config"] == name for row in rows)]
-    by_key = {(row["suite"], row["batch"], row["config"]): row for row in rows}
-    figure, panels = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / len(configs)
-    for panel, (field, label) in zip(panels, (("throughput_vs_plain", "tokens/s vs plain vLLM (×)"), ("tokens_per_target_pass", "tokens per target pass"))):
+    rows = sorted(rows, key=_order)
+    cells = list(dict.fromkeys((row["cell"], row["batch"]) for row in rows))
+    configs = list(dict.fromkeys(row["config"] for row in rows if row["config"] != "plain"))
+    by_key = {(row["cell"], row["batch"], row["config"]): row for row in rows}
+    figure, panels = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / max(len(configs), 1)
+    for panel, (field, label) in zip(panels, (("vs_plain", "tokens/s vs plain vLLM (x)"), ("tokens_per_target_pass", "tokens per target pass"))):
         for index, name in enumerate(configs):
             positions = [cell + (index - (len(configs) - 1) / 2) * width for cell in range(len(cells))]
             panel.bar(positions, [by_key.get((*cell, name), {}).get(field, 0.0) for cell in cells], width=width, label=name)
         panel.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         panel.set_xticks(range(len(cells)))
-        panel.set_xticklabels([f"{suite}\nbatch {batch}" for suite, batch in cells])
+        panel.set_xticklabels([f"{cell}\nbatch {batch}" for cell, batch in cells])
         panel.set_ylabel(label)
-    panels[0].legend(fontsize="small")
-    figure.suptitle("vLLM (CPU), SmolLM2-135M-Instruct, greedy")
+    panels[0].legend(fontsize="small", ncol=2)
+    figure.suptitle("vLLM 0.32 (CPU), SmolLM2-135M-Instruct fp32, greedy, configurations interleaved")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spec-bench", type=int, default=8, help="Spec-Bench-mini questions asked one at a time (round-robin over categories); the batched run asks the next --concurrency")
-    parser.add_argument("--humaneval", type=int, default=4, help="HumanEval problems asked one at a time; the batched run asks the next --concurrency")
-    parser.add_argument("--past", type=int, default=16, help="past-traffic questions served before measuring")
-    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests running together in the batched runs")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/vllm"))
-    parser.add_argument("--reuse", action="store_true", help="keep configurations already measured in OUT/work (same plan)")
-    parser.add_argument("--propose-timing", action="store_true", help="only time one propose call for 32 rows (ours and ngram's)")
-    parser.add_argument("--run-config", help=argparse.SUPPRESS)
-    parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.propose_timing:
-        args.out.mkdir(parents=True, exist_ok=True)
-        propose_timing(args.out / "propose_timing.json")
-        return
-    if args.run_config:
-        run_config(args.run_config, json.loads(args.plan.read_text()), args.out)
-        return
-    run(args)
-
-
-def run(args: argparse.Namespace) -> None:
-    from sam_decoding.models import default_model_dir
-
-    configs = args.configs.split(",")
-    unknown = [name for name in configs if name not in CONFIGS]
-    if unknown or configs[0] != "plain":
-        sys.exit(f"--configs: unknown {unknown}" if unknown else "--configs must start with plain (the reference)")
-    notes = []
-    if "suffix" in configs and not _has_arctic_inference():
-        configs.remove("suffix")
-        notes.append("suffix skipped: vLLM's suffix method needs arctic-inference, which is not installed.")
-        print(notes[-1], file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "work"
-    work.mkdir(exist_ok=True)
-    plan = {
-        "model": str(default_model_dir()),
-        "questions": questions(args.spec_bench, args.humaneval, args.past, args.concurrency),
-        "max_tokens": args.max_tokens,
-        "concurrency": args.concurrency,
-        "corpus": str((work / "past-answers.sam").resolve()),
-    }
-    (work / "plan.json").write_text(json.dumps(plan))
-    results = {}
-    started = time.perf_counter()
-    for name in configs:
-        if name == "sam":
-            build_corpus(plan["model"], results["plain"]["past"]["outputs"], Path(plan["corpus"]))
-        out = work / f"{name}.json"
-        if not (args.reuse and out.is_file()):
-            command = [sys.executable, __file__, "--run-config", name, "--plan", str(work / "plan.json"), "--out", str(out)]
-            subprocess.run(command, check=True)
-        results[name] = json.loads(out.read_text())
-    rows = summarize(results)
-    command = "python bench/vllm_bench.py " + " ".join(sys.argv[1:])
-    notes.append(
-        f"Total {time.perf_counter() - started:.0f} s. Configurations ran one after another on a shared machine: "
-        "compare ratios, not absolute speeds. Past traffic: {} questions served by plain, suffix and sam "
-        "before measuring (ngram keeps nothing across requests).".format(len(plan["questions"]["past"]))
-    )
-    (args.out / "results.json").write_text(json.dumps({"command": command, "plan": plan, "rows": rows, "notes": notes}, indent=1))
-    write_markdown(args.out / "results.md", rows, command, notes)
-    write_chart(args.out / "results.png", rows)
-    print((args.out / "results.md").read_text())
 
 
 def _has_arctic_inference() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("arctic_inference") is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="plain,empty,ngram,suffix,sam", help="comma-separated, starting with plain; each of " + ", ".join(SPECULATIVE) + ", optionally with @tcmalloc or @iomp")
+    parser.add_argument("--batch1", type=int, default=4, help="prompts asked one at a time")
+    parser.add_argument("--rounds8", type=int, default=2, help="groups of 8 prompts asked together")
+    parser.add_argument("--rounds32", type=int, default=1, help="groups of 32 prompts asked together")
+    parser.add_argument("--past", type=int, default=8, help="past-traffic prompts every engine serves before measuring")
+    parser.add_argument("--cold", type=int, default=4, help="HumanEval problems for the cold-start case (0: none)")
+    parser.add_argument("--cold-corpus-bytes", type=int, default=1_000_000, help="Python source text in the cold-start corpus (bytes)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/vllm"))
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":
