@@ -55,6 +55,7 @@ def plain_generate(llm: Any, prompt: list[int], max_new_tokens: int, end: set[in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-category", type=int, default=1, help="Spec-Bench-mini questions per category")
+    parser.add_argument("--spec-bench", type=int, default=None, help="at most this many Spec-Bench-mini questions (round-robin over categories)")
     parser.add_argument("--humaneval", type=int, default=4, help="HumanEval problems (the first N)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -83,7 +84,11 @@ def main() -> int:
     end = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
 
     suites = []
-    spec = load_spec_bench_mini().limited(args.per_category)
+    spec = load_spec_bench_mini().limited(args.per_category).interleaved()
+    if args.spec_bench is not None:
+        from sam_decoding.benchmark.suites import Suite
+
+        spec = Suite(spec.name, spec.questions[: args.spec_bench])
     suites.append((spec, find_corpus("spec-bench-distilled")))
     if args.humaneval:
         suites.append((load_humaneval().limited(args.humaneval), find_corpus("stdlib")))

@@ -49,7 +49,7 @@ def llm():
         path = gguf_path()
     except Exception as error:  # noqa: BLE001
         pytest.skip(f"the default model's GGUF file is not installed: {error}")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, n_threads_batch=1, verbose=False)
 
 
 def chat_tokens(llm, messages: list[dict[str, str]]) -> list[int]:
@@ -78,6 +78,19 @@ def one_token_greedy(llm, prompt: list[int], n: int) -> tuple[list[int], list[fl
     return out, margins
 
 
+def differs_only_at_a_near_tie(llm, prompt: list[int], ours: list[int]) -> bool:
+    """Whether ``ours`` equals one-token greedy decoding, or first departs from it where its top-2 logits are within 0.5.
+
+    Returns whether it differed (after asserting the difference is at a near-tie)."""
+    reference, margins = one_token_greedy(llm, prompt, len(ours))
+    first = next((i for i, (a, b) in enumerate(zip(reference, ours)) if a != b), None)
+    if first is None:
+        assert ours == reference
+        return False
+    assert margins[first] < 0.5, f"output differs at token {first} where plain decoding's top-2 margin is {margins[first]:.3f}"
+    return True
+
+
 def test_without_drafts_the_loop_is_one_token_decoding(llm) -> None:
     prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[0]}])
     reference, _ = one_token_greedy(llm, prompt, 40)
@@ -87,7 +100,8 @@ def test_without_drafts_the_loop_is_one_token_decoding(llm) -> None:
 
 
 def test_drafted_output_is_what_llama_cpp_verified(llm) -> None:
-    """Replay: a fresh context fed exactly the step batches over the accepted context gives the same argmaxes."""
+    """Replay over the accepted context in batches of up to 16 tokens: every emitted token is llama.cpp's argmax,
+    or (where the replay's batch differs from the loop's) within a near-tie of it."""
     prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[1]}])
     result = sdl.generate(llm, prompt, drafter=SamDrafter(use_tree=False), max_new_tokens=64, policy="all")
     assert result.stats.accepted_tokens > 0, "the drafts never paid off: the replay would test nothing"
@@ -108,7 +122,12 @@ def test_drafted_output_is_what_llama_cpp_verified(llm) -> None:
         agree = 0
         while agree < len(batch) and position + agree < len(emitted) and choices[agree] == emitted[position + agree]:
             agree += 1
-        assert agree >= 1, f"step {steps}: llama.cpp picks {choices[0]}, the loop emitted {emitted[position]}"
+        if agree == 0:
+            # Another batch composition than the loop's: only a near-tie may flip (measured: margin 0.22).
+            row = target.logits(0)
+            gap = float(row.max() - row[emitted[position]])
+            assert gap < 0.5, f"step {steps}: llama.cpp picks {choices[0]}, the loop emitted {emitted[position]} ({gap:.3f} below it)"
+            agree = 1
         target.remove_from(past + agree)
         past += agree
         last = emitted[position + agree - 1]
@@ -122,15 +141,9 @@ def test_differences_from_one_token_decoding_are_near_ties(llm, capsys) -> None:
     corpus_drafter = SamDrafter(use_tree=False)
     for text in PROMPTS:
         prompt = chat_tokens(llm, [{"role": "user", "content": text}])
-        reference, margins = one_token_greedy(llm, prompt, 64)
         ours = sdl.generate(llm, prompt, drafter=corpus_drafter, max_new_tokens=64).new_tokens
-        first = next((i for i, (a, b) in enumerate(zip(reference, ours)) if a != b), None)
         compared += 1
-        if first is not None:
-            differing += 1
-            assert margins[first] < 0.5, f"output differs at token {first} where plain decoding's top-2 margin is {margins[first]:.3f}"
-        else:
-            assert ours == reference
+        differing += differs_only_at_a_near_tie(llm, prompt, ours)
     with capsys.disabled():
         print(f"\nllama.cpp: {differing} of {compared} greedy outputs differ from one-token decoding (near-ties only)")
 
@@ -140,15 +153,13 @@ def test_multi_turn_chat_streams_and_stops_at_the_end_token(llm) -> None:
     messages = [{"role": "user", "content": "Name three colors."}]
     streamed: list[list[int]] = []
     first = sdl.generate(llm, chat_tokens(llm, messages), drafter=drafter, max_new_tokens=200, on_tokens=streamed.append)
-    assert first.stopped_at_end and first.new_tokens[-1] == llm.token_eos() or llm.detokenize([first.new_tokens[-1]], special=True) == b"<|im_end|>"
+    assert first.stopped_at_end and llm.detokenize([first.new_tokens[-1]], special=True) == b"<|im_end|>"
     assert [t for step in streamed for t in step] == first.new_tokens
     answer = llm.detokenize(first.new_tokens[:-1]).decode()
     messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Now name three more."}]
     second = sdl.generate(llm, chat_tokens(llm, messages), drafter=drafter, max_new_tokens=200)
     assert second.new_tokens and second.stats.steps <= len(second.new_tokens)
-    reference, _ = one_token_greedy(llm, chat_tokens(llm, messages), len(second.new_tokens))
-    same = sum(a == b for a, b in zip(reference, second.new_tokens))
-    assert same >= min(len(reference), len(second.new_tokens)) * 0.5
+    differs_only_at_a_near_tie(llm, chat_tokens(llm, messages), second.new_tokens)
 
 
 def test_the_llama_fingerprint_matches_the_corpus_of_the_same_vocabulary(llm, tmp_path: Path) -> None:
