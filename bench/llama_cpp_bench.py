@@ -126,7 +126,7 @@ def main() -> int:
             methods = {
                 "sam-text": SamDrafter(use_tree=False, tokenizer_fingerprint=fingerprint),
                 "sam-corpus": SamDrafter(corpus, use_tree=False, tokenizer_fingerprint=fingerprint),
-                "sam-cache": SamDrafter(corpus, use_tree=False, responses=responses, tokenizer_fingerprint=fingerprint),
+                "sam-cache": SamDrafter(corpus, use_tree=False, response_cache=responses, tokenizer_fingerprint=fingerprint),
             }
             for name, drafter in methods.items():
                 tick = time.perf_counter()

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
 
-from sam_decoding import _core
-from sam_decoding.automaton import SCORED_ENOUGH_OCCURRENCES, StaticAutomaton
+from sam_decoding.automaton import ScoredDraftOptions, StaticAutomaton
+from sam_decoding.automaton.automata import _native_core, native_automata
 
 if TYPE_CHECKING:
     from sam_decoding.shards import ShardedAutomaton
@@ -45,15 +45,7 @@ class FinishedRequest(NamedTuple):
 
 def _native_automata(automaton: Corpus | None) -> list:
     """The native automata of a corpus or a response-cache snapshot (its shards, in order)."""
-    from sam_decoding.shards import ShardedAutomaton
-
-    if automaton is None:
-        return []
-    if isinstance(automaton, StaticAutomaton):
-        return [automaton._native]
-    if isinstance(automaton, ShardedAutomaton):
-        return [shard._native for shard in automaton.shards]
-    raise TypeError(f"expected a StaticAutomaton, a ShardedAutomaton or None, got {type(automaton).__name__}")
+    return [] if automaton is None else native_automata(automaton)
 
 
 class BatchDrafter:
@@ -107,9 +99,9 @@ class BatchDrafter:
         if not trusted_length >= 0.0:
             raise ValueError(f"trusted_length must be >= 0, got {trusted_length}")
         self.corpus = corpus
-        self._native = _core.BatchDrafter(
+        self._native = _native_core.BatchDrafter(
             _native_automata(corpus), int(max_draft), float(min_probability), float(trusted_length),
-            int(max_orders), SCORED_ENOUGH_OCCURRENCES, int(max_model_len), int(park_steps),
+            int(max_orders), ScoredDraftOptions().enough_occurrences, int(max_model_len), int(park_steps),
         )
         self._generation = -1
         self._views: dict[str, np.ndarray] = {}

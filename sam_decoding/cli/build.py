@@ -138,12 +138,6 @@ def run(args: argparse.Namespace) -> int:
     from sam_decoding import StaticAutomaton
     from sam_decoding.models import tokenizer_fingerprint
 
-    if args.tokenizer is None:
-        print(
-            "note: no --model given: tokenizing with the default model's tokenizer (SmolLM2-135M-Instruct); "
-            "the corpus will draft only for models with that vocabulary",
-            file=sys.stderr,
-        )
     if args.tokenizer is not None and args.tokenizer.lower().endswith(".gguf"):
         tokenizer, fingerprint = _gguf_tokenizer(Path(args.tokenizer).expanduser())
     else:
@@ -197,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         f"({file_bytes / max(automaton.num_tokens, 1):.1f} bytes/token); "
         f"{tokenize_seconds:.1f} s tokenizing ({num_tokens / max(tokenize_seconds, 1e-9):,.0f} tokens/s), "
         f"{build_seconds:.1f} s building, {save_seconds:.1f} s saving"
+        + ("; tokenized for the default model, SmolLM2-135M-Instruct (pass --model for another)" if args.tokenizer is None else "")
     )
     return 0
 

@@ -69,7 +69,7 @@ class Service:
         max_tokens = min(max_tokens, self.llm.n_ctx() - len(tokens))
         if max_tokens < 1:
             raise RequestError(f"the prompt ({len(tokens)} tokens) fills the context of {self.llm.n_ctx()} tokens")
-        drafter = SamDrafter(self.corpus, use_tree=False, responses=self.responses, tokenizer_fingerprint=self.fingerprint)
+        drafter = SamDrafter(self.corpus, use_tree=False, response_cache=self.responses, tokenizer_fingerprint=self.fingerprint)
         with self.lock:
             result = sdl.generate(self.llm, tokens, drafter=drafter, max_new_tokens=max_tokens)
         new = result.new_tokens[:-1] if result.stopped_at_end else result.new_tokens
