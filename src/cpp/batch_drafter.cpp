@@ -340,7 +340,9 @@ void BatchDrafter::step_rows(const T* tokens, const BatchStepInput& input) {
       previous_given_[r] = request.last_given;
       previous_accepted_[r] = std::min<std::int32_t>(static_cast<std::int32_t>(sampled) - 1, request.last_given);
       previous_sources_[r] = static_cast<std::uint8_t>(request.last_source);
-      std::copy_n(request.last_probabilities.begin(), k, previous_probabilities_.begin() + static_cast<std::ptrdiff_t>(r * k));
+      // Only the handed nodes: the rest of the slots stay 0.
+      std::copy_n(request.last_probabilities.begin(), request.last_given,
+                  previous_probabilities_.begin() + static_cast<std::ptrdiff_t>(r * k));
       request.last_given = 0;
       request.last_draft_length = 0;
       request.last_source = DraftSource::kNone;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "automaton_builder.hpp"
+#include "batch_drafter.hpp"
 #include "sharded_cursor.hpp"
 #include "dynamic_automaton.hpp"
 #include "static_automaton.hpp"
@@ -949,6 +950,73 @@ void test_scored_drafts_invariants_and_shards() {
   }
 }
 
+// The batch drafter: rows matched to requests (rows moving, a follow-up turn beginning anew),
+// drafts equal to one cursor's chain over the same text, parked requests finished exactly.
+void test_batch_drafter_matches_rows_and_drafts() {
+  const Documents documents = {{1, 2, 3, 4, 5, 6, 7, 8}, {9, 10, 11, 12, 13}};
+  const auto corpus = build(documents);
+  sam::BatchDrafterOptions options;
+  options.max_draft = 4;
+  options.park_steps = 1;
+  sam::BatchDrafter drafter({corpus}, options);
+  constexpr std::size_t kWidth = 16;
+  std::vector<std::int32_t> table(2 * kWidth, 0);
+  const auto set_row = [&](std::size_t row, const std::vector<std::int32_t>& text) {
+    std::fill_n(table.begin() + static_cast<std::ptrdiff_t>(row * kWidth), kWidth, 0);
+    std::copy(text.begin(), text.end(), table.begin() + static_cast<std::ptrdiff_t>(row * kWidth));
+  };
+  const auto run = [&](std::size_t rows, std::vector<std::int64_t> lengths, std::vector<std::int64_t> sampled) {
+    sam::BatchStepInput input;
+    input.tokens32 = table.data();
+    input.rows = rows;
+    input.stride = kWidth;
+    input.lengths = lengths.data();
+    input.sampled = sampled.data();
+    drafter.step(input);
+  };
+  set_row(0, {1, 2, 3});
+  set_row(1, {9, 10});
+  run(2, {3, 2}, {1, 1});
+  CHECK(drafter.new_requests()[0] == 1 && drafter.new_requests()[1] == 1);
+  CHECK(drafter.draft_lengths()[0] == 4 && drafter.tokens()[0] == 4 && drafter.tokens()[3] == 7);
+  CHECK(drafter.sources()[0] == static_cast<std::uint8_t>(sam::DraftSource::kCorpus));
+  CHECK(drafter.draft_lengths()[1] == 3 && drafter.tokens()[4] == 11);
+  sam::StaticCursor cursor(corpus);
+  const Token text[] = {9, 10, 11};
+  cursor.feed(text, 3);
+  sam::ScoredDraftOptions chain;
+  chain.chain = true;
+  chain.max_nodes = chain.max_depth = 4;
+  chain.min_path_probability = options.min_probability;
+  chain.max_orders = options.max_orders;
+  chain.trusted_length = options.trusted_length;
+  const sam::ScoredDraft expected = cursor.scored_draft(chain);
+  drafter.given()[0] = 2;
+  // Row 0 leaves; row 1 (now 9 10 11) moves into its place.
+  set_row(0, {9, 10, 11});
+  run(1, {3}, {1});
+  CHECK(drafter.new_requests()[0] == 0 && drafter.requests_begun() == 2);
+  CHECK(drafter.draft_lengths()[0] == static_cast<std::int32_t>(expected.tokens.size()));
+  for (std::size_t i = 0; i < expected.tokens.size(); ++i) {
+    CHECK(drafter.tokens()[i] == static_cast<std::int32_t>(expected.tokens[i]));
+  }
+  CHECK(drafter.num_parked() == 1);
+  // A follow-up turn extending the first request's whole text is a new request.
+  set_row(1, {1, 2, 3, 7, 1});
+  run(2, {3, 5}, {0, 1});
+  CHECK(drafter.new_requests()[1] == 1 && drafter.requests_begun() == 3);
+  CHECK(drafter.draft_lengths()[0] == 0);  // did not decode this step
+  const std::vector<sam::FinishedResponse> finished = drafter.take_finished();
+  CHECK(finished.size() == 1 && finished[0].parked_out && finished[0].tokens == std::vector<Token>{3});
+  std::vector<std::int64_t> too_long = {17, 5};
+  CHECK_THROWS(sam::InputError, run(2, too_long, {1, 1}));
+  table[kWidth + 1] = -1;
+  CHECK_THROWS(sam::InputError, run(2, {3, 6}, {0, 1}));
+  CHECK(drafter.requests_begun() == 3);
+  drafter.release_all();
+  CHECK(drafter.num_live() == 0 && drafter.take_finished().size() == 2);
+}
+
 int main() {
   test_builder_recognises_exactly_the_substrings();
   test_suffix_array_construction_equals_the_online_build();
@@ -970,6 +1038,7 @@ int main() {
   test_bad_build_input();
   test_size_limits_are_checked_before_building();
   test_save_into_a_missing_directory_throws();
+  test_batch_drafter_matches_rows_and_drafts();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
