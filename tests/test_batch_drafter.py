@@ -85,7 +85,7 @@ class FakeBatch:
 
 
 def _reference(corpus: StaticAutomaton | None, text: list[int], prompt_length: int, responses: ResponseCache | None = None):
-    drafter = SamDrafter(corpus, use_tree=False, max_draft=K, responses=responses)
+    drafter = SamDrafter(corpus, use_tree=False, max_draft=K, response_cache=responses)
     drafter.begin(np.asarray(text[:prompt_length]))
     if len(text) > prompt_length:
         drafter.accept(np.asarray(text[prompt_length:]), None)

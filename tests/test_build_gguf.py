@@ -70,7 +70,7 @@ def test_a_foreign_vocabulary_is_refused_in_one_line(gguf_corpus: Path, gguf_fil
 def test_build_without_model_says_which_tokenizer_it_used(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("hello world " * 10, encoding="utf-8")
     assert main(["build", str(tmp_path / "a.txt"), "-o", str(tmp_path / "a.sam"), "--no-progress"]) == 0
-    assert "no --model given" in capsys.readouterr().err
+    assert "tokenized for the default model, SmolLM2-135M-Instruct (pass --model for another)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content", [b"", b"GGUF\x03\x00\x00\x00garbage", b"not a gguf file at all"])
