@@ -40,6 +40,18 @@ def test_readme_example_runs_and_equals_plain_greedy(tmp_path, monkeypatch, caps
     assert_greedy_equal(model, result.sequences, reference, "README example")
     assert printed.startswith(tokenizer.decode(result.new_tokens))
     assert new_tokens > 0 and (tmp_path / "corpus.sam").is_file()
+    # The model.generate snippet continues the example's namespace, as a reader would run it.
+    exec(compile(readme_block("With transformers' `model.generate`"), "README.md", "exec"), namespace)
+    assert torch.equal(namespace["output"], reference)
+
+
+def readme_block(heading: str) -> str:
+    """The first Python code block under the README heading ``## {heading}``."""
+    section = README.read_text(encoding="utf-8").split(f"\n## {heading}", 1)
+    assert len(section) == 2, f"README.md has no '## {heading}' section"
+    match = re.search(r"```python\n(.*?)```", section[1].split("\n## ", 1)[0], re.DOTALL)
+    assert match, f"the README's {heading} section has no python code block"
+    return match.group(1)
 
 
 def test_readme_response_cache_snippet_runs(tmp_path, monkeypatch) -> None:
