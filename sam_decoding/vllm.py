@@ -243,6 +243,8 @@ class BatchProposer:
         self.budget.learn(now, clean, emitted, outcome)
         if self.recorder is not None:
             self._record_finished()
+        else:
+            self.drafter.take_finished()  # nothing records them: drop them, or the queue grows with every request
         if not self.budget.begin(now, decode_rows):
             return [[] for _ in range(rows)]
         counts = self.budget.allot(drafter.sources, drafter.probabilities, drafter.draft_lengths, drafter.match_lengths)

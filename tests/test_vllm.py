@@ -234,6 +234,22 @@ def test_memory_stays_flat_over_10000_requests() -> None:
     assert growth < 512 * 1024, f"traced memory grew by {growth} bytes from request 2,000 to 10,000"
 
 
+def test_finished_requests_do_not_pile_up_without_a_response_cache() -> None:
+    """Without a response cache nothing records finished responses: the drafter's queue of them is
+    emptied every step (the native queue is invisible to tracemalloc, so it is counted directly)."""
+    rng = np.random.default_rng(1)
+    batch, proposer = FakeBatch(rows=8, width=256), _batch_proposer()
+    started = 0
+    while started < 300 or batch.texts:
+        while started < 300 and len(batch.texts) < 8:
+            batch.add(_repetitive_text(started, 120), prompt_length=int(rng.integers(20, 60)))
+            started += 1
+        batch.step(proposer, leave=lambda row: rng.random() < 0.2)
+    _drain(batch, proposer)
+    assert proposer.requests_begun == 300
+    assert proposer.drafter.take_finished() == []
+
+
 def test_an_error_inside_propose_drafts_nothing_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     batch, proposer = FakeBatch(), _batch_proposer()
     for seed in range(3):
