@@ -427,10 +427,10 @@ def test_default_model_with_its_shipped_heads_matches_vanilla_greedy(default_mod
     reference = model.generate(ids, max_new_tokens=40, do_sample=False)
     # A real-model step costs ~0.1 s: the tree alone (verified whole, then by the cost-aware policy)
     # and SAM + heads cover the drafter.
-    for name, policy in (("tree", None), ("tree", "auto"), ("sam_fallback", "auto")):
+    for name, policy in (("tree", "all"), ("tree", "cost"), ("sam_fallback", "cost")):
         result = generate(model, ids, max_new_tokens=40, drafter=_heads_drafters(heads)[name](), policy=policy)
         assert_greedy_equal(model, result.sequences, reference, f"smollm2/heads-{name}/{policy}")
-        if policy is None:
+        if policy == "all":
             assert result.stats.accepted_by_source.get("heads", 0) > 0
 
 

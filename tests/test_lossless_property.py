@@ -172,7 +172,7 @@ def prompts(draw: st.DrawFn) -> torch.Tensor:
     return torch.tensor([tokens])
 
 
-@pytest.mark.parametrize("policy", ["auto", None], ids=["policy-auto", "policy-none"])
+@pytest.mark.parametrize("policy", ["cost", "all"], ids=["policy-cost", "policy-all"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 @settings(
     max_examples=min(settings.default.max_examples, MAX_EXAMPLES),

@@ -133,7 +133,7 @@ def sample(
     *,
     runs: int = RUNS,
     eos: frozenset[int] = frozenset(),
-    policy: object = None,
+    policy: object = "all",
     **overrides: object,
 ) -> tuple[Counter[Outcome], int]:
     """Observed first-token sequences of ``runs`` seeded speculative runs, and the draft tokens accepted in all."""

@@ -14,7 +14,7 @@ CHANGELOG = Path(__file__).resolve().parent.parent / "CHANGELOG.md"
 def newest_changelog_entry() -> tuple[str, str]:
     """``(version, text)`` of the first ``## [VERSION]`` section of CHANGELOG.md."""
     assert CHANGELOG.is_file(), f"{CHANGELOG} is missing (the tests expect CHANGELOG.md beside tests/)"
-    sections = re.split(r"^## ", CHANGELOG.read_text(encoding="utf-8"), flags=re.MULTILINE)[1:]
+    sections = [section for section in re.split(r"^## ", CHANGELOG.read_text(encoding="utf-8"), flags=re.MULTILINE)[1:] if not section.startswith("[Unreleased]")]
     assert sections, "CHANGELOG.md has no '## [VERSION]' section"
     match = re.match(r"\[([^\]]+)\]", sections[0])
     assert match, f"the newest CHANGELOG.md section does not start with [VERSION]: {sections[0][:40]!r}"

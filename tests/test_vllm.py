@@ -354,7 +354,11 @@ batch.add(_repetitive_text(1, 200), prompt_length=50)
 while batch.texts:
     batch.step(proposer)  # the request finishes; the process ends right after, with nothing closed
 """
-    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    import sam_decoding
+
+    # The child imports the same sam_decoding as this process (the installed one in CI, not the checkout's).
+    package_root = str(Path(sam_decoding.__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": package_root}, timeout=300)
     from sam_decoding import ResponseCache
 
     assert ResponseCache(10_000, path).num_responses == 1
