@@ -36,7 +36,7 @@ def _prompts() -> dict[str, torch.Tensor]:
 @needs_suffix
 @pytest.mark.parametrize("use_tree", [False, True], ids=["chain", "tree"])
 @pytest.mark.parametrize("stop", ["length", "eos"])
-@pytest.mark.parametrize("policy", [None, "auto"], ids=["every-node", "policy"])
+@pytest.mark.parametrize("policy", ["all", "cost"], ids=["every-node", "policy"])
 def test_suffix_drafts_are_verified_losslessly(tiny_model, one_torch_thread, use_tree, stop, policy, assert_greedy_equal) -> None:
     for name, prompt in _prompts().items():
         eos: list[int] = []
