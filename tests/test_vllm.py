@@ -356,9 +356,12 @@ while batch.texts:
 """
     import sam_decoding
 
-    # The child imports the same sam_decoding as this process (the installed one in CI, not the checkout's).
+    # The child imports the same sam_decoding as this process (the installed one in CI, not the checkout's):
+    # its path leads with that package's root, and it runs outside the checkout, since `python -c` puts the
+    # working directory first on sys.path.
     package_root = str(Path(sam_decoding.__file__).resolve().parent.parent)
-    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": package_root}, timeout=300)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": package_root}, timeout=300)
     from sam_decoding import ResponseCache
 
     assert ResponseCache(10_000, path).num_responses == 1
