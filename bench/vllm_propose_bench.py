@@ -17,9 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+# The fake persistent batch is the one tests/test_vllm.py drives the proposer with.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fake_vllm_batch import FakeBatch  # noqa: E402
 
 from sam_decoding.policy import BatchBudget
 from sam_decoding.vllm import BatchProposer, SamSettings
@@ -28,52 +34,15 @@ K = 8
 EOS = 2
 
 
-class FakeBatch:
-    """vLLM's persistent batch as the proposer sees it: rows of token ids that move when requests leave."""
-
-    def __init__(self, rows: int, width: int = 2048, seed: int = 0) -> None:
-        self.rows = rows
-        self.token_ids = np.zeros((rows, width), dtype=np.int32)
-        self.lengths = np.zeros(rows, dtype=np.int32)
-        self.texts: list[np.ndarray] = []
-        self.sampled: list[list[int]] = []
-        self.rng = np.random.default_rng(seed)
-        self.started = 0
-
-    def fill(self) -> None:
-        while len(self.texts) < self.rows:
-            half = self.rng.integers(10, 30_000, size=int(self.rng.integers(100, 300)))
-            text = np.concatenate([half, half, [EOS]]).astype(np.int32)
-            prompt = int(self.rng.integers(20, 80))
-            row = len(self.texts)
-            self.texts.append(text)
-            self.token_ids[row, : prompt + 1] = text[: prompt + 1]
-            self.lengths[row] = prompt + 1
-            self.sampled.append([int(text[prompt])])
-            self.started += 1
-
-    def remove_finished(self) -> None:
-        for row in reversed(range(len(self.texts))):
-            if int(self.lengths[row]) >= len(self.texts[row]):
-                last = len(self.texts) - 1
-                if row != last:
-                    self.token_ids[row] = self.token_ids[last]
-                    self.lengths[row] = self.lengths[last]
-                    self.texts[row], self.sampled[row] = self.texts[last], self.sampled[last]
-                self.texts.pop()
-                self.sampled.pop()
-                self.lengths[last] = 0
-
-    def verify(self, drafts: list[list[int]]) -> None:
-        for row, draft in enumerate(drafts):
-            text, length = self.texts[row], int(self.lengths[row])
-            accepted = 0
-            while accepted < len(draft) and length + accepted < len(text) - 1 and draft[accepted] == text[length + accepted]:
-                accepted += 1
-            new = text[length : min(length + accepted + 1, len(text))]
-            self.token_ids[row, length : length + len(new)] = new
-            self.lengths[row] = length + len(new)
-            self.sampled[row] = new.tolist()
+def fill(batch: FakeBatch, rows: int, rng: np.random.Generator) -> int:
+    """Start new requests until ``rows`` rows are busy: texts whose second half repeats the first
+    (so the automata draft), ending with the end token. Returns how many started."""
+    started = 0
+    while len(batch.texts) < rows:
+        half = rng.integers(10, 30_000, size=int(rng.integers(100, 300)))
+        batch.add(np.concatenate([half, half, [EOS]]).astype(np.int32), prompt_length=int(rng.integers(20, 80)))
+        started += 1
+    return started
 
 
 class NeverDrafting(BatchBudget):
@@ -100,11 +69,12 @@ def run(rows: int, steps: int, mode: str) -> dict[str, float]:
     elif mode == "zero":
         budget = proposer.budget
         proposer.budget = NeverDrafting(budget.max_depth, budget.sources, budget.acceptance)
-    batch = FakeBatch(rows)
+    batch = FakeBatch(rows, width=2048)
+    rng = np.random.default_rng(0)
     times = np.empty(steps)
-    drafted = 0
+    drafted = requests = 0
     for step in range(steps):
-        batch.fill()
+        requests += fill(batch, rows, rng)
         started = time.perf_counter()
         drafts = proposer.propose(batch.sampled, batch.lengths, batch.token_ids)
         times[step] = time.perf_counter() - started
@@ -120,7 +90,7 @@ def run(rows: int, steps: int, mode: str) -> dict[str, float]:
         "median_ms": float(np.median(times) * 1e3),
         "p99_ms": float(np.percentile(times, 99) * 1e3),
         "draft_tokens_per_step": drafted / steps,
-        "requests": batch.started,
+        "requests": requests,
     }
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fake_vllm_batch import FakeBatch
+
 from sam_decoding import StaticAutomaton, TokenizerMismatchError
 from sam_decoding.vllm import BatchProposer, SamConfigError, SamSettings
 
@@ -61,65 +63,6 @@ def _batch_proposer(
 ) -> BatchProposer:
     settings = SamSettings(corpus=None if corpus is None else str(corpus), response_cache=response_cache, policy=policy)
     return BatchProposer(settings, k, fingerprint, 4096, end_token_ids=(EOS,))
-
-
-class FakeBatch:
-    """vLLM's persistent batch as the proposer sees it: rows of token ids that move when requests leave."""
-
-    def __init__(self, rows: int = 32, width: int = 4096) -> None:
-        self.token_ids = np.zeros((rows, width), dtype=np.int32)
-        self.lengths = np.zeros(rows, dtype=np.int32)
-        self.texts: list[np.ndarray] = []  # each row's whole text (what the target will say)
-        self.sampled: list[list[int]] = []
-
-    def add(self, text: np.ndarray, prompt_length: int) -> None:
-        row = len(self.texts)
-        self.texts.append(text)
-        self.token_ids[row, : prompt_length + 1] = text[: prompt_length + 1]
-        self.lengths[row] = prompt_length + 1
-        self.sampled.append([int(text[prompt_length])])
-
-    def remove(self, row: int) -> None:
-        """Drop ``row``; the last row moves into its place (vLLM's condense)."""
-        last = len(self.texts) - 1
-        if row != last:
-            self.token_ids[row] = self.token_ids[last]
-            self.lengths[row] = self.lengths[last]
-            self.texts[row], self.sampled[row] = self.texts[last], self.sampled[last]
-        self.texts.pop()
-        self.sampled.pop()
-        self.lengths[last] = 0
-
-    def finished(self, row: int) -> bool:
-        return int(self.lengths[row]) >= len(self.texts[row])
-
-    def step(self, proposer: BatchProposer, leave=lambda row: False) -> None:
-        """One engine step as vLLM orders it: the proposer sees the last step's tokens (a finished
-        request's end token too), then finished requests (and those ``leave`` picks) leave the
-        batch, then the target verifies the drafts of the rest."""
-        drafts = self.propose(proposer)
-        for row in reversed(range(len(self.texts))):
-            if self.finished(row) or leave(row):
-                drafts[row] = drafts[len(self.texts) - 1]
-                drafts.pop()
-                self.remove(row)
-        self.verify(drafts)
-
-    def propose(self, proposer: BatchProposer) -> list[list[int]]:
-        rows = len(self.texts)
-        return proposer.propose(self.sampled[:rows], self.lengths, self.token_ids)
-
-    def verify(self, drafts: list[list[int]]) -> None:
-        """Greedy verification against each row's text: accepted draft tokens plus one."""
-        for row, draft in enumerate(drafts):
-            text, length = self.texts[row], int(self.lengths[row])
-            accepted = 0
-            while accepted < len(draft) and length + accepted < len(text) - 1 and draft[accepted] == text[length + accepted]:
-                accepted += 1
-            new = text[length : min(length + accepted + 1, len(text))]
-            self.token_ids[row, length : length + len(new)] = new
-            self.lengths[row] = length + len(new)
-            self.sampled[row] = [int(token) for token in new]
 
 
 def _repetitive_text(seed: int, length: int = 200, end: bool = True) -> np.ndarray:
