@@ -402,3 +402,23 @@ def test_a_seed_repeats_a_sampled_call(llm) -> None:
     first = sample(1)
     assert sample(1) == first
     assert any(sample(seed) != first for seed in (2, 3, 4)), "different seeds never changed the sample"
+
+
+def test_the_server_passes_sampling_settings_through() -> None:
+    from sam_decoding.llama_cpp.server import RequestError, Service
+
+    try:
+        path = gguf_path()
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"the default model's GGUF file is not installed: {error}")
+    service = Service(path, None, threads=1, context=512)
+    greedy, _, _ = service.complete("red green blue red green blue red", {"max_tokens": 6, "temperature": None})
+    assert service.complete("red green blue red green blue red", {"max_tokens": 6})[0] == greedy
+    sampled = {service.complete("Once upon a time", {"max_tokens": 6, "temperature": 1, "top_k": 0, "top_p": 1,
+                                                     "min_p": 0, "seed": seed})[0] for seed in range(4)}
+    assert len(sampled) > 1, "four sampled answers at temperature 1 over the whole vocabulary were all the same"
+    for body, message in [({"temperature": -1}, "temperature must be"), ({"temperature": 0.7, "top_p": 2}, "top_p must lie"),
+                          ({"top_k": -5}, "top_k must be"), ({"seed": 1.5}, "seed must be")]:
+        with pytest.raises(RequestError) as caught:
+            service.complete("Hi", {"max_tokens": 4, **body})
+        assert message in str(caught.value) and "\n" not in str(caught.value)
