@@ -12,9 +12,10 @@ to the target distribution of :class:`~sam_decoding.llama_cpp.sampling.SamplingS
 keeps every emitted token distributed exactly as that distribution.
 
 Exactness: every emitted token is the argmax of (or is drawn from the distribution of) llama.cpp's
-logits at its position, computed in the batch that verified it. llama.cpp's quantized CPU kernels do not give bit-identical logits for a
-batch of several tokens and for one token, so where two candidates are nearly tied the output can
-differ from one-token-at-a-time decoding; the tests measure how often, and bench reports it.
+logits at its position, computed in the batch that verified it. llama.cpp's quantized CPU kernels do
+not give bit-identical logits for a batch of several tokens and for one token, so where two
+candidates are nearly tied the output can differ from one-token-at-a-time decoding; the tests
+measure how often, and bench reports it.
 """
 
 from __future__ import annotations
@@ -289,9 +290,10 @@ def generate(
             neutral (no repetition penalties, ``typical_p=1``, no mirostat, grammar or logit bias):
             top-k, then top-p, then min-p, all on the logits at temperature 1, then
             ``softmax(logits / temperature)`` over the tokens kept (details in
-            :mod:`sam_decoding.llama_cpp.sampling`). Speculative verification keeps it exactly: a
-            drafted token is accepted with its probability, else a token is drawn from the
-            distribution without it.
+            :mod:`sam_decoding.llama_cpp.sampling`; llama.cpp sums in float32, so over the whole
+            vocabulary its top-p cut can fall a token earlier). Speculative verification keeps it
+            exactly: a drafted token is accepted with its probability, else a token is drawn from
+            the distribution without it.
         top_k: Keep the ``top_k`` most likely tokens (0: all); llama-cpp-python's default 40.
         top_p: Keep the most likely tokens holding at least this probability, in (0, 1]; default 0.95.
         min_p: Keep tokens at least ``min_p`` times as likely as the most likely one, in [0, 1);

@@ -13,9 +13,10 @@ the filters therefore run on the raw logits and the temperature only reshapes wh
    times the most likely token's probability at temperature 1 (``min_p=0``: all);
 4. ``softmax(logits / temperature)`` over the tokens kept, zero elsewhere.
 
-Ties at a cut-off are broken by token id (llama.cpp's partial sort leaves them unspecified), and
-the sums are float64 here where llama.cpp uses float32, so a token whose cumulative probability lies
-within float rounding of ``top_p`` can fall on the other side. The draw itself uses a NumPy
+Ties at a cut-off are broken by token id (llama.cpp's partial sort leaves them unspecified). The
+sums are float64 here; llama.cpp's are float32, and over a whole vocabulary (``top_k=0``) its softmax
+loses the tail's mass, so its top-p cut can fall a token or two earlier (about 1e-4 of probability,
+measured on the default model; with a top-k set of tens of tokens the two agree to 1e-5). The draw itself uses a NumPy
 generator, not llama.cpp's: the distribution is the same, the individual draws are not.
 """
 
