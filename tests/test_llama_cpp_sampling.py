@@ -104,6 +104,18 @@ def test_the_target_distribution_follows_the_documented_order(settings) -> None:
         np.testing.assert_allclose(ours, brute_force(logits.astype(np.float64), settings), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
+def test_top_p_over_a_whole_vocabulary_widens_its_partial_sort(top_p) -> None:
+    """Over 6000 tokens the nucleus is searched among the largest 256 first, then wider: same answer as a full sort."""
+    settings = SamplingSettings(temperature=0.9, top_k=0, top_p=top_p, min_p=0.0)
+    rng = np.random.default_rng(5)
+    for trial in range(4):
+        logits = rng.normal(0, 1.0 + trial, 6000).astype(np.float32)
+        logits[rng.integers(0, 6000, 500)] = np.sort(logits)[-300]  # a tie group across the first partial sort's edge
+        ours = settings.distribution(logits)
+        np.testing.assert_allclose(ours, brute_force(logits.astype(np.float64), settings), rtol=1e-9, atol=1e-12)
+
+
 def test_top_k_one_is_greedy_and_temperature_zero_has_no_distribution() -> None:
     logits = np.array([0.1, 3.0, 2.9, -1.0], dtype=np.float32)
     assert SamplingSettings(temperature=5.0, top_k=1).distribution(logits).tolist() == [0.0, 1.0, 0.0, 0.0]

@@ -92,20 +92,34 @@ class SamplingSettings:
         zc = z[candidates]
         peak = zc.max()
         weights = np.exp(zc - peak)  # softmax over the top-k set at temperature 1, unnormalised
-        order = np.lexsort((candidates, -zc))  # by logit descending, then token id
-        keep = len(order)
-        if self.min_p > 0:
-            keep = int(np.count_nonzero(zc >= peak + math.log(self.min_p)))  # a prefix of ``order``
+        total = weights.sum()
+        # min-p and top-p each keep a prefix of the decreasing order: their intersection is the shorter one.
+        kept = np.flatnonzero(zc >= peak + math.log(self.min_p)) if self.min_p > 0 else np.arange(len(zc))
         if self.top_p < 1:
-            cumulative = np.cumsum(weights[order[:keep]]) / weights.sum()
-            reached = np.flatnonzero(cumulative >= self.top_p)
-            if len(reached):
-                keep = min(keep, int(reached[0]) + 1)
-        kept = order[:keep]
+            kept = self._top_p_prefix(kept, zc, candidates, weights / total)
         scaled = np.exp((zc[kept] - peak) / self.temperature)
         p = np.zeros(n, dtype=np.float64)
         p[candidates[kept]] = scaled / scaled.sum()
         return p
+
+    def _top_p_prefix(self, kept: np.ndarray, zc: np.ndarray, candidates: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The shortest prefix of ``kept`` in decreasing order (ties by token id) holding ``top_p`` of ``probabilities``.
+
+        Sorts only the largest few hundred first and widens while they hold too little: over a whole
+        vocabulary the nucleus is usually far smaller than the vocabulary."""
+        size = 256 if len(kept) > 1024 else len(kept)
+        while True:
+            part = kept
+            if size < len(kept):
+                floor = zc[kept[np.argpartition(-zc[kept], size - 1)[size - 1]]]
+                part = kept[zc[kept] >= floor]  # every token tied at the floor, so ties still go by id
+            order = part[np.lexsort((candidates[part], -zc[part]))]
+            reached = np.flatnonzero(np.cumsum(probabilities[order]) >= self.top_p)
+            if len(reached):
+                return order[: int(reached[0]) + 1]
+            if len(part) == len(kept):
+                return order
+            size *= 4
 
 
 def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
