@@ -7,10 +7,16 @@ tests therefore check (1) the loop itself exactly: with no draft every step is o
 output equals a one-token greedy reference token for token; (2) with drafts, every emitted token is
 the argmax of a batch llama.cpp really evaluated over the accepted context, replayed from scratch;
 (3) differences from plain decoding happen only at near-ties, and their count is printed.
+
+Sampling: the target distribution is compared with llama.cpp's own sampler chain on real logits,
+and the distribution of the first tokens sampled by the speculative loop (drafts really accepted and
+rejected) with the exact one computed from llama.cpp's logits (chi-square).
 """
 
 from __future__ import annotations
 
+import ctypes
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +27,9 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 from sam_decoding import SamDrafter, StaticAutomaton  # noqa: E402
 from sam_decoding.automaton import TokenizerMismatchError  # noqa: E402
 from sam_decoding.drafters.base import Draft, Drafter  # noqa: E402
+from sam_decoding.llama_cpp.sampling import SamplingSettings  # noqa: E402
 from sam_decoding.models import gguf_path  # noqa: E402
+from sam_decoding.stats import GenerationStats  # noqa: E402
 
 import sam_decoding.llama_cpp as sdl  # noqa: E402
 
@@ -183,6 +191,12 @@ def test_the_llama_fingerprint_matches_the_corpus_of_the_same_vocabulary(llm, tm
         ({"drafter": "sam"}, "drafter must be a sam_decoding Drafter"),
         ({"prompt_tokens": []}, "prompt_tokens is empty"),
         ({"prompt_tokens": [10**7]}, "outside the model's vocabulary"),
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+        ({"temperature": 0.8, "top_p": 0.0}, "top_p must lie in (0, 1]"),
+        ({"temperature": 0.8, "top_p": 1.2}, "top_p must lie in (0, 1]"),
+        ({"temperature": 0.8, "top_k": -1}, "top_k must be an int >= 0"),
+        ({"temperature": 0.8, "min_p": 1.0}, "min_p must lie in [0, 1)"),
+        ({"temperature": 0.8, "seed": "x"}, "seed must be None or an int >= 0"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(llm, kwargs, message) -> None:
@@ -200,3 +214,211 @@ def test_sam_draft_model_in_llama_cpp_pythons_own_loop(llm) -> None:
     assert model(np.array([1, 2, 3, 1, 2, 3, 1], dtype=np.intc)).tolist()[:1] == [2]
     with pytest.raises(ValueError, match="max_tokens"):
         sdl.SamDraftModel(max_tokens=0)
+
+
+# ---- sampling ----------------------------------------------------------------------------------------
+
+TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+def llama_cpp_chain_distribution(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
+    """What llama.cpp's own chain keeps, as llama-cpp-python builds it (top-k, typical 1.0, top-p, min-p, temperature):
+    the surviving tokens' scaled logits, softmaxed (the last ``dist`` step only draws from that)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for sampler in (
+        llama_cpp.llama_sampler_init_top_k(settings.top_k),
+        llama_cpp.llama_sampler_init_typical(1.0, 1),
+        llama_cpp.llama_sampler_init_top_p(settings.top_p, 1),
+        llama_cpp.llama_sampler_init_min_p(settings.min_p, 1),
+        llama_cpp.llama_sampler_init_temp(settings.temperature),
+    ):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+    data = np.zeros(len(logits), dtype=TOKEN_DATA)
+    data["id"] = np.arange(len(logits))
+    data["logit"] = logits
+    array = llama_cpp.llama_token_data_array(data.ctypes.data_as(llama_cpp.llama_token_data_p), len(logits), -1, False)
+    try:
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        raw = ctypes.cast(array.data, ctypes.POINTER(ctypes.c_char))
+        kept = np.ctypeslib.as_array(raw, shape=(array.size * TOKEN_DATA.itemsize,)).view(TOKEN_DATA).copy()
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    kept = kept[np.isfinite(kept["logit"])]
+    weights = np.exp(kept["logit"].astype(np.float64) - kept["logit"].max())
+    p = np.zeros(len(logits))
+    p[kept["id"]] = weights / weights.sum()
+    return p
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingSettings(temperature=0.8),  # llama-cpp-python's defaults
+        SamplingSettings(temperature=1.5, top_k=100, top_p=0.99, min_p=0.001),
+        SamplingSettings(temperature=0.6, top_k=0, top_p=1.0, min_p=0.02),
+        SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
+        SamplingSettings(temperature=1.2, top_k=0, top_p=0.9, min_p=0.0),
+    ],
+)
+def test_the_target_distribution_is_llama_cpps_sampler_chain(llm, settings) -> None:
+    """Exact where the filters see few tokens; over the whole vocabulary, llama.cpp's float32 softmax loses the
+    tail's mass, so its top-p cut can fall a token or two earlier: only tokens at the cut may differ."""
+    prompt = chat_tokens(llm, [{"role": "user", "content": "Tell me a story about a cat."}])
+    target = sdl.generation._session(llm, "all")[0]
+    target.clear()
+    target.decode(prompt, 0, 0)
+    rows = [np.array(target.logits(row)) for row in range(0, len(prompt), 2)]
+    target.clear()
+    for logits in rows:
+        ours = settings.distribution(logits)
+        theirs = llama_cpp_chain_distribution(logits, settings)
+        differ = (ours > 0) != (theirs > 0)
+        if settings.top_k == 0 and settings.top_p < 1:
+            assert ours[differ].sum() + theirs[differ].sum() < 2e-3
+            assert np.abs(ours - theirs).max() < 1e-3
+        else:
+            assert not differ.any()
+            assert np.abs(ours - theirs).max() < 1e-5
+
+
+REPETITIVE = "red green blue red green blue red green blue red green blue red green"
+SAMPLED = SamplingSettings(temperature=0.8, top_k=3, top_p=0.95, min_p=0.05)
+
+
+def exact_first_tokens(llm, prompt: list[int], settings: SamplingSettings, count: int) -> dict[tuple[int, ...], float]:
+    """The exact distribution of the loop's first ``count`` tokens (``policy="all"``, a chain SamDrafter over the text so far).
+
+    llama.cpp's logits for a position move by up to a few tenths with the batch that computes them (enough
+    to move a top-k cut), so the reference replays, from an empty memory, exactly the decodes and KV removals
+    the loop makes along each path (the drafter driven by the same calls): its logits are the loop's bit for
+    bit, and an outcome's probability is the product of its tokens' target probabilities at those logits."""
+    from sam_decoding.llama_cpp.engine import MAX_PASS_TOKENS
+    from sam_decoding.llama_cpp.generation import _first_chain
+
+    target = sdl.generation._session(llm, "all")[0]
+    outcomes: dict[tuple[int, ...], float] = {}
+
+    def rows_of(history: list[tuple[list[int], int]], fed: list[int]) -> list[np.ndarray]:
+        target.clear()
+        target.prefill(prompt[:-1])
+        past = len(prompt) - 1
+        for earlier, kept in history:
+            target.decode(earlier, past, 0)
+            target.remove_from(past + kept)
+            past += kept
+        target.decode(fed, past, 0)
+        return [settings.distribution(target.logits(row)) for row in range(len(fed))]
+
+    def step(emitted: tuple[int, ...], history: list[tuple[list[int], int]], weight: float) -> None:
+        drafter = SamDrafter(use_tree=False)
+        drafter.begin(np.asarray(prompt, dtype=np.int64))
+        done = 0
+        for _, kept in history:
+            drafter.accept(np.asarray(emitted[done : done + kept], dtype=np.int64), None)
+            done += kept
+        room = min(count - len(emitted) - 1, MAX_PASS_TOKENS - 1)
+        proposals = drafter.propose_candidates(room) if room > 0 else [Draft.empty("none")]
+        draft = max((_first_chain(proposal) for proposal in proposals), key=len).tokens[: max(room, 0)].tolist()
+        fed = [(prompt + list(emitted))[-1], *draft]
+        rows = rows_of(history, fed)
+
+        def walk(row: int, in_step: tuple[int, ...], weight: float) -> None:
+            p = rows[row]
+            for token in np.flatnonzero(p).tolist():
+                taken = (*in_step, token)
+                reached = weight * p[token]
+                if len(emitted) + len(taken) == count or target.is_end(token):
+                    outcomes[(*emitted, *taken)] = outcomes.get((*emitted, *taken), 0.0) + reached
+                elif row < len(draft) and token == draft[row]:
+                    walk(row + 1, taken, reached)
+                else:
+                    step((*emitted, *taken), [*history, (fed, len(taken))], reached)
+
+        walk(0, (), weight)
+
+    step((), [], 1.0)
+    target.clear()
+    assert sum(outcomes.values()) == pytest.approx(1.0)
+    return outcomes
+
+
+def chi_square_pvalue(observed: Counter, expected: dict) -> float:
+    """p-value of ``observed`` counts under ``expected`` probabilities, pooling outcomes expected < 5 times;
+    0 if an impossible outcome was observed."""
+    from scipy.stats import chisquare
+
+    if set(observed) - set(expected):
+        return 0.0
+    total = sum(observed.values())
+    big = [o for o, p in expected.items() if p * total >= 5]
+    small = [o for o in expected if o not in big]
+    obs = [observed.get(o, 0) for o in big]
+    exp = [expected[o] * total for o in big]
+    if small:
+        obs.append(sum(observed.get(o, 0) for o in small))
+        exp.append(sum(expected[o] for o in small) * total)
+    exp_array = np.array(exp) * (total / sum(exp))
+    return float(chisquare(obs, exp_array).pvalue)
+
+
+def test_speculative_sampling_matches_the_target_distribution(llm) -> None:
+    """200 calls of 3 new tokens drafted from the repeating text: their distribution is the exact one."""
+    prompt = llm.tokenize(REPETITIVE.encode(), add_bos=False, special=True)
+    count, calls = 3, 200
+    expected = exact_first_tokens(llm, prompt, SAMPLED, count)
+    observed: Counter = Counter()
+    drafted = accepted = 0
+    for seed in range(calls):
+        stats = GenerationStats()
+        steps = sdl.stream(
+            llm, prompt, drafter=SamDrafter(use_tree=False), max_new_tokens=count, policy="all",
+            temperature=SAMPLED.temperature, top_k=SAMPLED.top_k, top_p=SAMPLED.top_p, min_p=SAMPLED.min_p,
+            seed=seed, stats=stats,
+        )
+        observed[tuple(token for step in steps for token in step)] += 1
+        drafted += stats.drafted_tokens
+        accepted += stats.accepted_tokens
+    assert 0 < accepted < drafted, f"verification must both accept and reject drafts ({accepted} of {drafted} accepted)"
+    assert chi_square_pvalue(observed, expected) > 1e-3
+
+
+def test_temperature_zero_is_the_greedy_path(llm) -> None:
+    prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[1]}])
+    default = sdl.generate(llm, prompt, drafter=SamDrafter(use_tree=False), max_new_tokens=24, policy="all")
+    explicit = sdl.generate(
+        llm, prompt, drafter=SamDrafter(use_tree=False), max_new_tokens=24, policy="all",
+        temperature=0.0, top_k=1000, top_p=0.1, min_p=0.5, seed=3,
+    )
+    assert explicit.new_tokens == default.new_tokens
+
+
+def test_a_seed_repeats_a_sampled_call(llm) -> None:
+    prompt = llm.tokenize(REPETITIVE.encode(), add_bos=False, special=True)
+
+    def sample(seed: int) -> list[int]:
+        return sdl.generate(llm, prompt, drafter=SamDrafter(use_tree=False), max_new_tokens=12, policy="all",
+                            temperature=1.0, seed=seed).new_tokens
+
+    first = sample(1)
+    assert sample(1) == first
+    assert any(sample(seed) != first for seed in (2, 3, 4)), "different seeds never changed the sample"
+
+
+def test_the_server_passes_sampling_settings_through() -> None:
+    from sam_decoding.llama_cpp.server import RequestError, Service
+
+    try:
+        path = gguf_path()
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"the default model's GGUF file is not installed: {error}")
+    service = Service(path, None, threads=1, context=512)
+    greedy, _, _ = service.complete("red green blue red green blue red", {"max_tokens": 6, "temperature": None})
+    assert service.complete("red green blue red green blue red", {"max_tokens": 6})[0] == greedy
+    sampled = {service.complete("Once upon a time", {"max_tokens": 6, "temperature": 1, "top_k": 0, "top_p": 1,
+                                                     "min_p": 0, "seed": seed})[0] for seed in range(4)}
+    assert len(sampled) > 1, "four sampled answers at temperature 1 over the whole vocabulary were all the same"
+    for body, message in [({"temperature": -1}, "temperature must be"), ({"temperature": 0.7, "top_p": 2}, "top_p must lie"),
+                          ({"top_k": -5}, "top_k must be"), ({"seed": 1.5}, "seed must be")]:
+        with pytest.raises(RequestError) as caught:
+            service.complete("Hi", {"max_tokens": 4, **body})
+        assert message in str(caught.value) and "\n" not in str(caught.value)

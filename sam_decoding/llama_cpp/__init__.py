@@ -3,7 +3,8 @@
 Needs ``pip install llama-cpp-python``; this subpackage is the only part of sam-decoding that
 imports it, and only when used.
 
-* :func:`generate` / :func:`stream`: greedy speculative generation on a ``llama_cpp.Llama``, drafted
+* :func:`generate` / :func:`stream`: speculative generation on a ``llama_cpp.Llama``, greedy or sampled
+  (exactly llama-cpp-python's distribution for ``temperature``, ``top_k``, ``top_p``, ``min_p``), drafted
   by any sam-decoding drafter and sized by the cost-aware policy at llama.cpp's measured cost.
 * :class:`SamDraftModel`: the drafter behind llama-cpp-python's own ``Llama(draft_model=...)`` loop.
 * :func:`tokenizer_fingerprint`: a ``Llama``'s vocabulary fingerprint, to check corpora against.

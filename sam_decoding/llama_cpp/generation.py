@@ -2,14 +2,20 @@
 
 A step asks the drafter for its candidate drafts, lets the policy keep the part worth verifying at
 llama.cpp's measured cost ``t(q)``, feeds the context's last token plus the kept draft as one batch
-(logits kept only at those positions), emits the target's greedy choices while they match the
-draft, and removes the rejected tokens' entries from the KV memory. The context's memory holds
-every token but the last, which the next step feeds again.
+(logits kept only at those positions), walks the draft while the target keeps it, and removes the
+rejected tokens' entries from the KV memory. The context's memory holds every token but the last,
+which the next step feeds again.
 
-Exactness: every emitted token is the argmax of llama.cpp's logits at its position, computed in
-the batch that verified it. llama.cpp's quantized CPU kernels do not give bit-identical logits for a
-batch of several tokens and for one token, so where two candidates are nearly tied the output can
-differ from one-token-at-a-time decoding; the tests measure how often, and bench reports it.
+Greedy (``temperature=0``): the target's argmax is emitted at each position while it matches the
+draft. Sampling: each position applies :func:`~sam_decoding.llama_cpp.sampling.verify_position`
+to the target distribution of :class:`~sam_decoding.llama_cpp.sampling.SamplingSettings`, which
+keeps every emitted token distributed exactly as that distribution.
+
+Exactness: every emitted token is the argmax of (or is drawn from the distribution of) llama.cpp's
+logits at its position, computed in the batch that verified it. llama.cpp's quantized CPU kernels do
+not give bit-identical logits for a batch of several tokens and for one token, so where two
+candidates are nearly tied the output can differ from one-token-at-a-time decoding; the tests
+measure how often, and bench reports it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 
 from sam_decoding.drafters.base import Draft, Drafter
 from sam_decoding.llama_cpp.engine import MAX_PASS_TOKENS, LlamaTarget, load_or_calibrate
+from sam_decoding.llama_cpp.sampling import SamplingSettings, verify_position
 from sam_decoding.policy.cost_aware import CostAwarePolicy
 from sam_decoding.stats import GenerationStats
 
@@ -49,23 +56,31 @@ class LlamaCppResult:
         return len(self.new_tokens) / self.stats.steps if self.stats.steps else 0.0
 
 
-_POLICY_BY_LLM: dict[int, tuple[Any, CostAwarePolicy, LlamaTarget]] = {}
+_POLICY_BY_LLM: dict[int, tuple[Any, CostAwarePolicy, LlamaTarget, CostAwarePolicy]] = {}
 
 
-def _session(llm: Any, policy: str | CostAwarePolicy) -> tuple[LlamaTarget, CostAwarePolicy | None, float]:
-    """The target wrapper and policy kept per ``Llama`` object (the policy learns across calls)."""
+def _session(llm: Any, policy: str | CostAwarePolicy, greedy: bool = True) -> tuple[LlamaTarget, CostAwarePolicy | None, float]:
+    """The target wrapper and policy kept per ``Llama`` object (the policy learns across calls).
+
+    Greedy and sampling calls keep separate policies: a draft is accepted less often when sampled,
+    and each policy learns its own acceptance rates. They share one measured cost profile."""
     entry = _POLICY_BY_LLM.get(id(llm))
     if entry is None or entry[0] is not llm:
         target = LlamaTarget(llm)
-        entry = (llm, CostAwarePolicy(), target)
+        entry = (llm, CostAwarePolicy(), target, CostAwarePolicy())
         _POLICY_BY_LLM[id(llm)] = entry
-    _, shared, target = entry
+    _, shared_greedy, target, shared_sampling = entry
     spent = 0.0
     if policy == "all":
         return target, None, spent
+    shared = shared_greedy if greedy else shared_sampling
     chosen = policy if isinstance(policy, CostAwarePolicy) else shared
     if chosen.profile is None:
-        chosen.profile, spent = load_or_calibrate(target)
+        known = shared_sampling.profile if greedy else shared_greedy.profile
+        if known is not None and chosen is shared:
+            chosen.profile = known
+        else:
+            chosen.profile, spent = load_or_calibrate(target)
     chosen.prepare(None)
     return target, chosen, spent
 
@@ -113,26 +128,32 @@ def stream(
     drafter: Drafter | None = None,
     max_new_tokens: int = 128,
     policy: str | CostAwarePolicy = "cost",
+    temperature: float = 0.0,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    seed: int | None = None,
     stats: GenerationStats | None = None,
 ) -> Iterator[list[int]]:
-    """Generate greedily from ``prompt_tokens``, yielding each verification step's new tokens (a list of ids).
+    """Generate from ``prompt_tokens``, yielding each verification step's new tokens (a list of ids).
 
     Same arguments as :func:`generate`; pass a :class:`~sam_decoding.GenerationStats` as ``stats`` to
     read the counters once the iterator is exhausted. Generation ends at the model's
     end-of-generation token (yielded) or after ``max_new_tokens`` tokens.
     """
+    sampling = SamplingSettings(temperature, top_k, top_p, min_p, seed)
     tokens = _check_settings(llm, prompt_tokens, drafter, max_new_tokens, policy)
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(tokens)
     started = time.perf_counter()
-    target, chooser, calibration = _session(llm, policy)
+    target, chooser, calibration = _session(llm, policy, sampling.greedy)
     stats.calibration_seconds = calibration
     if drafter is None:
         from sam_decoding.drafters.sam import SamDrafter
 
         drafter = SamDrafter(use_tree=False)
     try:
-        yield from _run(target, tokens, drafter, chooser, max_new_tokens, stats)
+        yield from _run(target, tokens, drafter, chooser, max_new_tokens, stats, None if sampling.greedy else sampling)
     finally:
         if chooser is not None:
             chooser.finish()
@@ -148,9 +169,11 @@ def _run(
     policy: CostAwarePolicy | None,
     max_new_tokens: int,
     stats: GenerationStats,
+    sampling: SamplingSettings | None = None,
 ) -> Iterator[list[int]]:
     if max_new_tokens == 0:
         return
+    rng = sampling.generator() if sampling is not None else None
     tick = time.perf_counter()
     target.clear()
     target.prefill(prompt[:-1])
@@ -178,11 +201,21 @@ def _run(
 
         fed = [last, *draft_tokens.tolist()]
         target.decode(fed, past, 0)
-        choices = target.argmax_rows(0, len(fed))
+        if sampling is None:
+            choices = target.argmax_rows(0, len(fed))
+        else:
+            target.logits(len(fed) - 1)  # the decode's cost ends where its logits are readable
         forward_seconds = time.perf_counter() - selected
         emitted: list[int] = []
         ended = False
-        for index, choice in enumerate(choices):
+        for index in range(len(fed)):
+            if sampling is None:
+                choice = choices[index]
+            else:
+                # Sampling: a position is computed only once the walk reaches it. A rejection emits a token
+                # other than the draft's and an acceptance the draft's, so the walk below stops exactly as greedy's.
+                draft_token = int(draft_tokens[index]) if index < len(draft_tokens) else None
+                choice, _ = verify_position(sampling.distribution(target.logits(index)), draft_token, rng)
             emitted.append(choice)
             if target.is_end(choice) or produced + len(emitted) >= max_new_tokens:
                 ended = target.is_end(choice)
@@ -233,9 +266,14 @@ def generate(
     drafter: Drafter | None = None,
     max_new_tokens: int = 128,
     policy: str | CostAwarePolicy = "cost",
+    temperature: float = 0.0,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    seed: int | None = None,
     on_tokens: Callable[[list[int]], Any] | None = None,
 ) -> LlamaCppResult:
-    """Generate greedily with speculative decoding on a ``llama_cpp.Llama``.
+    """Generate with speculative decoding on a ``llama_cpp.Llama``: greedy, or sampling exactly from llama.cpp's distribution.
 
     Args:
         llm: A loaded ``llama_cpp.Llama`` (its KV memory is used and left empty).
@@ -246,6 +284,24 @@ def generate(
         policy: ``"cost"`` (default): size each step by llama.cpp's measured cost curve on this machine
             (calibrated in about 2 s at first use, cached per GGUF file, thread count and processor);
             ``"all"``: verify every drafted token; or a :class:`~sam_decoding.CostAwarePolicy`.
+        temperature: 0 (default): greedy, each token the argmax of llama.cpp's logits. Above 0: sample.
+            The distribution sampled is the one llama-cpp-python's ``Llama.create_completion`` samples
+            with the same ``temperature``, ``top_k``, ``top_p`` and ``min_p`` and its other settings
+            neutral (no repetition penalties, ``typical_p=1``, no mirostat, grammar or logit bias):
+            top-k, then top-p, then min-p, all on the logits at temperature 1, then
+            ``softmax(logits / temperature)`` over the tokens kept (details in
+            :mod:`sam_decoding.llama_cpp.sampling`; llama.cpp sums in float32, so over the whole
+            vocabulary its top-p cut can fall a token earlier). Speculative verification keeps it
+            exactly: a drafted token is accepted with its probability, else a token is drawn from
+            the distribution without it.
+        top_k: Keep the ``top_k`` most likely tokens (0: all); llama-cpp-python's default 40.
+        top_p: Keep the most likely tokens holding at least this probability, in (0, 1]; default 0.95.
+        min_p: Keep tokens at least ``min_p`` times as likely as the most likely one, in [0, 1);
+            default 0.05.
+        seed: Seeds the call's NumPy generator (``None``: fresh entropy). The same seed repeats a
+            call's output when the steps are the same (``policy="all"`` and the same drafter state;
+            the cost-aware policy sizes steps from timings). The draws are NumPy's, not llama.cpp's:
+            the distribution matches llama-cpp-python's, the individual samples do not.
         on_tokens: Called with each step's new tokens as they are verified (streaming).
 
     Returns:
@@ -254,7 +310,11 @@ def generate(
     """
     stats = GenerationStats()
     new_tokens: list[int] = []
-    for step_tokens in stream(llm, prompt_tokens, drafter=drafter, max_new_tokens=max_new_tokens, policy=policy, stats=stats):
+    steps = stream(
+        llm, prompt_tokens, drafter=drafter, max_new_tokens=max_new_tokens, policy=policy,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, stats=stats,
+    )
+    for step_tokens in steps:
         new_tokens.extend(step_tokens)
         if on_tokens is not None:
             on_tokens(step_tokens)

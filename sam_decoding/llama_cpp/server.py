@@ -3,9 +3,12 @@
     python -m sam_decoding.llama_cpp.server --model model.gguf [--corpus code.sam] [--port 8080] [--threads 2]
 
 Serves ``POST /v1/completions`` (``prompt``: a string) and ``POST /v1/chat/completions``
-(``messages``, rendered with the GGUF file's chat template), greedy only (a ``temperature`` above 0
-is refused), ``max_tokens`` new tokens at most; and ``GET /v1/models``. Every answer is recorded in a
-response cache that later requests draft from. One request at a time (a single llama.cpp context).
+(``messages``, rendered with the GGUF file's chat template), ``max_tokens`` new tokens at most; and
+``GET /v1/models``. Greedy unless the request sets ``temperature`` above 0; then it samples exactly
+from llama-cpp-python's distribution for its ``temperature``, ``top_k``, ``top_p``, ``min_p``
+(defaults 40, 0.95, 0.05) and ``seed`` (see :func:`sam_decoding.llama_cpp.generate`). Every answer is
+recorded in a response cache that later requests draft from. One request at a time (a single
+llama.cpp context).
 """
 
 from __future__ import annotations
@@ -19,9 +22,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from sam_decoding.llama_cpp.sampling import SamplingSettings
+
 
 class RequestError(ValueError):
     """A request the server refuses (answered with HTTP 400 and a one-line message)."""
+
+
+def _setting(body: dict[str, Any], name: str, default: Any) -> Any:
+    """A request field, ``default`` when absent or null; JSON integers as floats where the default is a float
+    (``"temperature": 1``); anything else unchanged for the settings' own check."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 class Service:
@@ -62,16 +78,26 @@ class Service:
         max_tokens = body.get("max_tokens", 256)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        temperature = body.get("temperature", 0)
-        if not isinstance(temperature, (int, float)) or temperature > 0:
-            raise RequestError("only greedy decoding is served: temperature must be 0")
+        try:
+            sampling = SamplingSettings(
+                temperature=_setting(body, "temperature", 0.0),
+                top_k=_setting(body, "top_k", 40),
+                top_p=_setting(body, "top_p", 0.95),
+                min_p=_setting(body, "min_p", 0.05),
+                seed=_setting(body, "seed", None),
+            )
+        except ValueError as error:
+            raise RequestError(str(error)) from None
         tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         max_tokens = min(max_tokens, self.llm.n_ctx() - len(tokens))
         if max_tokens < 1:
             raise RequestError(f"the prompt ({len(tokens)} tokens) fills the context of {self.llm.n_ctx()} tokens")
         drafter = SamDrafter(self.corpus, use_tree=False, response_cache=self.responses, tokenizer_fingerprint=self.fingerprint)
         with self.lock:
-            result = sdl.generate(self.llm, tokens, drafter=drafter, max_new_tokens=max_tokens)
+            result = sdl.generate(
+                self.llm, tokens, drafter=drafter, max_new_tokens=max_tokens, temperature=sampling.temperature,
+                top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed,
+            )
         new = result.new_tokens[:-1] if result.stopped_at_end else result.new_tokens
         usage = {
             "prompt_tokens": len(tokens),
@@ -145,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--model {args.model}: no such file")
     service = Service(args.model, args.corpus, args.threads, args.context)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(service))
-    print(f"serving {service.name} on http://{args.host}:{args.port}/v1 (greedy, sam-decoding drafting)", flush=True)
+    print(f"serving {service.name} on http://{args.host}:{args.port}/v1 (sam-decoding drafting)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
