@@ -128,7 +128,37 @@ class Engine:
             else:
                 os.environ["LD_PRELOAD"] = saved
         self.start_seconds = time.perf_counter() - started
+        self.totals: dict[str, Any] = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_position": []}
+        if speculative is not None:
+            self._tap_speculative_stats()
         print(f"{label}: engine up in {self.start_seconds:.0f} s", file=sys.stderr, flush=True)
+
+    def _tap_speculative_stats(self) -> None:
+        """Count this engine's own speculative statistics as its stat logger receives them.
+
+        ``LLM.get_metrics()`` reads the process-wide Prometheus registry, and every new engine's
+        Prometheus logger unregisters the collectors of the engines before it, so with several
+        engines in one process it reports only the last one. The statistics each step hands to this
+        engine's logger are its own, so they are counted here instead.
+        """
+        loggers = getattr(self.llm.llm_engine.logger_manager, "stat_loggers", [])
+        taps = [logger.spec_decoding_prom for logger in loggers if getattr(logger, "spec_decoding_prom", None) is not None]
+        if not taps:
+            sys.exit(f"{self.label}: vLLM's speculative statistics are not reachable in this version; the bench cannot count accepted tokens")
+        prom, original = taps[0], taps[0].observe
+        totals = self.totals
+
+        def observe(stats: Any, engine_idx: int = 0) -> None:
+            totals["drafts"] += stats.num_drafts
+            totals["draft_tokens"] += stats.num_draft_tokens
+            totals["accepted"] += stats.num_accepted_tokens
+            per_position = totals["per_position"]
+            per_position.extend([0] * (len(stats.num_accepted_tokens_per_pos) - len(per_position)))
+            for position, count in enumerate(stats.num_accepted_tokens_per_pos):
+                per_position[position] += count
+            original(stats, engine_idx)
+
+        prom.observe = observe
 
     def generate(self, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
         """Serve ``prompts`` together; token ids, seconds, load average and the speculative counters of this call."""
@@ -151,18 +181,7 @@ class Engine:
         }
 
     def _counters(self) -> dict[str, Any]:
-        counters: dict[str, Any] = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_position": []}
-        names = {
-            "vllm:spec_decode_num_drafts": "drafts",
-            "vllm:spec_decode_num_draft_tokens": "draft_tokens",
-            "vllm:spec_decode_num_accepted_tokens": "accepted",
-        }
-        for metric in self.llm.get_metrics():
-            if metric.name in names:
-                counters[names[metric.name]] += int(metric.value)
-            elif metric.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
-                counters["per_position"] = list(metric.values)
-        return counters
+        return {**self.totals, "per_position": list(self.totals["per_position"])}
 
 
 def chat_ids(tokenizer: Any, question: str) -> list[int]:
