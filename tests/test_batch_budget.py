@@ -6,7 +6,7 @@ import numpy as np
 
 from sam_decoding.policy import AcceptanceModel, BatchBudget, DraftGuard, StepCostCurve, best_budget
 from sam_decoding.policy.acceptance import estimate_chains, learn_chains
-from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, MAX_BACKOFF, PROBE_EVERY, SWEEP_ROUNDS, Outcome
+from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, MAX_BACKOFF, SWEEP_ROUNDS, Outcome
 
 K = 8
 
@@ -47,9 +47,6 @@ def test_a_steep_cost_curve_gives_no_drafts() -> None:
     assert sum(chosen[-100:]) == 0
     # Not only because the guard backed off: the curve itself says no.
     budget.guard.backoff, budget.steps = 0, 0
-    assert not budget.begin(0.0, 16), "no draft of p <= 0.995 pays on this curve"
-    budget._best_path_probability = 1.0
-    budget.steps = PROBE_EVERY - 1
     assert budget.begin(0.0, 16)
     counts = budget.allot(np.zeros(16, dtype=np.int64), np.full((16, K), 0.6), np.full(16, K), np.full(16, 8))
     assert counts.sum() == 0
@@ -63,6 +60,28 @@ def test_a_flat_cost_curve_drafts() -> None:
     chosen = _run_steps(budget, cost, rows=16, prior=0.8, steps=200, accept=lambda counts: counts * 3 // 4)
     drafting = [b for b in chosen[-100:] if b]
     assert len(drafting) >= 100 - 100 // CONTROL_EVERY - 1 and min(drafting) > 16
+
+
+def test_a_lone_request_drafts_as_soon_as_its_chain_pays_after_steps_without_one() -> None:
+    # One request on a curve where a good chain pays: steps with no chain (the text matched nothing)
+    # must not stop the very next step that has one from drafting.
+    def cost(tokens):
+        return 0.07 + 0.004 * tokens
+
+    budget = BatchBudget(K, ["static"])
+    codes, matches = np.zeros(1, dtype=np.int64), np.full(1, 8)
+    good, no_chain = np.full((1, K), 0.9), np.zeros((1, K))
+    _run_steps(budget, cost, rows=1, prior=0.9, steps=60, accept=lambda counts: counts)
+    now, drafted_at_once = 100.0, []
+    for step in range(40):
+        has_chain = step % 4 == 3  # three steps without a chain, then one with
+        priors, lengths = (good, np.full(1, K)) if has_chain else (no_chain, np.zeros(1, dtype=np.int64))
+        counts = budget.allot(codes, priors, lengths, matches) if budget.begin(now, 1) else np.zeros(1, dtype=np.int64)
+        if has_chain and budget.steps % CONTROL_EVERY and budget.guard.allows(budget.steps):
+            drafted_at_once.append(int(counts.sum()) > 0)
+        now += cost(1 + counts.sum())
+        budget.learn(now, True, 1.0 + counts.mean(), Outcome(counts, counts, codes, priors, matches))
+    assert drafted_at_once and all(drafted_at_once), drafted_at_once
 
 
 def test_a_curve_seen_only_at_large_totals_is_not_flat_below_them() -> None:

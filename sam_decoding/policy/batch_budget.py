@@ -29,7 +29,6 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -61,8 +60,6 @@ REFIT_EVERY = 8
 CONTROL_EVERY = 16
 #: Sweep rounds at start: budget levels 0, 1, ..., k draft tokens per row, each once per round.
 SWEEP_ROUNDS = 2
-#: Between control steps, a step that the recent chains say cannot pay still looks at them this often.
-PROBE_EVERY = 8
 #: Step gains the guard compares (each of drafted and control steps), and how many new drafted
 #: steps it waits for between decisions.
 GUARD_WINDOW = 16
@@ -294,8 +291,6 @@ class BatchBudget:
     _source_ids: np.ndarray = field(init=False)
     _sweep: list[int] = field(init=False)
     _level: int | None = None
-    _best_path_probability: float = 1.0
-    _could_pay_cache: tuple[Any, bool] = (None, True)
 
     def __post_init__(self) -> None:
         self._source_ids = chain_source_ids(self.acceptance, self.sources)
@@ -334,8 +329,8 @@ class BatchBudget:
 
     def begin(self, now: float, rows: int) -> bool:
         """Start a step of ``rows`` decoding rows at clock ``now`` (seconds); returns whether it may
-        draft at all. ``False`` (a sweep level of 0, a control step, the guard's backoff, or no draft
-        the curve could pay for): the step drafts nothing, and the drafter need only read the rows.
+        draft at all. ``False`` (a sweep level of 0, a control step, the guard's backoff): the step
+        drafts nothing, and the drafter need only read the rows.
         Otherwise call :meth:`allot` with the rows' chains."""
         self.steps += 1
         self._level = None
@@ -347,21 +342,9 @@ class BatchBudget:
         if self._sweep:
             self._level = self._sweep.pop(0)
             return self._level > 0
-        if self.steps % CONTROL_EVERY == 0 or not self.guard.allows(self.steps):
-            return False
-        # Every PROBE_EVERY steps the chains are looked at whatever the bound says (they change).
-        return self.steps % PROBE_EVERY == 0 or self._could_pay(rows)
-
-    def _could_pay(self, rows: int) -> bool:
-        """Whether any budget pays if every node were as likely as the best one seen lately."""
-        best = math.floor(self._best_path_probability * 100) / 100  # a cache key: 0.01 steps, rounded down
-        key = (rows, best, self.curve.generation)
-        if self._could_pay_cache[0] != key:
-            budgets = np.arange(rows * self.max_depth + 1)
-            rates = (rows + best * budgets) / self.curve.seconds(rows + budgets)
-            answer = bool(rates[1:].max() > rates[0]) if np.all(np.isfinite(rates)) else True
-            self._could_pay_cache = (key, answer)
-        return self._could_pay_cache[1]
+        # Whether this step's chains pay is for allot() to judge: they change from step to step (a lone
+        # request's text may match nothing at one step and copy a long span at the next).
+        return self.steps % CONTROL_EVERY != 0 and self.guard.allows(self.steps)
 
     def allot(self, source_codes: np.ndarray, priors: np.ndarray, lengths: np.ndarray, match_lengths: np.ndarray) -> np.ndarray:
         """Draft tokens to give each row this step (after :meth:`begin` returned ``True``): int64
@@ -377,7 +360,6 @@ class BatchBudget:
         assert pending is not None, "begin() first"
         estimates = estimate_chains(self.acceptance, self._source_ids[source_codes], priors, lengths, match_lengths)
         paths = estimates.path_probabilities
-        self._best_path_probability = float(paths.max()) if paths.size else 0.0
         if self.verify_all:
             counts = lengths.astype(np.int64, copy=True)
         elif self._level is not None:
