@@ -24,6 +24,8 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
 
+from chi_square import chi_square_pvalue  # noqa: E402
+
 from sam_decoding import SamDrafter, StaticAutomaton  # noqa: E402
 from sam_decoding.automaton import TokenizerMismatchError  # noqa: E402
 from sam_decoding.drafters.base import Draft, Drafter  # noqa: E402
@@ -340,25 +342,6 @@ def exact_first_tokens(llm, prompt: list[int], settings: SamplingSettings, count
     target.clear()
     assert sum(outcomes.values()) == pytest.approx(1.0)
     return outcomes
-
-
-def chi_square_pvalue(observed: Counter, expected: dict) -> float:
-    """p-value of ``observed`` counts under ``expected`` probabilities, pooling outcomes expected < 5 times;
-    0 if an impossible outcome was observed."""
-    from scipy.stats import chisquare
-
-    if set(observed) - set(expected):
-        return 0.0
-    total = sum(observed.values())
-    big = [o for o, p in expected.items() if p * total >= 5]
-    small = [o for o in expected if o not in big]
-    obs = [observed.get(o, 0) for o in big]
-    exp = [expected[o] * total for o in big]
-    if small:
-        obs.append(sum(observed.get(o, 0) for o in small))
-        exp.append(sum(expected[o] for o in small) * total)
-    exp_array = np.array(exp) * (total / sum(exp))
-    return float(chisquare(obs, exp_array).pvalue)
 
 
 def test_speculative_sampling_matches_the_target_distribution(llm) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -26,6 +25,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from chi_square import chi_square_pvalue
 
 from sam_decoding import speculation
 from sam_decoding.automaton import StaticAutomaton
@@ -88,23 +89,6 @@ def exact_outcomes(model: torch.nn.Module, prompt: torch.Tensor, eos: frozenset[
 
     expand((), 1.0)
     return out
-
-
-def chi_square_pvalue(observed: Counter[Outcome], expected: dict[Outcome, float]) -> float:
-    """p-value of ``observed`` counts under ``expected`` probabilities, pooling outcomes expected < 5 times;
-    0 if an impossible outcome was observed."""
-    if set(observed) - set(expected):
-        return 0.0
-    total = sum(observed.values())
-    big = [o for o, p in expected.items() if p * total >= 5]
-    small = [o for o in expected if o not in big]
-    obs = [observed.get(o, 0) for o in big]
-    exp = [expected[o] * total for o in big]
-    if small:
-        obs.append(sum(observed.get(o, 0) for o in small))
-        exp.append(sum(expected[o] for o in small) * total)
-    exp_array = np.array(exp) * (total / sum(exp))
-    return float(chisquare(obs, exp_array).pvalue)
 
 
 def drafter_factories(model: torch.nn.Module, prompt: torch.Tensor, exact: dict[Outcome, float]) -> dict[str, Callable[[], Drafter]]:
