@@ -117,7 +117,7 @@ class BatchDrafter:
             self._views = views
             self._generation = generation
 
-    def step(self, token_ids: np.ndarray, lengths: np.ndarray, sampled: np.ndarray) -> None:
+    def step(self, token_ids: np.ndarray, lengths: np.ndarray, sampled: np.ndarray, draft: bool = True) -> None:
         """Reads this step's tokens and drafts every decoding row; the output views then hold the rows.
 
         Args:
@@ -126,14 +126,22 @@ class BatchDrafter:
             lengths: Text length of each row, in tokens (1-D int32 or int64, <= width).
             sampled: Tokens each row gained this step (1-D int32 or int64, <= its length). 0: the row did
                 not decode this step (e.g. a chunk of prefill): it gets no draft and its request is kept.
+            draft: ``False``: read only (every request is caught up and the previous outcome is
+                reported; the draft outputs stay empty); :meth:`draft_rows` may draft them later.
 
         Raises:
             TypeError: a wrong dtype. ValueError: a wrong shape, a length or count out of range, or a
             token id outside [0, 2^31-1] among the tokens read (nothing changes then).
         """
-        self._native.step(token_ids, lengths, sampled)
+        self._native.step(token_ids, lengths, sampled, bool(draft))
         self._rows = int(np.shape(token_ids)[0])
         self._refresh_views()
+
+    def draft_rows(self) -> None:
+        """Drafts every decoding row of the last :meth:`step` (one read with ``draft=False``: a batch
+        decides whether it drafts after learning the last step's outcome, and skips the drafting
+        work when it does not)."""
+        self._native.draft_rows()
 
     def _view(self, name: str) -> np.ndarray:
         return self._views[name][: self._rows]

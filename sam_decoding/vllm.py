@@ -11,9 +11,10 @@ This is the only module of the package that knows about vLLM, and it imports not
 builds :class:`SamProposer` from its config object and calls :meth:`SamProposer.propose` once per
 step for the whole batch. The adapter only translates:
 
-- one native call drafts every row (:class:`~sam_decoding.batch_drafter.BatchDrafter`: it owns every
-  request's automata, finds each row's request again although vLLM moves rows, learns how much of the
-  last draft each row accepted, and drafts a chain per row into preallocated arrays);
+- one native call reads every row (:class:`~sam_decoding.batch_drafter.BatchDrafter`: it owns every
+  request's automata, finds each row's request again although vLLM moves rows, and learns how much of
+  the last draft each row accepted), and, when the step drafts at all, a second one drafts a chain
+  per row into preallocated arrays;
 - :class:`~sam_decoding.policy.BatchBudget` decides how many of those draft tokens the step verifies,
   from a step-cost curve measured between calls and the shared acceptance model;
 - one conversion builds vLLM's list of lists;
@@ -232,7 +233,9 @@ class BatchProposer:
         rows = len(sampled_token_ids)
         sampled = np.fromiter(map(len, sampled_token_ids), dtype=np.int32, count=rows)
         drafter = self.drafter
-        drafter.step(token_ids_cpu[:rows], num_tokens_no_spec[:rows], sampled)
+        # Read only: the rows are drafted below if this step drafts at all (most steps of a large
+        # batch on a CPU do not, and then the step costs only the catching up).
+        drafter.step(token_ids_cpu[:rows], num_tokens_no_spec[:rows], sampled, draft=False)
         decoding = sampled > 0
         continuing = decoding & (drafter.new_requests == 0)
         decode_rows = int(np.count_nonzero(decoding))
@@ -247,6 +250,7 @@ class BatchProposer:
             self.drafter.take_finished()  # nothing records them: drop them, or the queue grows with every request
         if not self.budget.begin(now, decode_rows):
             return [[] for _ in range(rows)]
+        drafter.draft_rows()
         counts = self.budget.allot(drafter.sources, drafter.probabilities, drafter.draft_lengths, drafter.match_lengths)
         drafter.given[:] = counts
         return _as_lists(drafter.tokens, counts)

@@ -115,14 +115,25 @@ def test_the_curve_is_monotone_and_ignores_idle_gaps() -> None:
 def test_the_guard_backs_off_while_drafted_steps_lose_and_recovers() -> None:
     guard = DraftGuard()
     for _ in range(10 * GUARD_CHECK_EVERY):
-        guard.observe(1.0, drafted=False)
-        guard.observe(0.7, drafted=True)
+        guard.observe(1.0, 1.0, drafted=False)
+        guard.observe(1.0, 1.4, drafted=True)
     assert guard.backoff == MAX_BACKOFF
     assert sum(guard.allows(step) for step in range(1024)) == 1024 >> MAX_BACKOFF
     for _ in range(10 * GUARD_CHECK_EVERY):
-        guard.observe(1.0, drafted=False)
-        guard.observe(1.4, drafted=True)
+        guard.observe(1.0, 1.0, drafted=False)
+        guard.observe(1.5, 1.1, drafted=True)
     assert guard.backoff == 0 and all(guard.allows(step) for step in range(64))
+
+
+def test_the_guard_judges_a_lone_request_by_its_tokens_per_second_not_its_median_step() -> None:
+    # One row: most drafted steps are rejected (1 token in 1.1 step-times, a loss), one in three
+    # accepts 3 draft tokens (4 tokens in 1.1): together 2 tokens per 1.1 step-times, 1.8x a
+    # control step. The median drafted step loses; the guard must not back off.
+    guard = DraftGuard()
+    for step in range(30 * GUARD_CHECK_EVERY):
+        guard.observe(1.0, 1.0, drafted=False)
+        guard.observe(4.0 if step % 3 == 0 else 1.0, 1.1, drafted=True)
+        assert guard.backoff == 0
 
 
 def test_the_budget_backs_off_when_accepted_drafts_lose_to_control_steps() -> None:

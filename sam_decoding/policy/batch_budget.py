@@ -17,8 +17,8 @@ bucket of total tokens, made monotone (isotonic), and extrapolated linearly (nev
 totals seen. The first steps sweep budgets (0, rows, 2 rows, ...) so the curve sees both ends; a
 no-draft control step every :data:`CONTROL_EVERY` steps keeps ``t(rows)`` honest; steps with
 prefill and idle gaps (far above the curve) are not learned. A :class:`DraftGuard` compares the
-emitted tokens per second of drafted steps with those of control steps and halves how often the
-batch drafts while drafting loses (down to one step in ``2 ** MAX_BACKOFF``), recovering as it wins.
+emitted tokens per second of recent drafted steps with those of control steps and halves how often
+the batch drafts while drafting loses (down to one step in ``2 ** MAX_BACKOFF``), recovering as it wins.
 
 Every call is O(1) NumPy calls, whatever the batch size.
 """
@@ -190,30 +190,37 @@ class StepCostCurve:
 class DraftGuard:
     """Backs off drafting while drafted steps emit fewer tokens per second than control steps.
 
-    Each learned step gives a *gain*: its emitted tokens per row times ``t(rows) / seconds``, i.e.
-    its speed relative to a no-draft step of the same rows (about 1 for a control step). While the
-    median gain of recent drafted steps is below that of recent control steps, the guard doubles
-    the spacing of drafting steps (at most ``2 ** MAX_BACKOFF``); while it is above, it halves it.
+    Each learned step gives its emitted tokens per row and its *relative time*: its seconds over
+    ``t(rows)``, the curve's cost of a no-draft step of the same rows. The speed of a window of steps
+    is their emitted tokens over their relative time (a ratio of sums, so about 1 for control
+    steps). While recent drafted steps are slower than recent control steps, the guard doubles the
+    spacing of drafting steps (at most ``2 ** MAX_BACKOFF``); while they are faster, it halves it.
+
+    A ratio of sums, not a median of per-step gains: with few rows a drafted step's gain is
+    bimodal (a rejected draft costs a little, an accepted one pays several times over), so the
+    median step can lose while the steps together win.
     """
 
     def __init__(self) -> None:
         self.backoff = 0
-        self._drafted: deque[float] = deque(maxlen=GUARD_WINDOW)
-        self._control: deque[float] = deque(maxlen=GUARD_WINDOW)
+        self._drafted: deque[tuple[float, float]] = deque(maxlen=GUARD_WINDOW)
+        self._control: deque[tuple[float, float]] = deque(maxlen=GUARD_WINDOW)
         self._since_check = 0
 
-    def observe(self, gain: float, drafted: bool) -> None:
-        """Learn one step's gain (see the class docstring)."""
-        if not drafted:
-            self._control.append(gain)
+    def observe(self, emitted_per_row: float, relative_seconds: float, drafted: bool) -> None:
+        """Learn one step: tokens each row emitted and its seconds over ``t(rows)``."""
+        if relative_seconds <= 0.0:
             return
-        self._drafted.append(gain)
+        if not drafted:
+            self._control.append((emitted_per_row, relative_seconds))
+            return
+        self._drafted.append((emitted_per_row, relative_seconds))
         self._since_check += 1
         if self._since_check < GUARD_CHECK_EVERY:
             return
         self._since_check = 0
-        control = _median(self._control) if self._control else 1.0
-        ratio = _median(self._drafted) / control
+        control = _speed(self._control) if self._control else 1.0
+        ratio = _speed(self._drafted) / control
         if ratio < 1.0 - GUARD_MARGIN:
             self.backoff = min(self.backoff + 1, MAX_BACKOFF)
             self._drafted.clear()  # judge the new spacing on its own steps
@@ -224,6 +231,11 @@ class DraftGuard:
     def allows(self, step: int) -> bool:
         """Whether step number ``step`` may draft."""
         return step % (1 << self.backoff) == 0
+
+
+def _speed(steps: deque[tuple[float, float]]) -> float:
+    """Emitted tokens per relative second over ``(emitted, relative seconds)`` pairs."""
+    return sum(emitted for emitted, _ in steps) / sum(seconds for _, seconds in steps)
 
 
 def best_budget(sorted_paths: np.ndarray, rows: int, curve: StepCostCurve) -> int:
@@ -325,7 +337,7 @@ class BatchBudget:
             return
         baseline = self.curve.seconds_at(pending.rows)
         if baseline > 0.0:
-            self.guard.observe(emitted_per_row * baseline / seconds, pending.drafted)
+            self.guard.observe(emitted_per_row, seconds / baseline, pending.drafted)
 
     def begin(self, now: float, rows: int) -> bool:
         """Start a step of ``rows`` decoding rows at clock ``now`` (seconds); returns whether it may

@@ -140,6 +140,17 @@ void BatchDrafter::step(const BatchStepInput& input) {
   }
 }
 
+void BatchDrafter::draft_rows() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  for (std::size_t r = 0; r < rows_; ++r) {
+    Request* request = row_requests_[r];
+    // Only rows that decoded at the last step point their request back at themselves.
+    if (request != nullptr && request->last_row == static_cast<std::int64_t>(r)) {
+      draft_row(r, *request, request->text.size());
+    }
+  }
+}
+
 template <typename T>
 std::uint64_t BatchDrafter::row_key(const T* row, std::size_t prior) {
   // The text length and a few tokens at positions that depend only on it: a request's key is
@@ -354,7 +365,7 @@ void BatchDrafter::step_rows(const T* tokens, const BatchStepInput& input) {
     row_requests_[r] = plan.request;
     // A row that did not decode gets no draft, and keeps the request's last outcome for later.
     request.last_row = sampled > 0 ? static_cast<std::int64_t>(r) : -1;
-    if (sampled > 0) draft_row(r, request, length);
+    if (sampled > 0 && input.draft) draft_row(r, request, length);
   }
 
   // Requests missing from this step are parked; past park_steps they are finished.

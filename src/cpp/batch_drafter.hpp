@@ -58,6 +58,9 @@ struct BatchStepInput {
   const std::int64_t* lengths = nullptr;
   // Tokens each row gained this step (<= its length); 0: the row did not decode (no draft).
   const std::int64_t* sampled = nullptr;
+  // False: read the rows only (a step the caller will not draft, or will draft later with
+  // draft_rows()); the draft outputs are left empty.
+  bool draft = true;
 };
 
 using Segments = std::vector<std::shared_ptr<const StaticAutomaton>>;
@@ -73,6 +76,9 @@ class BatchDrafter {
   // Runs one step; the output arrays below then hold its rows. Throws InputError (and changes
   // nothing) on lengths/sampled out of range or a token id outside [0, 2^31-1] among those read.
   void step(const BatchStepInput& input);
+  // Drafts every decoding row of the last step that was read with draft = false (rows that
+  // already drafted are drafted again, to the same result).
+  void draft_rows();
 
   // The response-cache segments that requests beginning from now on draft from.
   void set_response_segments(Segments segments);

@@ -223,7 +223,7 @@ void bind_batch_drafter(py::module_& module) {
       .def(
           "step",
           [](sam::BatchDrafter& self, const py::array& token_ids, const py::array& lengths,
-             const py::array& sampled) {
+             const py::array& sampled, bool draft) {
             if (token_ids.ndim() != 2) {
               throw py::value_error("token_ids must be 2-D (rows x width), got " +
                                     std::to_string(token_ids.ndim()) + " dimensions");
@@ -247,6 +247,7 @@ void bind_batch_drafter(py::module_& module) {
             const std::vector<std::int64_t> row_sampled = row_values(sampled, input.rows, "sampled");
             input.lengths = row_lengths.data();
             input.sampled = row_sampled.data();
+            input.draft = draft;
             if (dtype.itemsize() == 4) {
               input.tokens32 = static_cast<const std::int32_t*>(token_ids.data());
             } else {
@@ -255,7 +256,8 @@ void bind_batch_drafter(py::module_& module) {
             py::gil_scoped_release release;
             self.step(input);
           },
-          py::arg("token_ids"), py::arg("lengths"), py::arg("sampled"))
+          py::arg("token_ids"), py::arg("lengths"), py::arg("sampled"), py::arg("draft") = true)
+      .def("draft_rows", &sam::BatchDrafter::draft_rows, py::call_guard<py::gil_scoped_release>())
       .def(
           "buffers",
           [](py::object self_object) {

@@ -1017,6 +1017,42 @@ void test_batch_drafter_matches_rows_and_drafts() {
   CHECK(drafter.num_live() == 0 && drafter.take_finished().size() == 2);
 }
 
+void test_batch_drafter_reads_without_drafting_then_drafts_later() {
+  // A step read with draft = false leaves every draft empty; draft_rows() then writes exactly the
+  // drafts a drafting step would have written, for the rows that decoded.
+  const auto corpus = build({{1, 2, 3, 4, 5, 6, 7, 8}, {9, 10, 11, 12, 13}});
+  sam::BatchDrafterOptions options;
+  options.max_draft = 4;
+  sam::BatchDrafter reading({corpus}, options);
+  sam::BatchDrafter drafting({corpus}, options);
+  constexpr std::size_t kWidth = 8;
+  const std::vector<std::int32_t> table = {1, 2, 3, 0, 0, 0, 0, 0, 9, 10, 11, 0, 0, 0, 0, 0,
+                                           5, 6, 0, 0, 0, 0, 0, 0};
+  const std::vector<std::int64_t> lengths = {3, 3, 2};
+  const std::vector<std::int64_t> sampled = {1, 1, 0};  // the last row did not decode
+  sam::BatchStepInput input;
+  input.tokens32 = table.data();
+  input.rows = 3;
+  input.stride = kWidth;
+  input.lengths = lengths.data();
+  input.sampled = sampled.data();
+  drafting.step(input);
+  input.draft = false;
+  reading.step(input);
+  for (std::size_t r = 0; r < 3; ++r) CHECK(reading.draft_lengths()[r] == 0);
+  CHECK(drafting.draft_lengths()[0] == 4 && drafting.draft_lengths()[1] == 2);
+  reading.draft_rows();
+  for (std::size_t r = 0; r < 3; ++r) {
+    CHECK(reading.draft_lengths()[r] == drafting.draft_lengths()[r]);
+    CHECK(reading.sources()[r] == drafting.sources()[r]);
+    for (std::size_t i = 0; i < options.max_draft; ++i) {
+      CHECK(reading.tokens()[r * options.max_draft + i] == drafting.tokens()[r * options.max_draft + i]);
+      CHECK(reading.path_probabilities()[r * options.max_draft + i] ==
+            drafting.path_probabilities()[r * options.max_draft + i]);
+    }
+  }
+}
+
 int main() {
   test_builder_recognises_exactly_the_substrings();
   test_suffix_array_construction_equals_the_online_build();
@@ -1039,6 +1075,7 @@ int main() {
   test_size_limits_are_checked_before_building();
   test_save_into_a_missing_directory_throws();
   test_batch_drafter_matches_rows_and_drafts();
+  test_batch_drafter_reads_without_drafting_then_drafts_later();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
