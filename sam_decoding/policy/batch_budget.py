@@ -60,10 +60,11 @@ REFIT_EVERY = 8
 CONTROL_EVERY = 16
 #: Sweep rounds at start: budget levels 0, 1, ..., k draft tokens per row, each once per round.
 SWEEP_ROUNDS = 2
-#: Step gains the guard compares (each of drafted and control steps), and how many new drafted
-#: steps it waits for between decisions.
-GUARD_WINDOW = 16
-GUARD_CHECK_EVERY = 4
+#: Steps the guard compares (each of drafted and control steps), and how many new drafted steps
+#: it waits for between decisions (a window slides: a lone request's drafted steps are so varied
+#: that only tens of them tell a win from a loss).
+GUARD_WINDOW = 64
+GUARD_CHECK_EVERY = 16
 #: The guard acts when drafted steps are this much slower (or faster) than control steps.
 GUARD_MARGIN = 0.03
 #: Most backoff: the batch then drafts in one step out of ``2 ** MAX_BACKOFF``.
@@ -193,12 +194,15 @@ class DraftGuard:
     Each learned step gives its emitted tokens per row and its *relative time*: its seconds over
     ``t(rows)``, the curve's cost of a no-draft step of the same rows. The speed of a window of steps
     is their emitted tokens over their relative time (a ratio of sums, so about 1 for control
-    steps). While recent drafted steps are slower than recent control steps, the guard doubles the
-    spacing of drafting steps (at most ``2 ** MAX_BACKOFF``); while they are faster, it halves it.
+    steps). While recent drafted steps are clearly slower than recent control steps (by more than
+    the margin and two standard errors), the guard doubles the spacing of drafting steps (at most
+    ``2 ** MAX_BACKOFF``); while they are faster, it halves it. A drafted step's speed does not
+    depend on the spacing, so the window keeps its steps across decisions. :class:`BatchBudget`
+    keeps one guard per octave of rows: whether drafting pays at 32 rows says nothing of one row.
 
-    A ratio of sums, not a median of per-step gains: with few rows a drafted step's gain is
-    bimodal (a rejected draft costs a little, an accepted one pays several times over), so the
-    median step can lose while the steps together win.
+    A ratio of sums with its standard error, not a median of per-step gains: with few rows a drafted
+    step's gain is bimodal (a rejected draft costs a little, an accepted one pays several times
+    over), so the median step can lose while the steps together win, and a few steps prove little.
     """
 
     def __init__(self) -> None:
@@ -219,23 +223,29 @@ class DraftGuard:
         if self._since_check < GUARD_CHECK_EVERY:
             return
         self._since_check = 0
-        control = _speed(self._control) if self._control else 1.0
-        ratio = _speed(self._drafted) / control
-        if ratio < 1.0 - GUARD_MARGIN:
+        control = _speed(self._control)[0] if self._control else 1.0
+        speed, error = _speed(self._drafted)
+        if speed + 2.0 * error < control * (1.0 - GUARD_MARGIN):
             self.backoff = min(self.backoff + 1, MAX_BACKOFF)
-            self._drafted.clear()  # judge the new spacing on its own steps
-        elif ratio > 1.0 + GUARD_MARGIN and self.backoff > 0:
+        elif speed > control * (1.0 + GUARD_MARGIN) and self.backoff > 0:
             self.backoff -= 1
-            self._drafted.clear()
 
     def allows(self, step: int) -> bool:
         """Whether step number ``step`` may draft."""
         return step % (1 << self.backoff) == 0
 
 
-def _speed(steps: deque[tuple[float, float]]) -> float:
-    """Emitted tokens per relative second over ``(emitted, relative seconds)`` pairs."""
-    return sum(emitted for emitted, _ in steps) / sum(seconds for _, seconds in steps)
+def _speed(steps: deque[tuple[float, float]]) -> tuple[float, float]:
+    """Emitted tokens per relative second over ``(emitted, relative seconds)`` pairs, and the
+    standard error of that ratio (0 for a single step)."""
+    emitted = sum(e for e, _ in steps)
+    seconds = sum(s for _, s in steps)
+    speed = emitted / seconds
+    n = len(steps)
+    if n < 2:
+        return speed, 0.0
+    squares = sum((e - speed * s) ** 2 for e, s in steps)
+    return speed, math.sqrt(squares * n / (n - 1)) / seconds
 
 
 def best_budget(sorted_paths: np.ndarray, rows: int, curve: StepCostCurve) -> int:
@@ -296,7 +306,7 @@ class BatchBudget:
     acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
     verify_all: bool = False
     curve: StepCostCurve = field(default_factory=StepCostCurve)
-    guard: DraftGuard = field(default_factory=DraftGuard)
+    guards: dict[int, DraftGuard] = field(default_factory=dict)
     steps: int = 0
     drafted_steps: int = 0
     _pending: _Pending | None = None
@@ -337,7 +347,7 @@ class BatchBudget:
             return
         baseline = self.curve.seconds_at(pending.rows)
         if baseline > 0.0:
-            self.guard.observe(emitted_per_row, seconds / baseline, pending.drafted)
+            self.guard(pending.rows).observe(emitted_per_row, seconds / baseline, pending.drafted)
 
     def begin(self, now: float, rows: int) -> bool:
         """Start a step of ``rows`` decoding rows at clock ``now`` (seconds); returns whether it may
@@ -356,7 +366,14 @@ class BatchBudget:
             return self._level > 0
         # Whether this step's chains pay is for allot() to judge: they change from step to step (a lone
         # request's text may match nothing at one step and copy a long span at the next).
-        return self.steps % CONTROL_EVERY != 0 and self.guard.allows(self.steps)
+        return self.steps % CONTROL_EVERY != 0 and self.guard(rows).allows(self.steps)
+
+    def guard(self, rows: int) -> DraftGuard:
+        """The guard of batches of ``rows`` rows (one per octave: 1, 2-3, 4-7, ...)."""
+        octave = rows.bit_length()
+        if octave not in self.guards:
+            self.guards[octave] = DraftGuard()
+        return self.guards[octave]
 
     def allot(self, source_codes: np.ndarray, priors: np.ndarray, lengths: np.ndarray, match_lengths: np.ndarray) -> np.ndarray:
         """Draft tokens to give each row this step (after :meth:`begin` returned ``True``): int64
