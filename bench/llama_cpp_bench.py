@@ -75,9 +75,12 @@ def main() -> int:
     model_file = str(gguf_path())
     common = dict(model_path=model_file, n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     llm = llama_cpp.Llama(**common)
-    pld = llama_cpp.Llama(**common, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
+    # With a draft model llama-cpp-python keeps logits of every token but sizes its score buffer by
+    # the logits_all argument: without logits_all=True it holds n_batch rows, and a prompt plus
+    # output longer than that overflows it (ValueError in Llama.eval). Same computation either way.
+    pld = llama_cpp.Llama(**common, logits_all=True, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
     sam_draft_model = sdl.SamDraftModel(max_tokens=10)
-    via_draft_model = llama_cpp.Llama(**common, draft_model=sam_draft_model)
+    via_draft_model = llama_cpp.Llama(**common, logits_all=True, draft_model=sam_draft_model)
     tokenizer = load_tokenizer(None)
     fingerprint = sdl.tokenizer_fingerprint(llm)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -97,9 +100,9 @@ def main() -> int:
     calibration_start = time.perf_counter()
     sdl.generate(llm, [1, 2, 3], max_new_tokens=1)  # calibrates (or loads) the cost profile
     calibration = time.perf_counter() - calibration_start
-    from sam_decoding.llama_cpp.generation import _POLICY_BY_LLM
+    from sam_decoding.llama_cpp.generation import _SESSIONS
 
-    profile = _POLICY_BY_LLM[id(llm)][1].profile
+    profile = _SESSIONS[id(llm)].profile
     rows = []
     for suite, corpus_path in suites:
         corpus = StaticAutomaton.load(corpus_path) if corpus_path is not None else None
@@ -109,7 +112,7 @@ def main() -> int:
             if len(prompt) + args.max_new_tokens > 4096:
                 continue
             record: dict[str, Any] = {"suite": suite.name, "id": question.question_id, "category": question.category,
-                                      "prompt_tokens": len(prompt)}
+                                      "prompt_tokens": len(prompt), "load": load_average()}
             tick = time.perf_counter()
             plain = plain_generate(llm, prompt, args.max_new_tokens, end)
             record["plain"] = {"seconds": time.perf_counter() - tick, "tokens": len(plain), "steps": len(plain)}

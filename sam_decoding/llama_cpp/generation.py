@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from sam_decoding.drafters.base import Draft, Drafter
 from sam_decoding.llama_cpp.engine import MAX_PASS_TOKENS, LlamaTarget, load_or_calibrate
 from sam_decoding.llama_cpp.sampling import SamplingSettings, verify_position
 from sam_decoding.policy.cost_aware import CostAwarePolicy
+from sam_decoding.policy.cost_profile import CostProfile
 from sam_decoding.stats import GenerationStats
 
 _POLICIES = ("cost", "all")
@@ -58,33 +59,39 @@ class LlamaCppResult:
         return len(self.new_tokens) / self.stats.steps if self.stats.steps else 0.0
 
 
-_POLICY_BY_LLM: dict[int, tuple[Any, CostAwarePolicy, LlamaTarget, CostAwarePolicy]] = {}
+@dataclass
+class _Session:
+    """What one ``Llama`` object keeps across calls: its target wrapper, one measured cost profile,
+    and a cost-aware policy per mode (``"greedy"``, ``"sampling"``) that learns its own acceptance
+    rates (a draft is accepted less often when sampled) over that shared profile."""
+
+    llm: Any
+    target: LlamaTarget
+    profile: CostProfile | None = None
+    policies: dict[str, CostAwarePolicy] = field(default_factory=dict)
+
+
+_SESSIONS: dict[int, _Session] = {}
 
 
 def _session(llm: Any, policy: str | CostAwarePolicy, greedy: bool = True) -> tuple[LlamaTarget, CostAwarePolicy | None, float]:
-    """The target wrapper and policy kept per ``Llama`` object (the policy learns across calls).
-
-    Greedy and sampling calls keep separate policies: a draft is accepted less often when sampled,
-    and each policy learns its own acceptance rates. They share one measured cost profile."""
-    entry = _POLICY_BY_LLM.get(id(llm))
-    if entry is None or entry[0] is not llm:
-        target = LlamaTarget(llm)
-        entry = (llm, CostAwarePolicy(), target, CostAwarePolicy())
-        _POLICY_BY_LLM[id(llm)] = entry
-    _, shared_greedy, target, shared_sampling = entry
-    spent = 0.0
+    """The target wrapper and the policy of a call (calibrating the cost profile on first use); also the seconds calibrating."""
+    session = _SESSIONS.get(id(llm))
+    if session is None or session.llm is not llm:
+        session = _SESSIONS[id(llm)] = _Session(llm, LlamaTarget(llm))
     if policy == "all":
-        return target, None, spent
-    shared = shared_greedy if greedy else shared_sampling
-    chosen = policy if isinstance(policy, CostAwarePolicy) else shared
+        return session.target, None, 0.0
+    if isinstance(policy, CostAwarePolicy):
+        chosen = policy
+    else:
+        chosen = session.policies.setdefault("greedy" if greedy else "sampling", CostAwarePolicy())
+    spent = 0.0
     if chosen.profile is None:
-        known = shared_sampling.profile if greedy else shared_greedy.profile
-        if known is not None and chosen is shared:
-            chosen.profile = known
-        else:
-            chosen.profile, spent = load_or_calibrate(target)
+        if session.profile is None:
+            session.profile, spent = load_or_calibrate(session.target)
+        chosen.profile = session.profile
     chosen.prepare(None)
-    return target, chosen, spent
+    return session.target, chosen, spent
 
 
 def _check_settings(llm: Any, prompt_tokens: Sequence[int], drafter: Any, max_new_tokens: int, policy: Any) -> list[int]:
