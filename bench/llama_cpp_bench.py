@@ -224,6 +224,7 @@ def main() -> int:
                     "seconds": seconds, "tokens": len(result.new_tokens), "steps": stats.steps,
                     "differs": result.new_tokens != plain,
                     "drafted": stats.drafted_tokens, "accepted": stats.accepted_tokens,
+                    "expected_accepted": stats.expected_accepted_tokens,
                     "overhead_seconds": stats.draft_seconds + stats.policy_seconds,
                 }
             rows.append(record)
