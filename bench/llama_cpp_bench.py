@@ -75,9 +75,12 @@ def main() -> int:
     model_file = str(gguf_path())
     common = dict(model_path=model_file, n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     llm = llama_cpp.Llama(**common)
-    pld = llama_cpp.Llama(**common, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
+    # With a draft model llama-cpp-python keeps logits of every token but sizes its score buffer by
+    # the logits_all argument: without logits_all=True it holds n_batch rows, and a prompt plus
+    # output longer than that overflows it (ValueError in Llama.eval). Same computation either way.
+    pld = llama_cpp.Llama(**common, logits_all=True, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
     sam_draft_model = sdl.SamDraftModel(max_tokens=10)
-    via_draft_model = llama_cpp.Llama(**common, draft_model=sam_draft_model)
+    via_draft_model = llama_cpp.Llama(**common, logits_all=True, draft_model=sam_draft_model)
     tokenizer = load_tokenizer(None)
     fingerprint = sdl.tokenizer_fingerprint(llm)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -97,10 +100,94 @@ def main() -> int:
     calibration_start = time.perf_counter()
     sdl.generate(llm, [1, 2, 3], max_new_tokens=1)  # calibrates (or loads) the cost profile
     calibration = time.perf_counter() - calibration_start
-    from sam_decoding.llama_cpp.generation import _POLICY_BY_LLM
+    from sam_decoding.llama_cpp.generation import _SESSIONS
 
-    profile = _POLICY_BY_LLM[id(llm)][1].profile
+    profile = _SESSIONS[id(llm)].profile
     rows = []
+
+    def write_report(complete: bool) -> list[str]:
+        """results.json and results.md from the questions so far (rewritten after each one, so a cut run keeps them)."""
+        load_after = load_average()
+
+        methods = ["plain", "prompt-lookup", "sam-draft-model", "sam-text", "sam-corpus", "sam-cache"]
+
+        def summary(selected: list[dict]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            plain_rate = sum(r["plain"]["tokens"] for r in selected) / sum(r["plain"]["seconds"] for r in selected)
+            for method in methods:
+                tokens = sum(r[method]["tokens"] for r in selected)
+                seconds = sum(r[method]["seconds"] for r in selected)
+                entry = {"tokens_per_second": tokens / seconds, "speedup": tokens / seconds / plain_rate}
+                if method in ("sam-text", "sam-corpus", "sam-cache"):
+                    entry["tokens_per_evaluation"] = tokens / sum(r[method]["steps"] for r in selected)
+                    entry["overhead_share"] = sum(r[method]["overhead_seconds"] for r in selected) / seconds
+                if method != "plain":
+                    entry["outputs_differing_from_plain"] = sum(r[method]["differs"] for r in selected)
+                out[method] = entry
+            out["questions"] = len(selected)
+            return out
+
+        groups: dict[str, list[dict]] = {}
+        for row in rows:
+            groups.setdefault(f"{row['suite']}/{row['category']}", []).append(row)
+        report = {
+            "command": " ".join(sys.argv),
+            "model": Path(model_file).name,
+            "threads": args.threads,
+            "max_new_tokens": args.max_new_tokens,
+            "llama_cpp_python": llama_cpp.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "load_before": load_before,
+            "load_after": load_after,
+            "complete": complete,
+            "calibration_seconds": calibration,
+            "cost_ratio_t_q_over_t_1": cost_ratios(profile),
+            "overall": summary(rows),
+            "by_suite": {name: summary([r for r in rows if r["suite"] == name]) for name in dict.fromkeys(r["suite"] for r in rows)},
+            "by_category": {name: summary(group) for name, group in groups.items()},
+            "questions": rows,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        lines = [
+            f"# sam-decoding on llama.cpp: {report['model']}, {args.threads} threads, greedy, {args.max_new_tokens} new tokens",
+            "",
+            f"Command: `{report['command']}`" + ("  " if complete else f" (cut short: {len(rows)} questions)  "),
+            f"Load (1/5/15 min) before: {load_before}; after: {load_after}. llama-cpp-python {llama_cpp.__version__}.",
+            "",
+            "Speed-up = tokens/s over plain `Llama.generate` on the same questions, run side by side; "
+            "tok/eval = generated tokens per model evaluation; differ = outputs not equal to plain token for token.",
+            "",
+            "| group | n | plain tok/s | prompt-lookup | SamDraftModel | sam-text | sam-corpus | sam-cache | tok/eval (sam-corpus) | differ (pl / sdm / text / corpus / cache) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def line(name: str, entry: dict) -> str:
+            return (
+                f"| {name} | {entry['questions']} | {entry['plain']['tokens_per_second']:.0f} | "
+                + " | ".join(f"{entry[m]['speedup']:.2f}x" for m in methods[1:])
+                + f" | {entry['sam-corpus']['tokens_per_evaluation']:.2f} | "
+                + " / ".join(str(entry[m]["outputs_differing_from_plain"]) for m in methods[1:])
+                + " |"
+            )
+
+        lines.append(line("**overall**", report["overall"]))
+        for name, entry in report["by_suite"].items():
+            lines.append(line(f"**{name}**", entry))
+        for name, entry in report["by_category"].items():
+            lines.append(line(name, entry))
+        overhead = report["overall"]["sam-corpus"]["overhead_share"]
+        lines += [
+            "",
+            f"Drafting + policy share of sam-corpus generation time: {overhead:.1%}.",
+            "",
+            "Cost of one evaluation of q tokens relative to one token, t(q)/t(1), from the calibrated profile: "
+            + ", ".join(f"q={q}: {ratio:.2f}" for q, ratio in report["cost_ratio_t_q_over_t_1"].items()),
+            "",
+        ]
+        (args.out / "results.md").write_text("\n".join(lines), encoding="utf-8")
+        return lines
+
     for suite, corpus_path in suites:
         corpus = StaticAutomaton.load(corpus_path) if corpus_path is not None else None
         responses = ResponseCache(tokenizer_fingerprint=fingerprint)
@@ -109,7 +196,7 @@ def main() -> int:
             if len(prompt) + args.max_new_tokens > 4096:
                 continue
             record: dict[str, Any] = {"suite": suite.name, "id": question.question_id, "category": question.category,
-                                      "prompt_tokens": len(prompt)}
+                                      "prompt_tokens": len(prompt), "load": load_average()}
             tick = time.perf_counter()
             plain = plain_generate(llm, prompt, args.max_new_tokens, end)
             record["plain"] = {"seconds": time.perf_counter() - tick, "tokens": len(plain), "steps": len(plain)}
@@ -137,88 +224,13 @@ def main() -> int:
                     "seconds": seconds, "tokens": len(result.new_tokens), "steps": stats.steps,
                     "differs": result.new_tokens != plain,
                     "drafted": stats.drafted_tokens, "accepted": stats.accepted_tokens,
+                    "expected_accepted": stats.expected_accepted_tokens,
                     "overhead_seconds": stats.draft_seconds + stats.policy_seconds,
                 }
             rows.append(record)
+            write_report(False)
             print(json.dumps({k: (v if not isinstance(v, dict) else round(record['plain']['seconds'] / v['seconds'] * v['tokens'] / max(record['plain']['tokens'], 1), 2)) for k, v in record.items()}), file=sys.stderr, flush=True)
-    load_after = load_average()
-
-    methods = ["plain", "prompt-lookup", "sam-draft-model", "sam-text", "sam-corpus", "sam-cache"]
-
-    def summary(selected: list[dict]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        plain_rate = sum(r["plain"]["tokens"] for r in selected) / sum(r["plain"]["seconds"] for r in selected)
-        for method in methods:
-            tokens = sum(r[method]["tokens"] for r in selected)
-            seconds = sum(r[method]["seconds"] for r in selected)
-            entry = {"tokens_per_second": tokens / seconds, "speedup": tokens / seconds / plain_rate}
-            if method in ("sam-text", "sam-corpus", "sam-cache"):
-                entry["tokens_per_evaluation"] = tokens / sum(r[method]["steps"] for r in selected)
-                entry["overhead_share"] = sum(r[method]["overhead_seconds"] for r in selected) / seconds
-            if method != "plain":
-                entry["outputs_differing_from_plain"] = sum(r[method]["differs"] for r in selected)
-            out[method] = entry
-        out["questions"] = len(selected)
-        return out
-
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(f"{row['suite']}/{row['category']}", []).append(row)
-    report = {
-        "command": " ".join(sys.argv),
-        "model": Path(model_file).name,
-        "threads": args.threads,
-        "max_new_tokens": args.max_new_tokens,
-        "llama_cpp_python": llama_cpp.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "load_before": load_before,
-        "load_after": load_after,
-        "calibration_seconds": calibration,
-        "cost_ratio_t_q_over_t_1": cost_ratios(profile),
-        "overall": summary(rows),
-        "by_suite": {name: summary([r for r in rows if r["suite"] == name]) for name in dict.fromkeys(r["suite"] for r in rows)},
-        "by_category": {name: summary(group) for name, group in groups.items()},
-        "questions": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    lines = [
-        f"# sam-decoding on llama.cpp: {report['model']}, {args.threads} threads, greedy, {args.max_new_tokens} new tokens",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Load (1/5/15 min) before: {load_before}; after: {load_after}. llama-cpp-python {llama_cpp.__version__}.",
-        "",
-        "Speed-up = tokens/s over plain `Llama.generate` on the same questions, run side by side; "
-        "tok/eval = generated tokens per model evaluation; differ = outputs not equal to plain token for token.",
-        "",
-        "| group | n | plain tok/s | prompt-lookup | SamDraftModel | sam-text | sam-corpus | sam-cache | tok/eval (sam-corpus) | differ (pl / sdm / text / corpus / cache) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def line(name: str, entry: dict) -> str:
-        return (
-            f"| {name} | {entry['questions']} | {entry['plain']['tokens_per_second']:.0f} | "
-            + " | ".join(f"{entry[m]['speedup']:.2f}x" for m in methods[1:])
-            + f" | {entry['sam-corpus']['tokens_per_evaluation']:.2f} | "
-            + " / ".join(str(entry[m]["outputs_differing_from_plain"]) for m in methods[1:])
-            + " |"
-        )
-
-    lines.append(line("**overall**", report["overall"]))
-    for name, entry in report["by_suite"].items():
-        lines.append(line(f"**{name}**", entry))
-    for name, entry in report["by_category"].items():
-        lines.append(line(name, entry))
-    overhead = report["overall"]["sam-corpus"]["overhead_share"]
-    lines += [
-        "",
-        f"Drafting + policy share of sam-corpus generation time: {overhead:.1%}.",
-        "",
-        "Cost of one evaluation of q tokens relative to one token, t(q)/t(1), from the calibrated profile: "
-        + ", ".join(f"q={q}: {ratio:.2f}" for q, ratio in report["cost_ratio_t_q_over_t_1"].items()),
-        "",
-    ]
-    (args.out / "results.md").write_text("\n".join(lines), encoding="utf-8")
+    lines = write_report(True)
     print("\n".join(lines))
     return 0
 

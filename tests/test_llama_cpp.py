@@ -109,6 +109,22 @@ def test_without_drafts_the_loop_is_one_token_decoding(llm) -> None:
     assert result.stats.steps == len(reference) and result.stats.drafted_tokens == 0
 
 
+def test_greedy_rows_are_llama_cpps_rows_in_batch_order(llm) -> None:
+    """The loop reads a step's logits as one view of llama.cpp's buffer: each row must be the row
+    llama.cpp returns for that batch position, also after a pass with fewer rows and one with more."""
+    target = sdl.generation._session(llm, "all")[0]
+    prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[2]}])
+    target.clear()
+    for start, stop, keep_from in ((0, 12, 0), (12, 15, 0), (15, len(prompt), 3)):
+        fed = prompt[start:stop]
+        target.decode(fed, start, keep_from)
+        count = len(fed) - keep_from
+        expected = np.stack([np.array(target.logits(keep_from + row)) for row in range(count)])
+        assert np.array_equal(target.rows(count), expected)
+        assert target.argmax_rows(0, count) == [int(np.argmax(row)) for row in expected]
+    target.clear()
+
+
 def test_drafted_output_is_what_llama_cpp_verified(llm) -> None:
     """Replay over the accepted context in batches of up to 16 tokens: every emitted token is llama.cpp's argmax,
     or (where the replay's batch differs from the loop's) within a near-tie of it."""

@@ -6,6 +6,10 @@ only what was appended since the last call, starting afresh when the sequence is
 and returns the drafter's chain. There is no cost-aware sizing on this path (llama-cpp-python's loop
 verifies whatever it is given), so ``max_tokens`` caps the draft; :func:`sam_decoding.llama_cpp.generate`
 is the faster way in (see docs/llama-cpp.md for both measured).
+
+Create the ``Llama`` with ``logits_all=True`` as well: with a draft model llama-cpp-python keeps the
+logits of every token, but sizes its buffer for them by that argument, and without it a prompt plus
+output longer than ``n_batch`` tokens overflows the buffer (``ValueError`` in ``Llama.eval``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,12 @@ from sam_decoding.drafters.base import Draft, Drafter
 from sam_decoding.llama_cpp.engine import MAX_PASS_TOKENS, LlamaTarget, load_or_calibrate
 from sam_decoding.llama_cpp.sampling import SamplingSettings, verify_position
 from sam_decoding.policy.cost_aware import CostAwarePolicy
+from sam_decoding.policy.cost_profile import CostProfile
 from sam_decoding.stats import GenerationStats
 
 _POLICIES = ("cost", "all")
+#: A plain step (nothing drafted) refines the cost profile once in this many.
+_PLAIN_OBSERVE_EVERY = 8
 
 
 @dataclass
@@ -56,33 +59,39 @@ class LlamaCppResult:
         return len(self.new_tokens) / self.stats.steps if self.stats.steps else 0.0
 
 
-_POLICY_BY_LLM: dict[int, tuple[Any, CostAwarePolicy, LlamaTarget, CostAwarePolicy]] = {}
+@dataclass
+class _Session:
+    """What one ``Llama`` object keeps across calls: its target wrapper, one measured cost profile,
+    and a cost-aware policy per mode (``"greedy"``, ``"sampling"``) that learns its own acceptance
+    rates (a draft is accepted less often when sampled) over that shared profile."""
+
+    llm: Any
+    target: LlamaTarget
+    profile: CostProfile | None = None
+    policies: dict[str, CostAwarePolicy] = field(default_factory=dict)
+
+
+_SESSIONS: dict[int, _Session] = {}
 
 
 def _session(llm: Any, policy: str | CostAwarePolicy, greedy: bool = True) -> tuple[LlamaTarget, CostAwarePolicy | None, float]:
-    """The target wrapper and policy kept per ``Llama`` object (the policy learns across calls).
-
-    Greedy and sampling calls keep separate policies: a draft is accepted less often when sampled,
-    and each policy learns its own acceptance rates. They share one measured cost profile."""
-    entry = _POLICY_BY_LLM.get(id(llm))
-    if entry is None or entry[0] is not llm:
-        target = LlamaTarget(llm)
-        entry = (llm, CostAwarePolicy(), target, CostAwarePolicy())
-        _POLICY_BY_LLM[id(llm)] = entry
-    _, shared_greedy, target, shared_sampling = entry
-    spent = 0.0
+    """The target wrapper and the policy of a call (calibrating the cost profile on first use); also the seconds calibrating."""
+    session = _SESSIONS.get(id(llm))
+    if session is None or session.llm is not llm:
+        session = _SESSIONS[id(llm)] = _Session(llm, LlamaTarget(llm))
     if policy == "all":
-        return target, None, spent
-    shared = shared_greedy if greedy else shared_sampling
-    chosen = policy if isinstance(policy, CostAwarePolicy) else shared
+        return session.target, None, 0.0
+    if isinstance(policy, CostAwarePolicy):
+        chosen = policy
+    else:
+        chosen = session.policies.setdefault("greedy" if greedy else "sampling", CostAwarePolicy())
+    spent = 0.0
     if chosen.profile is None:
-        known = shared_sampling.profile if greedy else shared_greedy.profile
-        if known is not None and chosen is shared:
-            chosen.profile = known
-        else:
-            chosen.profile, spent = load_or_calibrate(target)
+        if session.profile is None:
+            session.profile, spent = load_or_calibrate(session.target)
+        chosen.profile = session.profile
     chosen.prepare(None)
-    return target, chosen, spent
+    return session.target, chosen, spent
 
 
 def _check_settings(llm: Any, prompt_tokens: Sequence[int], drafter: Any, max_new_tokens: int, policy: Any) -> list[int]:
@@ -183,23 +192,27 @@ def _run(
     stats.draft_seconds += time.perf_counter() - tick
     past = len(prompt) - 1
     last = prompt[-1]
-    produced = 0
+    produced = plain_steps = 0
+    nothing = np.zeros(0, dtype=np.int64)
     while True:
         tick = time.perf_counter()
         room = min(max_new_tokens - produced - 1, MAX_PASS_TOKENS - 1)
-        proposals = drafter.propose_candidates(room) if room > 0 else [Draft.empty("none")]
-        proposals = [_first_chain(draft) for draft in proposals]
+        proposals = [_first_chain(draft) for draft in drafter.propose_candidates(room) if len(draft)] if room > 0 else []
         drafted = time.perf_counter()
         plan = None
-        if policy is not None:
-            plan = policy.choose(proposals, past + 1, drafted - tick)
-            draft = plan.draft
-        else:
-            draft = max(proposals, key=len)
-        draft_tokens = draft.tokens[: max(room, 0)]
+        draft_tokens, source = nothing, "none"
+        # A step with nothing drafted is a plain step: the policy has nothing to size, so it is not asked.
+        if proposals:
+            if policy is not None:
+                plan = policy.choose(proposals, past + 1, drafted - tick)
+                draft = plan.draft
+            else:
+                draft = max(proposals, key=len)
+            draft_tokens, source = draft.tokens[:room], draft.source
         selected = time.perf_counter()
 
-        fed = [last, *draft_tokens.tolist()]
+        drafted_count = len(draft_tokens)
+        fed = [last, *draft_tokens.tolist()] if drafted_count else [last]
         target.decode(fed, past, 0)
         if sampling is None:
             choices = target.argmax_rows(0, len(fed))
@@ -214,36 +227,43 @@ def _run(
             else:
                 # Sampling: a position is computed only once the walk reaches it. A rejection emits a token
                 # other than the draft's and an acceptance the draft's, so the walk below stops exactly as greedy's.
-                draft_token = int(draft_tokens[index]) if index < len(draft_tokens) else None
+                draft_token = int(draft_tokens[index]) if index < drafted_count else None
                 choice, _ = verify_position(sampling.distribution(target.logits(index)), draft_token, rng)
             emitted.append(choice)
             if target.is_end(choice) or produced + len(emitted) >= max_new_tokens:
                 ended = target.is_end(choice)
                 break
-            if index >= len(draft_tokens) or draft_tokens[index] != choice:
+            if index >= drafted_count or draft_tokens[index] != choice:
                 break
-        # Inputs 0 .. len(emitted) - 1 were on the accepted path; later ones are dropped.
-        target.remove_from(past + len(emitted))
-        cache_length = past
-        past += len(emitted)
-        last = emitted[-1]
-        produced += len(emitted)
-        # The last emitted token was a draft token too if the walk stopped on it (end or length).
         count = len(emitted)
-        hit_last = count - 1 < len(draft_tokens) and int(draft_tokens[count - 1]) == emitted[-1]
+        if count < len(fed):
+            # Inputs 0 .. count - 1 were on the accepted path; later ones are dropped.
+            target.remove_from(past + count)
+        cache_length = past
+        past += count
+        last = emitted[-1]
+        produced += count
+        # The last emitted token was a draft token too if the walk stopped on it (end or length).
+        hit_last = count - 1 < drafted_count and int(draft_tokens[count - 1]) == last
         accepted = count - 1 + int(hit_last)
         verified = time.perf_counter()
 
         expected = 0.0
-        if policy is not None and plan is not None:
-            policy.observe_cost(len(fed), cache_length, forward_seconds)
-            policy.learn(plan, list(range(count)), count if hit_last else None)
+        if policy is not None:
+            # A plain pass's cost is refreshed once every few plain steps: observing is a few percent
+            # of a plain step's own overhead, and the single-token cost barely moves within a call.
+            plain_steps += not drafted_count
+            if drafted_count or plain_steps % _PLAIN_OBSERVE_EVERY == 0:
+                policy.observe_cost(len(fed), cache_length, forward_seconds)
+            if plan is not None:
+                policy.learn(plan, list(range(count)), count if hit_last else None)
+                expected = plan.expected_accepted
             policy.advance(emitted)
-            expected = plan.expected_accepted
         learned = time.perf_counter()
         drafter.accept(np.asarray(emitted, dtype=np.int64), None)
-        stats.proposed_tokens += sum(len(proposal) for proposal in proposals)
-        stats.count_step(draft.source, len(draft_tokens), accepted, expected)
+        if proposals:
+            stats.proposed_tokens += sum(len(proposal) for proposal in proposals)
+        stats.count_step(source, drafted_count, accepted, expected)
         stats.new_tokens = produced
         done = time.perf_counter()
         stats.draft_seconds += (drafted - tick) + (done - learned)
