@@ -31,6 +31,8 @@ from sam_decoding.automaton import TokenizerMismatchError  # noqa: E402
 from sam_decoding.drafters.base import Draft, Drafter  # noqa: E402
 from sam_decoding.llama_cpp.sampling import SamplingSettings  # noqa: E402
 from sam_decoding.models import gguf_path  # noqa: E402
+from sam_decoding.policy.cost_aware import CostAwarePolicy  # noqa: E402
+from sam_decoding.policy.cost_profile import CostProfile  # noqa: E402
 from sam_decoding.stats import GenerationStats  # noqa: E402
 
 import sam_decoding.llama_cpp as sdl  # noqa: E402
@@ -107,6 +109,30 @@ def test_without_drafts_the_loop_is_one_token_decoding(llm) -> None:
     result = sdl.generate(llm, prompt, drafter=NoDraft(), max_new_tokens=40, policy="all")
     assert result.new_tokens == reference
     assert result.stats.steps == len(reference) and result.stats.drafted_tokens == 0
+
+
+class CountingDrafter(SamDrafter):
+    """The text-so-far drafter, counting how often the loop asks it for drafts."""
+
+    asked = 0
+
+    def propose_candidates(self, max_tokens: int) -> list[Draft]:
+        self.asked += 1
+        return super().propose_candidates(max_tokens)
+
+
+def test_where_drafts_never_pay_the_loop_asks_for_them_less_and_less(llm) -> None:
+    # A cost curve on which no draft token can pay (a token costs ten passes): the policy verifies
+    # nothing, so after a few idle steps the loop asks the drafter only every few steps; the output
+    # is one-token decoding's.
+    prompt = chat_tokens(llm, [{"role": "user", "content": PROMPTS[1]}])
+    reference, _ = one_token_greedy(llm, prompt, 64)
+    steep = CostProfile.synthetic(lambda q, cache_length: 0.01 * (10 * q - 9))
+    drafter = CountingDrafter(use_tree=False)
+    result = sdl.generate(llm, prompt, drafter=drafter, max_new_tokens=64, policy=CostAwarePolicy(profile=steep))
+    assert result.new_tokens == reference and result.stats.drafted_tokens == 0
+    assert result.stats.steps == len(reference)
+    assert drafter.asked <= len(reference) // 2, (drafter.asked, len(reference))  # every step: 63
 
 
 def test_greedy_rows_are_llama_cpps_rows_in_batch_order(llm) -> None:

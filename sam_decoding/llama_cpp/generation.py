@@ -37,6 +37,34 @@ from sam_decoding.stats import GenerationStats
 _POLICIES = ("cost", "all")
 #: A plain step (nothing drafted) refines the cost profile once in this many.
 _PLAIN_OBSERVE_EVERY = 8
+#: After this many steps in a row whose drafts the policy did not verify, the loop asks the drafter
+#: only every 2nd step, then every 4th, ... (a doubling per as many more such steps), at most every
+#: ``MAX_DRAFT_SPACING``-th, until a draft is verified again. On a CPU where a verified token costs
+#: nearly a whole pass, drafts seldom pay, and asking for them (drafter and policy) costs a few
+#: percent of every step.
+IDLE_DRAFTS_BEFORE_SPACING = 4
+MAX_DRAFT_SPACING = 16
+
+
+@dataclass
+class _DraftPacing:
+    """How often the loop asks the drafter (see :data:`IDLE_DRAFTS_BEFORE_SPACING`)."""
+
+    idle: int = 0
+    step: int = 0
+
+    def asks(self) -> bool:
+        """Whether this step asks the drafter (call once per step)."""
+        self.step += 1
+        if self.idle < IDLE_DRAFTS_BEFORE_SPACING:
+            return True
+        doublings = self.idle // IDLE_DRAFTS_BEFORE_SPACING
+        return self.step % min(1 << doublings, MAX_DRAFT_SPACING) == 0
+
+    def record(self, proposed: bool, verified: int) -> None:
+        """A step that asked: whether the drafter proposed anything, and how many tokens were verified."""
+        if proposed:  # a step with nothing to propose says nothing about whether drafts pay
+            self.idle = 0 if verified else self.idle + 1
 
 
 @dataclass
@@ -194,10 +222,12 @@ def _run(
     last = prompt[-1]
     produced = plain_steps = 0
     nothing = np.zeros(0, dtype=np.int64)
+    pacing = _DraftPacing()
     while True:
         tick = time.perf_counter()
         room = min(max_new_tokens - produced - 1, MAX_PASS_TOKENS - 1)
-        proposals = [_first_chain(draft) for draft in drafter.propose_candidates(room) if len(draft)] if room > 0 else []
+        asks = room > 0 and (policy is None or pacing.asks())
+        proposals = [_first_chain(draft) for draft in drafter.propose_candidates(room) if len(draft)] if asks else []
         drafted = time.perf_counter()
         plan = None
         draft_tokens, source = nothing, "none"
@@ -212,6 +242,8 @@ def _run(
         selected = time.perf_counter()
 
         drafted_count = len(draft_tokens)
+        if asks:
+            pacing.record(bool(proposals), drafted_count)
         fed = [last, *draft_tokens.tolist()] if drafted_count else [last]
         target.decode(fed, past, 0)
         if sampling is None:
