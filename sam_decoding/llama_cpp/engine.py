@@ -108,10 +108,12 @@ class LlamaTarget:
             raise RuntimeError(f"llama_decode failed with status {status}")
 
     def prefill(self, tokens: np.ndarray | list[int], start: int = 0) -> None:
-        """Feed ``tokens`` in chunks of the context's batch size, keeping no logits."""
+        """Feed ``tokens`` in chunks of the context's batch size, keeping the logits of each chunk's
+        last token (as llama-cpp-python's ``Llama.eval`` does, so the batches are plain decoding's
+        own): afterwards ``rows(1)[0]`` holds the logits after the last token."""
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
-            self.decode(chunk, start + offset, len(chunk))
+            self.decode(chunk, start + offset, len(chunk) - 1)
 
     def logits(self, row: int) -> np.ndarray:
         """Logits of output row ``row`` (the ``row``-th token of the last batch that kept logits), float32 ``[n_vocab]``, no copy."""

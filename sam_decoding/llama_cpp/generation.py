@@ -4,7 +4,9 @@ A step asks the drafter for its candidate drafts, lets the policy keep the part 
 llama.cpp's measured cost ``t(q)``, feeds the context's last token plus the kept draft as one batch
 (logits kept only at those positions), walks the draft while the target keeps it, and removes the
 rejected tokens' entries from the KV memory. The context's memory holds every token but the last,
-which the next step feeds again.
+which the next step feeds again. The prompt is evaluated as llama-cpp-python's own loop evaluates it
+(batches of ``n_batch`` tokens, logits kept for each batch's last token) and the first token is read
+from those logits, so a call that verifies no draft evaluates exactly plain decoding's batches.
 
 Greedy (``temperature=0``): the target's argmax is emitted at each position while it matches the
 draft. Sampling: each position applies :func:`~sam_decoding.llama_cpp.sampling.verify_position`
@@ -213,14 +215,32 @@ def _run(
     rng = sampling.generator() if sampling is not None else None
     tick = time.perf_counter()
     target.clear()
-    target.prefill(prompt[:-1])
+    # The whole prompt in the batches plain decoding uses, so the first token comes from the very
+    # logits plain decoding reads (llama.cpp's kernels differ slightly between batch shapes).
+    target.prefill(prompt)
+    if sampling is None:
+        first = target.argmax_rows(0, 1)[0]
+    else:
+        first, _ = verify_position(sampling.distribution(target.rows(1)[0]), None, rng)
     stats.prefill_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
     drafter.begin(np.asarray(prompt, dtype=np.int64))
+    drafter.accept(np.asarray([first], dtype=np.int64), None)
     stats.draft_seconds += time.perf_counter() - tick
-    past = len(prompt) - 1
-    last = prompt[-1]
-    produced = plain_steps = 0
+    if policy is not None:
+        policy.advance([first])
+    stats.count_step("none", 0, 0, 0.0)
+    stats.new_tokens = 1
+    finished = target.is_end(first) or max_new_tokens == 1
+    if finished:
+        drafter.finish()
+    yield [first]
+    if finished:
+        return
+    past = len(prompt)
+    last = first
+    produced = 1
+    plain_steps = 0
     nothing = np.zeros(0, dtype=np.int64)
     pacing = _DraftPacing()
     while True:
