@@ -14,13 +14,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
 )
 
+from chi_square import chi_square_pvalue as shared_chi_square_pvalue
 from sam_decoding.drafters import Draft, ModelDrafter, TokenRecyclingDrafter
 from sam_decoding.generation import generate
 from sam_decoding.verification import build_step_inputs, walk
@@ -29,18 +29,9 @@ Outcome = tuple[int, ...]
 
 
 def chi_square_pvalue(observed: Counter[Outcome], expected: dict[Outcome, float]) -> float:
-    """p-value of ``observed`` counts under ``expected`` probabilities, pooling outcomes expected < 5 times."""
-    total = sum(observed.values())
+    """The shared chi-square p-value, failing outright (not with p = 0) on an impossible outcome."""
     assert set(observed) <= set(expected), f"impossible outcomes observed: {set(observed) - set(expected)}"
-    big = [o for o, p in expected.items() if p * total >= 5]
-    small = [o for o in expected if o not in big]
-    obs = [observed.get(o, 0) for o in big]
-    exp = [expected[o] * total for o in big]
-    if small:
-        obs.append(sum(observed.get(o, 0) for o in small))
-        exp.append(sum(expected[o] for o in small) * total)
-    exp = np.array(exp) * (total / sum(exp))
-    return float(chisquare(obs, exp).pvalue)
+    return shared_chi_square_pvalue(observed, expected)
 
 
 # A fixed tree over a vocabulary of 6 tokens, and fixed per-input logits.
