@@ -137,6 +137,17 @@ class BatchDrafter:
         self._rows = int(np.shape(token_ids)[0])
         self._refresh_views()
 
+    def set_source_corrections(self, text: float, corpus: float, responses: float) -> None:
+        """How far off each source's own estimates are (observed over predicted acceptance; 1: not at
+        all): a row drafts from the source with the most expected accepted tokens once its estimates
+        are corrected (the acceptance model's per-source level), so a source that overrates itself
+        stops winning rows from one that does not.
+
+        Raises:
+            ValueError: a correction that is not a positive finite number.
+        """
+        self._native.set_source_corrections(float(text), float(corpus), float(responses))
+
     def draft_rows(self) -> None:
         """Drafts every decoding row of the last :meth:`step` (one read with ``draft=False``: a batch
         decides whether it drafts after learning the last step's outcome, and skips the drafting

@@ -195,6 +195,7 @@ class BatchProposer:
             self._atexit = lambda: (lambda proposer: proposer.close() if proposer is not None else None)(reference())
             atexit.register(self._atexit)
         sources = [_CALIBRATION_SOURCES.get(name, name) for name in SOURCE_NAMES]
+        self._correction_codes = [SOURCE_NAMES.index(name) for name in ("text", "corpus", "response_cache")]
         self.budget = BatchBudget(self.k, sources, acceptance or AcceptanceModel(), verify_all=settings.policy == "all")
         self.failures = 0
         self.responses_skipped = 0
@@ -250,6 +251,8 @@ class BatchProposer:
             self.drafter.take_finished()  # nothing records them: drop them, or the queue grows with every request
         if not self.budget.begin(now, decode_rows):
             return [[] for _ in range(rows)]
+        corrections = self.budget.source_corrections()
+        drafter.set_source_corrections(*(corrections[code] for code in self._correction_codes))
         drafter.draft_rows()
         counts = self.budget.allot(drafter.sources, drafter.probabilities, drafter.draft_lengths, drafter.match_lengths)
         drafter.given[:] = counts

@@ -420,3 +420,45 @@ def test_steps_and_segment_swaps_from_two_threads(corpus, documents) -> None:
         thread.join()
     assert not errors
     assert drafter.requests_begun == 100
+
+
+def _corrected_expected_tokens(probabilities: np.ndarray, correction: float) -> float:
+    return float(np.cumprod(np.minimum(probabilities * correction, 1.0)).sum())
+
+
+@pytest.mark.parametrize("corrections", [(1.0, 1.0, 1.0), (1.0, 0.05, 1.0), (3.0, 0.5, 1.0)])
+def test_source_corrections_decide_which_source_drafts_a_row(corpus, documents, corrections) -> None:
+    rng = np.random.default_rng(5)
+    texts = [_continuation(rng, documents, 40) + _continuation(rng, documents, 12) for _ in range(16)]
+    drafter = BatchDrafter(corpus, max_draft=K)
+    drafter.set_source_corrections(*corrections)
+    batch = FakeBatch()
+    for text in texts:
+        batch.add(text[:-1], text[-1])
+    batch.step(drafter)
+    weight = dict(zip(("dynamic", "static"), corrections))
+    chosen, switched = [], 0
+    for row, text in enumerate(texts):
+        reference = SamDrafter(corpus, use_tree=False, max_draft=K)
+        reference.begin(np.asarray(text))
+        candidates = reference._retrieval_drafts(K)  # by uncorrected expected tokens, best first
+        if not candidates:
+            assert drafter.draft_lengths[row] == 0
+            continue
+        expected = {draft.source: _corrected_expected_tokens(draft.probabilities, weight[draft.source]) for draft in candidates}
+        source = SOURCE_NAMES[drafter.sources[row]]
+        winner = next(draft for draft in candidates if SOURCE_OF[draft.source] == source)
+        assert expected[winner.source] >= max(expected.values()) - 1e-12
+        assert drafter.tokens[row, : drafter.draft_lengths[row]].tolist() == winner.tokens.tolist()
+        chosen.append(source)
+        switched += winner.source != candidates[0].source
+    # Not vacuous: both sources draft rows, and a correction far from 1 moves some of them.
+    assert {"text", "corpus"} <= set(chosen)
+    assert (switched > 0) == (corrections != (1.0, 1.0, 1.0))
+
+
+def test_source_corrections_must_be_positive_and_finite(corpus) -> None:
+    drafter = BatchDrafter(corpus, max_draft=K)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive finite"):
+            drafter.set_source_corrections(1.0, bad, 1.0)

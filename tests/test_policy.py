@@ -204,9 +204,13 @@ def test_acceptance_estimates_converge_to_what_is_observed() -> None:
     assert first == pytest.approx(0.2, abs=0.06)
     rows = model.calibration()
     assert sum(row["nodes"] for row in rows) > 400
-    # Another match length is another cell: it still starts from the drafter's prior.
+    # Another match length is another coarse cell, never judged: it starts from the source's overall
+    # correction (the drafter is 4-5x overconfident everywhere), not from the drafter's raw 0.95;
+    # another source starts from its own prior.
     other = Draft.chain(np.arange(4), "overconfident", probabilities=np.full(4, 0.95), match_length=20)
-    assert model.estimate(other).probabilities[0] == pytest.approx(0.95)
+    assert model.estimate(other).probabilities[0] == pytest.approx(0.2, abs=0.06)
+    stranger = Draft.chain(np.arange(4), "unseen source", probabilities=np.full(4, 0.95), match_length=20)
+    assert model.estimate(stranger).probabilities[0] == pytest.approx(0.95)
 
 
 class _ScriptedDrafter(Drafter):

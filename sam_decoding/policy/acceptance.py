@@ -14,6 +14,14 @@ with ``k`` pseudo-observations:
 So a drafter that is overconfident, or a source that never gives estimates, is corrected quickly
 (coarse cells fill fast) and precisely (fine cells, once they have data). A node is *judged* when
 its parent was accepted (only then could the target accept it).
+
+The coarse cells shrink toward a third, coarsest level, the source's overall correction
+``c_source = (accepted + k) / (predicted + k)`` over all of its judged nodes:
+``correction = (accepted + k * c_source) / (predicted + k)``. A source has 64 coarse cells, most of
+which see few nodes; without this level each of them starts from the drafter's raw estimate, and the
+policy, which picks the nodes it rates highest, keeps picking the cells still overrated (measured in a
+vLLM engine: the corpus automaton's depth-1 estimates 0.31 against 0.15 accepted, calibrated 0.35
+against 0.27 over all sources, after hundreds of steps).
 """
 
 from __future__ import annotations
@@ -101,6 +109,8 @@ class AcceptanceModel:
         self.accepted = np.zeros(_CELLS)
         self.coarse_predicted = np.zeros(_COARSE_CELLS)
         self.coarse_accepted = np.zeros(_COARSE_CELLS)
+        self.source_predicted = np.zeros(_MAX_SOURCES)
+        self.source_accepted = np.zeros(_MAX_SOURCES)
         self._sources: dict[str, int] = {}
         self.report_predicted = np.zeros(REPORT_BINS)
         self.report_judged = np.zeros(REPORT_BINS)
@@ -126,11 +136,23 @@ class AcceptanceModel:
         depth_bucket = np.searchsorted(_DEPTH_BUCKET_EDGES, depth, side="right")
         coarse = (self._source_id(draft.source) * _DEPTHS + depth_bucket) * _MATCH_BUCKETS + match_bucket
         cells = (coarse * _RANKS + np.minimum(rank, _RANKS - 1)) * _PRIOR_BINS + prior_bin
-        k = self.prior_strength
-        correction = (self.coarse_accepted[coarse] + k) / (self.coarse_predicted[coarse] + k)
-        coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
-        probabilities = (self.accepted[cells] + k * coarse_probability) / (self.judged[cells] + k)
+        probabilities = self._calibrate(prior, coarse, cells)
         return NodeEstimates(probabilities, draft.path_products(probabilities), prior, coarse, cells, depth)
+
+    def source_corrections(self, source_ids: np.ndarray) -> np.ndarray:
+        """Each source's overall correction of its drafter's estimates (observed over predicted
+        acceptance, shrunk to 1 while it has few judged nodes), for ids from :func:`chain_source_ids`."""
+        k = self.prior_strength
+        return (self.source_accepted[source_ids] + k) / (self.source_predicted[source_ids] + k)
+
+    def _calibrate(self, prior: np.ndarray, coarse: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """P(accept | parent accepted) of nodes with drafter estimates ``prior`` in the given cells
+        (the three levels of the module docstring; any shape)."""
+        k = self.prior_strength
+        source_correction = self.source_corrections(coarse // (_DEPTHS * _MATCH_BUCKETS))
+        correction = (self.coarse_accepted[coarse] + k * source_correction) / (self.coarse_predicted[coarse] + k)
+        coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
+        return (self.accepted[cells] + k * coarse_probability) / (self.judged[cells] + k)
 
     def learn(self, estimates: NodeEstimates, judged: np.ndarray, accepted: np.ndarray) -> None:
         """Record the outcome of verified nodes: ``judged`` (parent accepted) and ``accepted`` (bool ``[k]`` each)."""
@@ -139,6 +161,9 @@ class AcceptanceModel:
         np.add.at(self.accepted, estimates.cells[judged], outcome)
         np.add.at(self.coarse_predicted, estimates.coarse_cells[judged], estimates.priors[judged])
         np.add.at(self.coarse_accepted, estimates.coarse_cells[judged], outcome)
+        sources = estimates.coarse_cells[judged] // (_DEPTHS * _MATCH_BUCKETS)
+        np.add.at(self.source_predicted, sources, estimates.priors[judged])
+        np.add.at(self.source_accepted, sources, outcome)
         predicted = estimates.probabilities[judged]
         bins = np.minimum((predicted * REPORT_BINS).astype(np.int64), REPORT_BINS - 1)
         np.add.at(self.report_predicted, bins, predicted)
@@ -202,10 +227,7 @@ def estimate_chains(
     match_bucket = np.searchsorted(_MATCH_BUCKET_EDGES, match_lengths, side="right")
     coarse = (source_ids[:, None] * _DEPTHS + depth_bucket[None, :]) * _MATCH_BUCKETS + match_bucket[:, None]
     cells = coarse * (_RANKS * _PRIOR_BINS) + prior_bin  # rank 0: a chain has no siblings
-    strength = model.prior_strength
-    correction = (model.coarse_accepted[coarse] + strength) / (model.coarse_predicted[coarse] + strength)
-    coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
-    probabilities = (model.accepted[cells] + strength * coarse_probability) / (model.judged[cells] + strength)
+    probabilities = model._calibrate(prior, coarse, cells)
     paths = np.cumprod(probabilities, axis=1)
     paths[np.arange(k)[None, :] >= lengths[:, None]] = 0.0
     return ChainEstimates(probabilities, paths, prior, coarse, cells)

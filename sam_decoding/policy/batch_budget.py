@@ -318,6 +318,11 @@ class BatchBudget:
         self._source_ids = chain_source_ids(self.acceptance, self.sources)
         self._sweep = list(range(self.max_depth + 1)) * SWEEP_ROUNDS
 
+    def source_corrections(self) -> np.ndarray:
+        """How far each source code's own estimates are off so far (observed over predicted
+        acceptance, float64 ``[len(sources)]``): the drafter weighs its sources with these."""
+        return self.acceptance.source_corrections(self._source_ids)
+
     def learn(self, now: float, clean: bool, emitted_per_row: float, outcome: Outcome | None = None) -> None:
         """Learn the last step's outcome.
 

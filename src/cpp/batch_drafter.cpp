@@ -1,6 +1,7 @@
 #include "batch_drafter.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -69,6 +70,31 @@ BatchDrafter::BatchDrafter(Segments corpus, const BatchDrafterOptions& options)
 }
 
 BatchDrafter::~BatchDrafter() = default;
+
+void BatchDrafter::set_source_corrections(double text, double corpus, double responses) {
+  for (const double correction : {text, corpus, responses}) {
+    if (!(correction > 0.0) || !std::isfinite(correction)) {
+      throw InputError("source corrections must be positive finite numbers, got " + std::to_string(correction));
+    }
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  source_corrections_ = {1.0, text, corpus, responses};
+}
+
+namespace {
+
+// Expected accepted tokens of a chain whose per-node estimates are scaled by `correction`.
+double corrected_expected_tokens(const ScoredDraft& draft, double correction) {
+  double path = 1.0;
+  double expected = 0.0;
+  for (const double probability : draft.probabilities) {
+    path *= std::min(probability * correction, 1.0);
+    expected += path;
+  }
+  return expected;
+}
+
+}  // namespace
 
 void BatchDrafter::set_response_segments(Segments segments) {
   for (const auto& segment : segments) {
@@ -397,11 +423,15 @@ void BatchDrafter::draft_row(std::size_t row, Request& request, std::size_t leng
   options.max_depth = depth;
 
   ScoredDraft best;
+  double best_expected = 0.0;
   DraftSource best_source = DraftSource::kNone;
   const auto consider = [&](ScoredDraft draft, DraftSource source) {
+    if (draft.tokens.empty()) return;
     // Ties keep the earlier source (text, corpus, responses), as a stable sort would.
-    if (!draft.tokens.empty() && (best_source == DraftSource::kNone || draft.expected_tokens > best.expected_tokens)) {
+    const double expected = corrected_expected_tokens(draft, source_corrections_[static_cast<std::size_t>(source)]);
+    if (best_source == DraftSource::kNone || expected > best_expected) {
       best = std::move(draft);
+      best_expected = expected;
       best_source = source;
     }
   };

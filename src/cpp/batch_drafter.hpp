@@ -7,6 +7,7 @@
 // continues, feeds the new tokens, and writes every row's draft into buffers it owns and reuses.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -80,6 +81,11 @@ class BatchDrafter {
   // already drafted are drafted again, to the same result).
   void draft_rows();
 
+  // How far off each source's own estimates are (observed over predicted acceptance, > 0; 1 for
+  // none): each node's estimate is multiplied by its source's correction (capped at 1) before the
+  // sources of a row are compared by expected accepted tokens. Throws InputError when one is not a
+  // positive finite number.
+  void set_source_corrections(double text, double corpus, double responses);
   // The response-cache segments that requests beginning from now on draft from.
   void set_response_segments(Segments segments);
   // Responses of the requests finished since the last call, oldest first.
@@ -150,6 +156,8 @@ class BatchDrafter {
   std::vector<Request*> row_requests_;
   std::uint64_t requests_begun_ = 0;
   std::uint64_t step_index_ = 0;
+  // Indexed by DraftSource.
+  std::array<double, 4> source_corrections_{1.0, 1.0, 1.0, 1.0};
 
   // Reused scratch.
   std::vector<RowPlan> plans_;

@@ -279,6 +279,8 @@ void bind_batch_drafter(py::module_& module) {
             views["given"] = buffer_view(self.given(), rows, 0, self_object);
             return views;
           })
+      .def("set_source_corrections", &sam::BatchDrafter::set_source_corrections, py::arg("text"), py::arg("corpus"),
+           py::arg("responses"))
       .def(
           "set_response_segments",
           [](sam::BatchDrafter& self, const std::vector<StaticHandle>& segments) {
