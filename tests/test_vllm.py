@@ -249,6 +249,31 @@ def test_corpus_drafts_for_a_matching_request(tmp_path: Path) -> None:
     assert drafts[0] == text[61 : 61 + len(drafts[0])].tolist() and len(drafts[0]) > 0
 
 
+def test_a_corpus_that_overrates_itself_is_corrected_in_the_drafters_choice(tmp_path: Path) -> None:
+    # Every request says every other token of the corpus's one document: after each token the corpus
+    # drafts the document's next one, and is rejected every time.
+    rng = np.random.default_rng(3)
+    document = rng.integers(10, 30_000, size=300).astype(np.int64)
+    path = tmp_path / "corpus.sam"
+    StaticAutomaton.build([document], tokenizer_fingerprint="fp").save(path)
+
+    def departing_text() -> np.ndarray:
+        start = int(rng.integers(0, 100))
+        return np.concatenate([document[start : start + 200 : 2], [EOS]]).astype(np.int32)
+
+    batch, proposer = FakeBatch(rows=8), _batch_proposer(path, "fp")
+    told: list[tuple[float, float, float]] = []
+    tell = proposer.drafter.set_source_corrections
+    proposer.drafter.set_source_corrections = lambda *corrections: (told.append(corrections), tell(*corrections))[1]
+    for _ in range(8):
+        batch.add(departing_text(), prompt_length=8)
+    _serve(batch, proposer)
+    corpus_code = 2  # SOURCE_NAMES: none, text, corpus, response_cache
+    correction = proposer.budget.source_corrections()[corpus_code]
+    assert correction < 0.5, "most corpus drafts were rejected: the corpus's estimates must be scaled down"
+    assert told and told[-1][1] < 0.5 and told[0][1] == pytest.approx(1.0), "the drafter weighs the corpus by what was learned"
+
+
 def test_finished_responses_draft_for_later_requests_and_aborted_ones_are_not_recorded() -> None:
     proposer = _batch_proposer(fingerprint="fp", response_cache={"max_tokens": 10_000})
     finished, aborted = _repetitive_text(3, 300), _repetitive_text(4, 300)  # nothing in their first 150 tokens repeats
