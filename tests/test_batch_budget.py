@@ -6,7 +6,7 @@ import numpy as np
 
 from sam_decoding.policy import AcceptanceModel, BatchBudget, DraftGuard, StepCostCurve, best_budget
 from sam_decoding.policy.acceptance import estimate_chains, learn_chains
-from sam_decoding.policy.batch_budget import CONTROL_EVERY, GUARD_CHECK_EVERY, GUARD_WINDOW, MAX_BACKOFF, SWEEP_ROUNDS, Outcome
+from sam_decoding.policy.batch_budget import BUCKET_WINDOW, CONTROL_EVERY, GUARD_CHECK_EVERY, GUARD_WINDOW, MAX_BACKOFF, SWEEP_ROUNDS, Outcome
 
 K = 8
 
@@ -45,12 +45,18 @@ def test_a_steep_cost_curve_gives_no_drafts() -> None:
     budget = BatchBudget(K, ["static"])
     chosen = _run_steps(budget, cost, rows=16, prior=0.6, steps=200, accept=lambda counts: np.minimum(counts, 1))
     assert sum(chosen[-100:]) == 0
-    # Not only because the guard backed off: the curve itself says no.
+    # Not only because the guard backed off: the curve itself says no, before any drafting work
+    # (not even nodes sure to be accepted would pay), and the hand-out agrees.
     budget.guards.clear()
     budget.steps = 0
-    assert budget.begin(0.0, 16)
+    assert not budget.begin(0.0, 16)
     counts = budget.allot(np.zeros(16, dtype=np.int64), np.full((16, K), 0.6), np.full(16, K), np.full(16, 8))
     assert counts.sum() == 0
+    # Once the curve flattens (the engine got faster per token), steps draft again.
+    for _ in range(3 * BUCKET_WINDOW):
+        for tokens in (16, 32, 64, 128):
+            budget.curve.observe(tokens, 0.02 + 1e-7 * tokens)
+    assert budget.begin(0.0, 16)
 
 
 def test_a_flat_cost_curve_drafts() -> None:

@@ -42,7 +42,8 @@ DEPTH_DECAY = 0.9
 SIBLING_PRIOR = 0.08
 MATCH_PRIOR_OFFSET = 2.0
 MATCH_DEPTH_DECAY = 0.97
-_MAX_PROBABILITY = 0.995
+#: No node's estimate exceeds this (the target can always say something else).
+MOST_LIKELY_ACCEPTANCE = 0.995
 _MAX_SOURCES = 16
 _DEPTH_BUCKET_EDGES = np.array([2, 3, 4, 5, 7, 10, 16])  # buckets: 1, 2, 3, 4, 5-6, 7-9, 10-15, 16+
 _DEPTHS = len(_DEPTH_BUCKET_EDGES) + 1
@@ -127,7 +128,7 @@ class AcceptanceModel:
         """Calibrated acceptance estimates for every node of ``draft``."""
         depth, rank = draft.depths, draft.ranks
         if draft.probabilities is not None:
-            prior = np.clip(draft.probabilities.astype(np.float64), 0.0, _MAX_PROBABILITY)
+            prior = np.clip(draft.probabilities.astype(np.float64), 0.0, MOST_LIKELY_ACCEPTANCE)
             prior_bin = np.minimum((prior * 10).astype(np.int64), 9)
         else:
             prior = default_prior(depth, rank, draft.match_length)
@@ -151,7 +152,7 @@ class AcceptanceModel:
         k = self.prior_strength
         source_correction = self.source_corrections(coarse // (_DEPTHS * _MATCH_BUCKETS))
         correction = (self.coarse_accepted[coarse] + k * source_correction) / (self.coarse_predicted[coarse] + k)
-        coarse_probability = np.minimum(prior * correction, _MAX_PROBABILITY)
+        coarse_probability = np.minimum(prior * correction, MOST_LIKELY_ACCEPTANCE)
         return (self.accepted[cells] + k * coarse_probability) / (self.judged[cells] + k)
 
     def learn(self, estimates: NodeEstimates, judged: np.ndarray, accepted: np.ndarray) -> None:
@@ -221,7 +222,7 @@ def estimate_chains(
         match_lengths: int ``[rows]``: the match length (tokens) each row's chain was drafted from.
     """
     rows, k = priors.shape
-    prior = np.clip(priors.astype(np.float64, copy=False), 0.0, _MAX_PROBABILITY)
+    prior = np.clip(priors.astype(np.float64, copy=False), 0.0, MOST_LIKELY_ACCEPTANCE)
     prior_bin = np.minimum((prior * 10).astype(np.int64), 9)
     depth_bucket = np.searchsorted(_DEPTH_BUCKET_EDGES, np.arange(1, k + 1), side="right")
     match_bucket = np.searchsorted(_MATCH_BUCKET_EDGES, match_lengths, side="right")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sam_decoding.policy.acceptance import (
+    MOST_LIKELY_ACCEPTANCE,
     AcceptanceModel,
     ChainEstimates,
     chain_source_ids,
@@ -313,6 +314,8 @@ class BatchBudget:
     _source_ids: np.ndarray = field(init=False)
     _sweep: list[int] = field(init=False)
     _level: int | None = None
+    _payable: dict[int, bool] = field(default_factory=dict)
+    _payable_generation: int = -1
 
     def __post_init__(self) -> None:
         self._source_ids = chain_source_ids(self.acceptance, self.sources)
@@ -370,8 +373,25 @@ class BatchBudget:
             self._level = self._sweep.pop(0)
             return self._level > 0
         # Whether this step's chains pay is for allot() to judge: they change from step to step (a lone
-        # request's text may match nothing at one step and copy a long span at the next).
-        return self.steps % CONTROL_EVERY != 0 and self.guard(rows).allows(self.steps)
+        # request's text may match nothing at one step and copy a long span at the next). Only when
+        # not even certain nodes could pay is the drafting skipped here.
+        return self.steps % CONTROL_EVERY != 0 and self.guard(rows).allows(self.steps) and self._any_budget_pays(rows)
+
+    def _any_budget_pays(self, rows: int) -> bool:
+        """Whether some budget of draft tokens, each as likely accepted as an estimate may claim
+        (:data:`MOST_LIKELY_ACCEPTANCE`), makes a step of ``rows`` rows emit more tokens per second
+        than no draft on the curve (cached per curve fit)."""
+        if self.curve.generation != self._payable_generation:
+            self._payable.clear()
+            self._payable_generation = self.curve.generation
+        pays = self._payable.get(rows)
+        if pays is None:
+            budgets = np.arange(rows * self.max_depth + 1)
+            costs = self.curve.seconds(rows + budgets)
+            best = rows + MOST_LIKELY_ACCEPTANCE * budgets[1:]
+            pays = bool(costs[0] <= 0.0 or np.max(best / costs[1:]) > rows / costs[0])
+            self._payable[rows] = pays
+        return pays
 
     def guard(self, rows: int) -> DraftGuard:
         """The guard of batches of ``rows`` rows (one per octave: 1, 2-3, 4-7, ...)."""
