@@ -55,8 +55,13 @@ MIN_COST_SHARE = 0.05
 IDLE_FACTOR = 4.0
 #: After this many gaps in a row judged idle, the curve is too low: the next gap is learned anyway.
 MAX_IDLE_IN_A_ROW = 8
-#: The curve is refitted after this many new step times (a fit costs more than a step's choice).
+#: The curve is refitted after this many new step times while it holds fewer than
+#: :data:`SETTLED_OBSERVATIONS`, and after :data:`SETTLED_REFIT_EVERY` once it holds more (a fit costs
+#: several times a step's choice: refitting every 8 steps doubled a 64-row budget-0 step's median
+#: time and set its p99); a new bucket of total tokens is fitted at once either way.
 REFIT_EVERY = 8
+SETTLED_OBSERVATIONS = 128
+SETTLED_REFIT_EVERY = 128
 #: One step in this many drafts nothing (a control step).
 CONTROL_EVERY = 16
 #: Sweep rounds at start: budget levels 0, 1, ..., k draft tokens per row, each once per round.
@@ -107,6 +112,7 @@ class StepCostCurve:
         self._times: dict[int, deque[float]] = {}
         self._tokens: dict[int, deque[int]] = {}
         self._new = 0
+        self._observed = 0
         self._idle_in_a_row = 0
         self._x = np.zeros(0)
         self._y = np.zeros(0)
@@ -142,7 +148,9 @@ class StepCostCurve:
         self._times[key].append(seconds)
         self._tokens[key].append(tokens)
         self._new += 1
-        if self._new >= REFIT_EVERY or len(self._times) != len(self._x):
+        self._observed += 1
+        every = REFIT_EVERY if self._observed < SETTLED_OBSERVATIONS else SETTLED_REFIT_EVERY
+        if self._new >= every or len(self._times) != len(self._x):
             self._fit()
         return True
 
