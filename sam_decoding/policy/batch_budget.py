@@ -367,7 +367,8 @@ class BatchBudget:
 
     def begin(self, now: float, rows: int) -> bool:
         """Start a step of ``rows`` decoding rows at clock ``now`` (seconds); returns whether it may
-        draft at all. ``False`` (a sweep level of 0, a control step, the guard's backoff): the step
+        draft at all. ``False`` (a sweep level of 0, a control step, the guard's backoff, a curve on
+        which no budget pays at this batch size): the step
         drafts nothing, and the drafter need only read the rows.
         Otherwise call :meth:`allot` with the rows' chains."""
         self.steps += 1
